@@ -1,0 +1,63 @@
+"""faceapp: face detection and CLIP zero-shot face attributes over HTTP."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+__version__ = "0.1.0"
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask application (Flask's app-factory pattern)."""
+    from faceapp import config
+
+    # templates/ and static/ sit at the project root (the design card's layout), not inside the
+    # package, so Flask must be told where they are.
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        instance_path=config.instance_path(PROJECT_ROOT),
+        template_folder=os.path.join(PROJECT_ROOT, "templates"),
+        static_folder=os.path.join(PROJECT_ROOT, "static"),
+    )
+    config.load_config(app, test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    register_logging(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_commands(app)
+    return app
+
+
+def register_logging(app: Flask) -> None:
+    from faceapp import errors, request_log
+
+    request_log.configure_logging(app)
+    request_log.init_request_ids(app)
+    errors.register_error_handlers(app)
+
+
+def register_extensions(app: Flask) -> None:
+    from faceapp.face_models import models
+    from faceapp.store import store
+
+    store.init_app(app)
+    models.init_app(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    from faceapp import api
+
+    app.register_blueprint(api.bp)
+
+
+def register_commands(app: Flask) -> None:
+    from faceapp import cli
+
+    app.cli.add_command(cli.models_cli)

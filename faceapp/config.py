@@ -1,0 +1,91 @@
+"""Configuration: the defaults, and the order they are overridden in (API.md, "Operating it").
+
+Order: these defaults, then ``instance/config.py``, then ``FACEAPP_<KEY>`` environment variables
+(or the test mapping given to ``create_app``). Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+DEFAULTS: dict[str, Any] = {
+    # The model (faceapp/face_models.py)
+    "MODEL_NAME": "openai/clip-vit-base-patch32",
+    "MODELS_DIR": None,  # None: <instance>/models
+    "DEVICE": "auto",
+    "DTYPE": "float32",
+    "LOAD_MODEL_ON_START": True,  # load in each worker right after fork (gunicorn hook)
+    "WORKERS": 1,  # set by gunicorn.conf.py; torch threads per worker = cores / workers
+    "TORCH_THREADS": 0,  # 0: derive from cores and WORKERS
+    "ATTRIBUTES_FILE": None,  # None: the bundled faceapp/attributes.yaml
+    # The store
+    "STORE_URL": None,  # None: <instance>/store
+    "STORE_MAX_BYTES": 2 * 1024**3,
+    "STORE_MAX_AGE_SECONDS": 7 * 24 * 3600,
+    # Inputs
+    "MAX_UPLOAD_BYTES": 10 * 1024 * 1024,
+    "MAX_IMAGE_PIXELS": 40_000_000,
+    "MAX_IMAGE_FRAMES": 1000,
+    "STORED_MAX_SIDE": 2048,  # the stored, normalised image is at most this wide and tall
+    "MAX_FORM_PARTS": 20,
+    "MAX_FORM_MEMORY_SIZE": 512 * 1024,
+    # image_url
+    "URL_ALLOWED_HOSTS": "",
+    "URL_ALLOW_PRIVATE_NETWORKS": False,
+    "URL_CONNECT_TIMEOUT": 3.0,
+    "URL_READ_TIMEOUT": 5.0,
+    "URL_DEADLINE": 15.0,
+    "URL_MAX_REDIRECTS": 3,
+    # Faces and validation
+    "DETECTOR": "haar",  # haar, or yunet with YUNET_MODEL_PATH
+    "YUNET_MODEL_PATH": None,
+    "DETECT_MAX_SIDE": 640,
+    "REQUIRE_SINGLE_FACE": True,
+    "MIN_FACE_PX": 48,
+    "MIN_IMAGE_PX": 64,
+    "BLUR_THRESHOLD": 60.0,
+    "DARK_THRESHOLD": 40.0,
+    "BRIGHT_THRESHOLD": 220.0,
+    # Access
+    "API_KEYS": "",
+    "ADMIN_KEYS": "",
+    "TESTER_ENABLED": None,  # None: on in development, off otherwise
+    "TRUSTED_PROXY_HOPS": 0,
+    "RATELIMIT": "120 per minute",
+}
+
+
+def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
+    """Fill ``app.config`` from the defaults, the instance file and the environment (or tests)."""
+    app.config.from_mapping(DEFAULTS)
+    if test_config is None:
+        app.config.from_pyfile("config.py", silent=True)
+        app.config.from_prefixed_env("FACEAPP")
+    else:
+        app.config.from_mapping(test_config)
+
+    cfg = app.config
+    cfg["MODELS_DIR"] = cfg["MODELS_DIR"] or os.path.join(app.instance_path, "models")
+    cfg["STORE_URL"] = cfg["STORE_URL"] or os.path.join(app.instance_path, "store")
+    if cfg["TESTER_ENABLED"] is None:
+        cfg["TESTER_ENABLED"] = app.debug or bool(cfg.get("TESTING"))
+    for key in ("API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"):
+        cfg[key] = split_list(cfg[key])
+    # Flask enforces the request body limit before any view runs; leave room for form overhead.
+    cfg.setdefault("MAX_CONTENT_LENGTH", int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3) + 64 * 1024)
+
+
+def instance_path(project_root: str) -> str:
+    """The instance folder: ``FACEAPP_INSTANCE_PATH``, else ``instance/`` in the project root."""
+    return os.environ.get("FACEAPP_INSTANCE_PATH") or os.path.join(project_root, "instance")
+
+
+def split_list(value: Any) -> list[str]:
+    """Accept a comma-separated string or a list, and return the non-empty stripped items."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(item).strip() for item in items if str(item).strip()]

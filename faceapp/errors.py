@@ -1,0 +1,127 @@
+"""Typed application errors with stable codes, and the one place that turns errors into answers.
+
+Every error a client can see is a :class:`FaceappError` carrying a code from :data:`STATUS_BY_CODE`.
+Werkzeug's HTTP exceptions (404 routes, 405 methods, 413 bodies) are mapped into the same JSON
+envelope, and anything else is logged with the request id and answered as ``internal``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, current_app, g
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+#: Every code a client can receive, with its HTTP status (API.md, "Error codes").
+STATUS_BY_CODE: dict[str, int] = {
+    "input.missing": 400,
+    "input.ambiguous": 400,
+    "input.invalid": 400,
+    "image.empty": 400,
+    "image.corrupt": 400,
+    "image.unsupported_format": 415,
+    "image.too_large": 413,
+    "image.too_many_pixels": 413,
+    "url.invalid": 400,
+    "url.forbidden": 400,
+    "url.unreachable": 422,
+    "url.bad_status": 422,
+    "url.not_image": 422,
+    "url.too_many_redirects": 422,
+    "url.too_large": 413,
+    "url.timeout": 504,
+    "image_id.invalid": 400,
+    "image_id.not_found": 404,
+    "image.not_valid": 409,
+    "auth.required": 401,
+    "auth.forbidden": 403,
+    "rate.limited": 429,
+    "model.not_ready": 503,
+    "request.too_large": 413,
+    "request.method_not_allowed": 405,
+    "route.not_found": 404,
+    "internal": 500,
+}
+
+# Werkzeug exceptions raised outside our code (routing, body limits) and the code each becomes.
+_CODE_BY_HTTP_STATUS = {
+    400: "input.invalid",
+    401: "auth.required",
+    403: "auth.forbidden",
+    404: "route.not_found",
+    405: "request.method_not_allowed",
+    413: "request.too_large",
+    415: "image.unsupported_format",
+    429: "rate.limited",
+}
+
+
+class FaceappError(Exception):
+    """An error with a stable code, a one-sentence message and (optionally) the field at fault."""
+
+    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
+        if code not in STATUS_BY_CODE:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    @property
+    def status(self) -> int:
+        return STATUS_BY_CODE[self.code]
+
+    def to_dict(self) -> dict:
+        body = {"code": self.code, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        return {"error": body}
+
+
+def error_response(error: FaceappError) -> Response:
+    """Render an error in the API's envelope (JSON, or YAML when the client asked for it)."""
+    from faceapp.output import render  # late: output imports nothing from here at import time
+
+    response = render(error.to_dict(), status=error.status)
+    if error.code == "request.method_not_allowed" and getattr(error, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+def _from_http_exception(exc: HTTPException) -> FaceappError:
+    status = exc.code or 500
+    code = _CODE_BY_HTTP_STATUS.get(status, "internal")
+    if status == 413:
+        limit = current_app.config.get("MAX_UPLOAD_BYTES")
+        message = f"The request body is too large (the largest accepted image is {limit} bytes)."
+        code = "image.too_large"
+    elif code == "internal":
+        message = "The server could not answer this request."
+    else:
+        message = exc.description or exc.name
+    error = FaceappError(code, message.split("\n")[0])
+    error.valid_methods = getattr(exc, "valid_methods", None)
+    return error
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers that give every failure the JSON envelope and no traceback."""
+
+    @app.errorhandler(FaceappError)
+    def _faceapp_error(error: FaceappError):
+        if error.status >= 500:
+            log.warning("answered %s: %s", error.code, error.message)
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return error_response(_from_http_exception(exc))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # the one catch-all: log it, answer without details
+        log.exception("unhandled error (request %s)", g.get("request_id", "-"))
+        return error_response(
+            FaceappError("internal", "The server hit an unexpected error; it has been logged.")
+        )
