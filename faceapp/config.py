@@ -17,6 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "MODELS_DIR": None,  # None: <instance>/models
     "DEVICE": "auto",
     "DTYPE": "float32",
+    "MODEL_AUTO_PULL": True,  # a hub id missing from MODELS_DIR is pulled at first load
     "LOAD_MODEL_ON_START": True,  # load in each worker right after fork (gunicorn hook)
     "WORKERS": 1,  # set by gunicorn.conf.py; torch threads per worker = cores / workers
     "TORCH_THREADS": 0,  # 0: derive from cores and WORKERS

@@ -1,0 +1,560 @@
+"""The CLIP model: where it comes from, which device and dtype it runs in, and one copy per worker.
+
+This is the only module that imports transformers' model classes. Analysis code asks the
+:data:`models` extension for a :class:`LoadedModel` and calls its ``encode_*`` methods.
+
+Model folders live in MODELS_DIR, one per model (``openai--clip-vit-base-patch32``), each with a
+``faceapp-manifest.json`` (id, revision, files with sizes and SHA-256). ``model.version`` is derived
+from that manifest, so it changes whenever the weights do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, current_app
+
+from faceapp.errors import FaceappError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "faceapp-manifest.json"
+EXTENSION_KEY = "faceapp.models"
+# Files a CLIP checkpoint needs; `models pull` fetches only these.
+PULL_PATTERNS = ["*.json", "*.txt", "model.safetensors"]
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+# --------------------------------------------------------------------------------------------
+# Model folders and manifests
+# --------------------------------------------------------------------------------------------
+
+
+def folder_name(model_id: str) -> str:
+    """The folder a hub model id is stored under in MODELS_DIR (``org/name`` -> ``org--name``)."""
+    return model_id.strip("/").replace("/", "--")
+
+
+def sha256_file(path: str) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_manifest(folder: str, model_id: str, revision: str | None, **extra: Any) -> dict:
+    """Describe every file of a model folder (name, size, SHA-256) for the manifest."""
+    files = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name == MANIFEST_NAME or not os.path.isfile(path):
+            continue
+        files.append({"name": name, "size": os.path.getsize(path), "sha256": sha256_file(path)})
+    return {
+        "id": model_id,
+        "revision": revision,
+        "files": files,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+    """Write the manifest beside the model files (temporary file, then rename)."""
+    _write_json_atomic(os.path.join(folder, MANIFEST_NAME), manifest)
+
+
+def read_manifest(folder: str) -> dict | None:
+    """The folder's manifest, or None when it has none."""
+    path = os.path.join(folder, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def weights_version(manifest: Mapping[str, Any]) -> str:
+    """12 hex characters that change whenever the model's files do."""
+    digest = hashlib.sha256(str(manifest.get("id")).encode())
+    for item in sorted(manifest["files"], key=lambda f: f["name"]):
+        digest.update(f"\n{item['name']}:{item['sha256']}".encode())
+    return digest.hexdigest()[:12]
+
+
+def list_models(models_dir: str) -> list[dict]:
+    """The manifests of the models in MODELS_DIR, with the folder each lives in."""
+    found = []
+    if os.path.isdir(models_dir):
+        for name in sorted(os.listdir(models_dir)):
+            folder = os.path.join(models_dir, name)
+            manifest = read_manifest(folder) if os.path.isdir(folder) else None
+            if manifest:
+                found.append({**manifest, "folder": folder, "version": weights_version(manifest)})
+    return found
+
+
+def resolve_model_folder(model_name: str, models_dir: str) -> str | None:
+    """Where MODEL_NAME's files are: the name itself if it is a folder, else its MODELS_DIR entry."""
+    if os.path.isdir(model_name):
+        return os.path.abspath(model_name)
+    candidate = os.path.join(models_dir, folder_name(model_name))
+    return candidate if read_manifest(candidate) else None
+
+
+def pull_model(
+    model_id: str,
+    models_dir: str,
+    revision: str | None = None,
+    progress: bool = True,
+) -> str:
+    """Download a hub model into MODELS_DIR with a progress bar and record its manifest."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    os.makedirs(models_dir, exist_ok=True)
+    final = os.path.join(models_dir, folder_name(model_id))
+    staging = tempfile.mkdtemp(prefix=".pull-", dir=models_dir)
+    try:
+        (enable_progress_bars if progress else disable_progress_bars)()
+        snapshot_download(
+            repo_id=model_id, revision=revision, local_dir=staging, allow_patterns=PULL_PATTERNS
+        )
+        shutil.rmtree(os.path.join(staging, ".cache"), ignore_errors=True)
+        info = HfApi().model_info(model_id, revision=revision)
+        write_manifest(staging, build_manifest(staging, model_id, info.sha, source="hub"))
+        _replace_folder(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# Random checkpoints (tests and benchmarks run offline on these)
+# --------------------------------------------------------------------------------------------
+
+RANDOM_SIZES: dict[str, dict[str, Any]] = {
+    # A few MB: loads in well under a second, for the test suite.
+    "tiny": {
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                 "num_attention_heads": 2},
+        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                   "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        "projection_dim": 16,
+        "vocab_size": None,  # the tokenizer's own size
+    },
+    # openai/clip-vit-base-patch32's architecture (151 M parameters), for benchmarks.
+    "base": {
+        "text": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+                 "num_attention_heads": 8},
+        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                   "num_attention_heads": 12, "image_size": 224, "patch_size": 32},
+        "projection_dim": 512,
+        "vocab_size": 49408,
+    },
+}
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """A CLIP BPE vocabulary with no merges: every byte, alone and word-final, plus the specials."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    alphabet = list(bytes_to_unicode().values())
+    tokens = alphabet + [symbol + "</w>" for symbol in alphabet]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> str:
+    """Write a CLIP checkpoint with random weights that loads offline through `load_clip`."""
+    import torch
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+
+    if size not in RANDOM_SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(RANDOM_SIZES)}")
+    spec = RANDOM_SIZES[size]
+    vocab = byte_level_vocab()
+    special = {
+        "bos_token_id": vocab["<|startoftext|>"],
+        "eos_token_id": vocab["<|endoftext|>"],
+        "pad_token_id": vocab["<|endoftext|>"],
+    }
+    text = {**spec["text"], **special, "vocab_size": spec["vocab_size"] or len(vocab),
+            "max_position_embeddings": 77}
+    config = CLIPConfig(
+        text_config=text, vision_config=spec["vision"], projection_dim=spec["projection_dim"]
+    )
+    image_size = spec["vision"]["image_size"]
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        ),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=[]),
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".random-", dir=parent)
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        manifest = build_manifest(
+            staging, f"random-clip-{size}", None, source="random", random_weights=True, seed=seed
+        )
+        write_manifest(staging, manifest)
+        _replace_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Device, dtype, threads
+# --------------------------------------------------------------------------------------------
+
+
+def choose_device(requested: str) -> str:
+    """Resolve DEVICE: ``auto`` picks cuda, then mps, then cpu; others are checked to exist."""
+    import torch
+
+    requested = (requested or "auto").strip().lower()
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"DEVICE={requested} but torch sees no CUDA device")
+        index = int(requested.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise RuntimeError(f"DEVICE={requested} but only {torch.cuda.device_count()} GPU(s)")
+        return requested
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("DEVICE=mps but torch sees no MPS device")
+    if requested not in ("cpu", "mps"):
+        raise RuntimeError(f"DEVICE={requested!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return requested
+
+
+def choose_dtype(requested: str, device: str):
+    """Resolve DTYPE for a device: float16 is a GPU format, so on cpu it becomes float32."""
+    import torch
+
+    requested = (requested or "float32").strip().lower()
+    if requested not in DTYPES:
+        raise RuntimeError(f"DTYPE={requested!r} is not one of {', '.join(DTYPES)}")
+    if requested == "float16" and device == "cpu":
+        log.warning("DTYPE=float16 is slow and inexact on the CPU; using float32")
+        requested = "float32"
+    return getattr(torch, requested)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, which containers restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def torch_threads(config: Mapping[str, Any]) -> int:
+    """Threads per worker: TORCH_THREADS, else the cores divided among the workers."""
+    explicit = int(config.get("TORCH_THREADS") or 0)
+    if explicit > 0:
+        return explicit
+    return max(1, available_cores() // max(1, int(config.get("WORKERS") or 1)))
+
+
+# --------------------------------------------------------------------------------------------
+# The loaded model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A CLIP model and its processor on one device, ready to encode images and texts."""
+
+    name: str
+    folder: str
+    manifest: dict
+    device: str
+    dtype: Any
+    model: Any
+    processor: Any
+    load_ms: float = 0.0
+    warmup_ms: float = 0.0
+    text_encoder_calls: int = field(default=0, repr=False)
+
+    @property
+    def version(self) -> str:
+        return weights_version(self.manifest)
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.manifest.get("random_weights"))
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp().float().item())
+
+    def describe(self) -> dict:
+        """The ``model`` object of API answers."""
+        info = {
+            "name": self.name,
+            "version": self.version,
+            "device": self.device,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+        if self.random_weights:
+            info["random_weights"] = True
+        return info
+
+    def encode_images(self, images: Sequence[Any]):
+        """L2-normalised image embeddings (float32, on the CPU) for a batch of PIL images."""
+        import torch
+
+        inputs = self.processor(images=list(images), return_tensors="pt")
+        pixels = inputs["pixel_values"].to(self.device, self.dtype)
+        with torch.inference_mode():
+            features = _pooled(self.model.get_image_features(pixel_values=pixels))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+
+    def encode_texts(self, texts: Sequence[str]):
+        """L2-normalised text embeddings (float32, on the CPU) for a batch of strings."""
+        import torch
+
+        self.text_encoder_calls += 1
+        inputs = self.processor(
+            text=list(texts), return_tensors="pt", padding=True, truncation=True, max_length=77
+        )
+        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        with torch.inference_mode():
+            features = _pooled(self.model.get_text_features(**inputs))
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+
+    def warm_up(self) -> float:
+        """Run one image and one text through the model so the first request is not slow."""
+        from PIL import Image
+
+        started = time.perf_counter()
+        self.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
+        self.encode_texts(["a photo of a face"])
+        self.text_encoder_calls -= 1  # warm-up is not a request's encoding
+        self.warmup_ms = (time.perf_counter() - started) * 1000
+        return self.warmup_ms
+
+
+def _pooled(output: Any):
+    # transformers 5 returns an output object from get_*_features; 4.x returned the tensor.
+    return getattr(output, "pooler_output", output)
+
+
+def load_clip(config: Mapping[str, Any]) -> LoadedModel:
+    """Load MODEL_NAME on DEVICE in DTYPE (raises RuntimeError with the reason and the fix)."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+    from transformers.utils import logging as hf_logging
+
+    name = config["MODEL_NAME"]
+    models_dir = config["MODELS_DIR"]
+    folder = resolve_model_folder(name, models_dir)
+    if folder is None and config.get("MODEL_AUTO_PULL"):
+        log.info("model %s is not in %s; pulling it from the hub", name, models_dir)
+        try:
+            folder = pull_model(name, models_dir, progress=False)
+        except Exception as exc:  # noqa: BLE001 - any hub failure means "not available"
+            raise RuntimeError(
+                f"model {name!r} is not in the models folder {models_dir} and could not be "
+                f"downloaded ({type(exc).__name__}); run `flask --app wsgi models pull {name}` "
+                "where the Hugging Face hub is reachable, or set FACEAPP_MODEL_NAME to a local "
+                "model folder"
+            ) from exc
+    if folder is None:
+        raise RuntimeError(
+            f"model {name!r} is not in the models folder {models_dir}; run "
+            f"`flask --app wsgi models pull {name}`, or set FACEAPP_MODEL_NAME to a local "
+            "model folder (`flask --app wsgi models random DIR` writes a random one)"
+        )
+
+    device = choose_device(config.get("DEVICE", "auto"))
+    dtype = choose_dtype(config.get("DTYPE", "float32"), device)
+    torch.set_num_threads(torch_threads(config))
+    manifest = read_manifest(folder) or build_manifest(folder, name, None, source="folder")
+    started = time.perf_counter()
+    hf_logging.disable_progress_bar()
+    try:
+        model = CLIPModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+        processor = CLIPProcessor.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise RuntimeError(
+            f"model folder {folder} could not be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); pull it again with `flask --app wsgi models pull`"
+        ) from exc
+    load_ms = (time.perf_counter() - started) * 1000
+    return LoadedModel(
+        name=name if not os.path.isdir(name) else manifest.get("id", name),
+        folder=folder,
+        manifest=manifest,
+        device=device,
+        dtype=dtype,
+        model=model,
+        processor=processor,
+        load_ms=load_ms,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The Flask extension: one model per worker process
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _HolderState:
+    config: dict
+    loader: Callable[[Mapping[str, Any]], LoadedModel]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    status: str = "not_loaded"  # not_loaded, loading, ready, failed
+    model: LoadedModel | None = None
+    error: str | None = None
+    pid: int = field(default_factory=os.getpid)
+    on_ready: list[Callable[[LoadedModel], None]] = field(default_factory=list)
+
+
+class ModelHolder:
+    """Flask extension holding this worker's model: loaded once, behind a lock, after fork."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, loader: Callable[..., LoadedModel] | None = None) -> None:
+        keys = ("MODEL_NAME", "MODELS_DIR", "DEVICE", "DTYPE", "WORKERS", "TORCH_THREADS",
+                "MODEL_AUTO_PULL")
+        config = {key: app.config.get(key) for key in keys}
+        app.extensions[EXTENSION_KEY] = _HolderState(config=config, loader=loader or load_clip)
+
+    def _state(self, app: Flask | None = None) -> _HolderState:
+        app = app or current_app
+        try:
+            state = app.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError("ModelHolder is used before init_app(app) was called") from None
+        if state.pid != os.getpid():
+            # A forked child must never use a model (or a lock) inherited from its parent.
+            app.extensions[EXTENSION_KEY] = state = _HolderState(
+                config=state.config, loader=state.loader, on_ready=state.on_ready
+            )
+        return state
+
+    def add_ready_hook(self, app: Flask, hook: Callable[[LoadedModel], None]) -> None:
+        """Call `hook(model)` after each load, before the model is reported ready (warm-ups)."""
+        self._state(app).on_ready.append(hook)
+
+    def load(self, app: Flask | None = None, *, retry: bool = False) -> LoadedModel | None:
+        """Load and warm the model once; a failure is remembered (and logged once) until `retry`."""
+        state = self._state(app)
+        if state.status == "ready" or (state.status == "failed" and not retry):
+            return state.model
+        with state.lock:
+            if state.status == "ready" or (state.status == "failed" and not retry):
+                return state.model
+            state.status, state.error = "loading", None
+            try:
+                model = state.loader(state.config)
+                model.warm_up()
+                for hook in state.on_ready:
+                    hook(model)
+            except Exception as exc:  # noqa: BLE001 - any load failure must leave the service up
+                state.status, state.error = "failed", str(exc) or type(exc).__name__
+                log.error("model not ready: %s", state.error)
+                return None
+            state.model, state.status = model, "ready"
+            log.info(
+                "model %s (version %s) ready on %s/%s in %.0f ms, warm-up %.0f ms",
+                model.name, model.version, model.device, model.describe()["dtype"],
+                model.load_ms, model.warmup_ms,
+            )
+            return model
+
+    def get(self) -> LoadedModel:
+        """The ready model for a request, loading it on first use; else 503 model.not_ready."""
+        model = self.load()
+        if model is None:
+            raise FaceappError("model.not_ready", self.reason())
+        return model
+
+    def peek(self) -> LoadedModel | None:
+        """The model if it is ready now, without loading it."""
+        state = self._state()
+        return state.model if state.status == "ready" else None
+
+    def reason(self) -> str:
+        """Why the model is not ready, in words (empty when it is)."""
+        state = self._state()
+        if state.status == "ready":
+            return ""
+        if state.status == "failed":
+            return f"failed: {state.error}"
+        if state.status == "loading":
+            return "loading: the model is being loaded by this worker"
+        return "not loaded yet: POST /api/setup loads it"
+
+    def status(self) -> str:
+        return self._state().status
+
+
+models = ModelHolder()
+
+
+def _replace_folder(staging: str, final: str) -> None:
+    """Move a finished staging folder into place, replacing an older copy by rename."""
+    if os.path.isdir(final):
+        retired = f"{final}.old-{os.getpid()}-{time.monotonic_ns()}"
+        os.rename(final, retired)
+        os.rename(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, final)
+
+
+def _write_json_atomic(path: str, document: Any) -> None:
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as fh:
+            json.dump(document, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,359 @@
+"""Where images, their metadata, analysis results and traces live, keyed by image_id.
+
+STORE_URL picks the backend: a folder path or ``file://`` URL (:class:`FileStore`, the default,
+under the instance folder) or ``redis://host:port/db`` (:class:`faceapp.store_redis.RedisStore`).
+Every worker of every instance sharing the store sees the same images.
+
+Nothing is ever half-written: files are written under a temporary name and renamed into place,
+a new image appears as a whole folder (one rename), and deleting one renames it away first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from flask import Flask, current_app
+
+from faceapp.errors import FaceappError
+
+log = logging.getLogger(__name__)
+
+IMAGE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+EXTENSION_KEY = "faceapp.store"
+
+
+def image_id_for(data: bytes) -> str:
+    """The image_id of some bytes: their lowercase hex SHA-256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_image_id(value: Any) -> str:
+    """Return `value` if it is a well-formed image_id, else raise 400 image_id.invalid."""
+    if not isinstance(value, str) or not IMAGE_ID_RE.fullmatch(value):
+        raise FaceappError(
+            "image_id.invalid",
+            "An image_id is the 64-character lowercase hex SHA-256 of the image bytes.",
+            field="image_id",
+        )
+    return value
+
+
+def not_found(image_id: str) -> FaceappError:
+    """The 404 for a well-formed image_id the store does not hold."""
+    return FaceappError(
+        "image_id.not_found",
+        f"No stored image has the id {image_id[:12]}…; it expired, was wiped or never existed. "
+        "Send the image to /api/validate again.",
+        field="image_id",
+    )
+
+
+class Backend(Protocol):
+    """What every store backend provides."""
+
+    def put_image(self, image_id: str, image_bytes: bytes, meta: dict) -> bool: ...
+    def get_meta(self, image_id: str) -> dict | None: ...
+    def set_meta(self, image_id: str, meta: dict) -> None: ...
+    def get_image(self, image_id: str) -> bytes | None: ...
+    def put_result(self, image_id: str, key: str, document: dict) -> None: ...
+    def get_result(self, image_id: str, key: str) -> dict | None: ...
+    def drop_results(self, image_id: str) -> None: ...
+    def append_event(self, image_id: str, event: dict) -> None: ...
+    def events(self, image_id: str) -> list[dict]: ...
+    def delete(self, image_id: str) -> bool: ...
+    def wipe(self) -> int: ...
+    def recent(self, limit: int) -> list[dict]: ...
+    def evict(self) -> int: ...
+    def ping(self) -> None: ...
+
+
+class FileStore:
+    """A content-addressed folder: ``images/<ab>/<image_id>/{image.png,meta.json,trace.jsonl}``."""
+
+    IMAGE = "image.png"
+    META = "meta.json"
+    TRACE = "trace.jsonl"
+    RESULTS = "results"
+
+    def __init__(self, root: str, max_bytes: int = 0, max_age_seconds: float = 0,
+                 evict_interval: float = 30.0) -> None:
+        self.root = os.path.abspath(root)
+        self.images = os.path.join(self.root, "images")
+        self.scratch = os.path.join(self.root, ".tmp")
+        self.max_bytes = int(max_bytes or 0)
+        self.max_age = float(max_age_seconds or 0)
+        self.evict_interval = evict_interval
+        self._last_evict = 0.0
+        self._evict_lock = threading.Lock()
+        os.makedirs(self.images, exist_ok=True)
+        os.makedirs(self.scratch, exist_ok=True)
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _dir(self, image_id: str) -> str:
+        # check_image_id is the only gate to this path: an id is 64 hex characters, nothing else.
+        check_image_id(image_id)
+        return os.path.join(self.images, image_id[:2], image_id)
+
+    def _atomic_write(self, path: str, data: bytes) -> None:
+        handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.scratch)
+        try:
+            with os.fdopen(handle, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+    # -- images --------------------------------------------------------------------------------
+    def put_image(self, image_id: str, image_bytes: bytes, meta: dict) -> bool:
+        """Store an image and its metadata; False (and no change) when it is already stored."""
+        final = self._dir(image_id)
+        if os.path.isdir(final):
+            return False
+        staging = tempfile.mkdtemp(prefix=".new-", dir=self.scratch)
+        try:
+            with open(os.path.join(staging, self.IMAGE), "wb") as fh:
+                fh.write(image_bytes)
+            with open(os.path.join(staging, self.META), "w", encoding="utf-8") as fh:
+                json.dump(meta, fh)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            try:
+                os.rename(staging, final)  # atomic: the folder appears whole or not at all
+            except OSError:
+                if os.path.isdir(final):  # another request stored the same bytes first
+                    return False
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.maybe_evict()
+        return True
+
+    def get_meta(self, image_id: str) -> dict | None:
+        return _read_json(os.path.join(self._dir(image_id), self.META))
+
+    def set_meta(self, image_id: str, meta: dict) -> None:
+        folder = self._dir(image_id)
+        if not os.path.isdir(folder):
+            raise not_found(image_id)
+        self._atomic_write(os.path.join(folder, self.META), json.dumps(meta).encode())
+
+    def get_image(self, image_id: str) -> bytes | None:
+        try:
+            with open(os.path.join(self._dir(image_id), self.IMAGE), "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    # -- results -------------------------------------------------------------------------------
+    def _result_path(self, image_id: str, key: str) -> str:
+        safe = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return os.path.join(self._dir(image_id), self.RESULTS, f"{safe}.json")
+
+    def put_result(self, image_id: str, key: str, document: dict) -> None:
+        path = self._result_path(image_id, key)
+        if not os.path.isdir(self._dir(image_id)):
+            raise not_found(image_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._atomic_write(path, json.dumps({"key": key, "document": document}).encode())
+
+    def get_result(self, image_id: str, key: str) -> dict | None:
+        stored = _read_json(self._result_path(image_id, key))
+        return stored["document"] if stored and stored.get("key") == key else None
+
+    def drop_results(self, image_id: str) -> None:
+        results = os.path.join(self._dir(image_id), self.RESULTS)
+        if os.path.isdir(results):
+            retired = os.path.join(self.scratch, f".drop-{uuid.uuid4().hex}")
+            try:
+                os.rename(results, retired)
+            except FileNotFoundError:
+                return
+            shutil.rmtree(retired, ignore_errors=True)
+
+    # -- traces --------------------------------------------------------------------------------
+    def append_event(self, image_id: str, event: dict) -> None:
+        folder = self._dir(image_id)
+        if not os.path.isdir(folder):
+            return  # the image was deleted meanwhile; its trace went with it
+        line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+        # One write() on an O_APPEND descriptor: concurrent workers' lines never interleave.
+        fd = os.open(os.path.join(folder, self.TRACE), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def events(self, image_id: str) -> list[dict]:
+        try:
+            with open(os.path.join(self._dir(image_id), self.TRACE), encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a crash is skipped, not fatal
+        return found
+
+    # -- removal -------------------------------------------------------------------------------
+    def delete(self, image_id: str) -> bool:
+        folder = self._dir(image_id)
+        retired = os.path.join(self.scratch, f".del-{image_id}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(folder, retired)  # gone for readers at once; files removed after
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(retired, ignore_errors=True)
+        return True
+
+    def _all(self) -> list[tuple[str, str]]:
+        found = []
+        for prefix in os.listdir(self.images):
+            bucket = os.path.join(self.images, prefix)
+            if os.path.isdir(bucket):
+                found.extend((name, os.path.join(bucket, name)) for name in os.listdir(bucket)
+                             if IMAGE_ID_RE.fullmatch(name))
+        return found
+
+    def wipe(self) -> int:
+        count = 0
+        for image_id, _ in self._all():
+            count += self.delete(image_id)
+        return count
+
+    def recent(self, limit: int) -> list[dict]:
+        metas = []
+        for image_id, _ in self._all():
+            meta = self.get_meta(image_id)
+            if meta:
+                metas.append(meta)
+        metas.sort(key=lambda m: m.get("created", 0), reverse=True)
+        return metas[:limit]
+
+    def maybe_evict(self) -> None:
+        """Evict at most every `evict_interval` seconds (a scan of the folder is not free)."""
+        if (self.max_bytes or self.max_age) and time.monotonic() - self._last_evict > self.evict_interval:
+            self.evict()
+
+    def evict(self) -> int:
+        """Drop images past the age limit, then the oldest until the store fits its size limit."""
+        if not self._evict_lock.acquire(blocking=False):
+            return 0
+        try:
+            self._last_evict = time.monotonic()
+            entries = []
+            for image_id, folder in self._all():
+                size = _folder_size(folder)
+                try:
+                    mtime = os.path.getmtime(os.path.join(folder, self.META))
+                except FileNotFoundError:
+                    continue
+                entries.append((mtime, size, image_id))
+            entries.sort()
+            total = sum(size for _, size, _ in entries)
+            now = time.time()
+            evicted = 0
+            for mtime, size, image_id in entries:
+                too_old = self.max_age and now - mtime > self.max_age
+                too_big = self.max_bytes and total > self.max_bytes
+                if not (too_old or too_big):
+                    break
+                if self.delete(image_id):
+                    evicted += 1
+                    total -= size
+            if evicted:
+                log.info("store evicted %d image(s) (limits: %s bytes, %s s)", evicted,
+                         self.max_bytes, self.max_age)
+            return evicted
+        finally:
+            self._evict_lock.release()
+
+    def ping(self) -> None:
+        if not os.access(self.images, os.W_OK):
+            raise OSError(f"store folder {self.images} is not writable")
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _folder_size(folder: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def open_backend(url: str, max_bytes: int = 0, max_age_seconds: float = 0) -> Backend:
+    """The backend STORE_URL names: a folder, ``file://`` URL or ``redis://`` URL."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("redis", "rediss", "unix"):
+        from faceapp.store_redis import RedisStore
+
+        return RedisStore(url, max_bytes=max_bytes, max_age_seconds=max_age_seconds)
+    if parsed.scheme == "file":
+        url = parsed.path
+    elif parsed.scheme and len(parsed.scheme) > 1:
+        raise ValueError(f"STORE_URL {url!r}: use a folder, file:// or redis://")
+    return FileStore(url, max_bytes=max_bytes, max_age_seconds=max_age_seconds)
+
+
+class ImageStore:
+    """Flask extension giving views the configured backend (``store.backend``)."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions[EXTENSION_KEY] = open_backend(
+            app.config["STORE_URL"],
+            max_bytes=app.config["STORE_MAX_BYTES"],
+            max_age_seconds=app.config["STORE_MAX_AGE_SECONDS"],
+        )
+
+    @property
+    def backend(self) -> Backend:
+        try:
+            return current_app.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError("ImageStore is used before init_app(app) was called") from None
+
+    def meta_or_404(self, image_id: str) -> dict:
+        """The stored metadata of a valid image_id, else 400 image_id.invalid / 404 not_found."""
+        check_image_id(image_id)
+        meta = self.backend.get_meta(image_id)
+        if meta is None:
+            raise not_found(image_id)
+        return meta
+
+
+store = ImageStore()
