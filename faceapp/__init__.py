@@ -44,11 +44,13 @@ def register_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
+    from faceapp import services
     from faceapp.face_models import models
     from faceapp.store import store
 
     store.init_app(app)
     models.init_app(app)
+    services.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -382,6 +382,7 @@ def _pooled(output: Any):
 def load_clip(config: Mapping[str, Any]) -> LoadedModel:
     """Load MODEL_NAME on DEVICE in DTYPE (raises RuntimeError with the reason and the fix)."""
     import torch
+    from safetensors import SafetensorsError
     from transformers import CLIPModel, CLIPProcessor
     from transformers.utils import logging as hf_logging
 
@@ -415,7 +416,7 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
     try:
         model = CLIPModel.from_pretrained(folder, dtype=dtype).to(device).eval()
         processor = CLIPProcessor.from_pretrained(folder)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorsError) as exc:
         raise RuntimeError(
             f"model folder {folder} could not be loaded ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200]}); pull it again with `flask --app wsgi models pull`"
@@ -505,6 +506,15 @@ class ModelHolder:
                 model.load_ms, model.warmup_ms,
             )
             return model
+
+    def load_in_background(self, app: Flask) -> threading.Thread | None:
+        """Start loading in a thread (gunicorn's post_worker_init), if LOAD_MODEL_ON_START."""
+        if not app.config.get("LOAD_MODEL_ON_START", True):
+            return None
+        thread = threading.Thread(target=self.load, args=(app,), name="faceapp-model-load",
+                                  daemon=True)
+        thread.start()
+        return thread
 
     def get(self) -> LoadedModel:
         """The ready model for a request, loading it on first use; else 503 model.not_ready."""

@@ -1,0 +1,42 @@
+# faceapp: `make run` serves, `make test` tests; both set themselves up first (`make install`).
+VENV      ?= .venv
+PYTHON    ?= python3
+PY        := $(VENV)/bin/python
+STAMP     := $(VENV)/.faceapp-installed
+PORT      ?= 8000
+WORKERS   ?= 2
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install system-packages run dev test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	@touch $(STAMP)
+
+system-packages:
+	@scripts/ensure-system-packages
+
+run: install
+	PORT=$(PORT) WORKERS=$(WORKERS) $(VENV)/bin/gunicorn --config gunicorn.conf.py wsgi:app
+
+dev: install
+	FLASK_DEBUG=1 $(VENV)/bin/flask --app wsgi run --port $(PORT)
+
+test: install system-packages
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,114 @@
+"""The JSON API under /api (API.md). Views parse, call one service function, and render."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Blueprint, Response, request
+
+from faceapp import analysis, services
+from faceapp.access import admin_required, check_api_key
+from faceapp.face_models import models
+from faceapp.inputs import pick_source
+from faceapp.output import render
+from faceapp.schemas import AnalyzeRequest, ValidateRequest, parse, request_fields
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+bp.before_request(check_api_key)
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+@bp.post("/validate")
+def validate() -> Response:
+    """Store an image under its image_id and check it."""
+    options = parse(ValidateRequest(), request_fields(request))
+    source = pick_source(options, request.files)
+    answer = services.validate(source, wipe_cache=options["wipe_cache"], details=_flag("details"))
+    return render(answer)
+
+
+@bp.post("/analyze")
+def analyze() -> Response:
+    """Score the faces of an image (by image_id, or sent now) for the attribute set and labels."""
+    options = parse(AnalyzeRequest(), request_fields(request))
+    source = pick_source(options, request.files, image_id=options.get("image_id", ""))
+    answer = services.analyze(
+        source,
+        options.get("image_id"),
+        attributes=options.get("attributes"),
+        labels=options.get("labels"),
+        include_embedding=options["include_embedding"],
+        wipe_cache=options["wipe_cache"],
+        force=options["force"],
+    )
+    return render(answer)
+
+
+@bp.get("/attributes")
+def attributes() -> Response:
+    """The attribute set in use: names, labels, prompts and its version."""
+    return render(analysis.attribute_set().to_dict())
+
+
+@bp.post("/setup")
+@admin_required
+def setup() -> Response:
+    """Load and warm this worker's model now (idempotent; retries a failed load)."""
+    model = models.load(retry=True)
+    if model is None:
+        models.get()  # raises 503 model.not_ready with the reason
+    return render({
+        "ready": True,
+        "model": model.analyzer.describe(),
+        "load_ms": model.load_ms,
+        "warmup_ms": model.warmup_ms,
+        "worker": {"pid": os.getpid()},
+    })
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Liveness: this process serves."""
+    return render({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> Response:
+    """Readiness: this worker's model is loaded and warm."""
+    model = models.peek()
+    if model is None:
+        return render(
+            {"error": {"code": "model.not_ready", "message": f"The model is not ready ({models.reason()})."},
+             "status": models.status()},
+            status=503,
+        )
+    return render({"ready": True, "model": model.analyzer.describe(), "worker": {"pid": os.getpid()}})
+
+
+@bp.get("/images/<path:image_id>/trace")
+def image_trace(image_id: str) -> Response:
+    """Every event of an image_id, oldest first."""
+    return render(services.image_trace(image_id))
+
+
+@bp.get("/images/<path:image_id>")
+def image_record(image_id: str) -> Response:
+    """Stored metadata and the validation result of an image_id."""
+    return render(services.image_record(image_id))
+
+
+@bp.delete("/images/<path:image_id>")
+@admin_required
+def delete_image(image_id: str) -> Response:
+    """Forget an image, its results and its trace (admin)."""
+    return render(services.delete_image(image_id))
+
+
+@bp.post("/cache/wipe")
+@admin_required
+def wipe_cache() -> Response:
+    """Forget every stored image and result (admin)."""
+    return render(services.wipe_all())

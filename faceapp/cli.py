@@ -1,0 +1,63 @@
+"""``flask --app wsgi models ...``: pull, list and make model folders."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from faceapp import face_models
+
+models_cli = AppGroup("models", help="Manage the models folder (MODELS_DIR).")
+
+
+@models_cli.command("pull")
+@click.argument("name", required=False)
+@click.option("--revision", default=None, help="A branch, tag or commit of the hub repository.")
+def pull(name: str | None, revision: str | None) -> None:
+    """Download NAME (default MODEL_NAME) from the Hugging Face hub into the models folder."""
+    name = name or current_app.config["MODEL_NAME"]
+    models_dir = current_app.config["MODELS_DIR"]
+    click.echo(f"Pulling {name} into {models_dir} ...")
+    try:
+        folder = face_models.pull_model(name, models_dir, revision=revision, progress=True)
+    except Exception as exc:  # noqa: BLE001 - the hub's errors are many; report, don't trace
+        raise click.ClickException(
+            f"could not pull {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from exc
+    manifest = face_models.read_manifest(folder)
+    click.echo(f"Stored in {folder}: revision {manifest['revision']}, "
+               f"version {face_models.weights_version(manifest)}, {len(manifest['files'])} files.")
+
+
+@models_cli.command("random")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--size", type=click.Choice(sorted(face_models.RANDOM_SIZES)), default="tiny",
+              show_default=True, help="tiny: a few MB for tests; base: ViT-B/32 for benchmarks.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def random_model(folder: str, size: str, seed: int) -> None:
+    """Write a CLIP checkpoint with random weights to FOLDER (use it as FACEAPP_MODEL_NAME)."""
+    face_models.write_random_checkpoint(folder, size=size, seed=seed)
+    manifest = face_models.read_manifest(folder)
+    click.echo(f"Wrote a random-weights {size} CLIP to {folder} "
+               f"(version {face_models.weights_version(manifest)}). Serve it with "
+               f"FACEAPP_MODEL_NAME={folder}")
+
+
+@models_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
+def list_models(as_json: bool) -> None:
+    """List the models in the models folder with their versions."""
+    found = face_models.list_models(current_app.config["MODELS_DIR"])
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo(f"No models in {current_app.config['MODELS_DIR']}; "
+                   "`flask --app wsgi models pull` downloads one.")
+    for item in found:
+        size = sum(f["size"] for f in item["files"])
+        flag = "  (random weights)" if item.get("random_weights") else ""
+        click.echo(f"{item['id']:40} {item['version']}  {size / 1e6:8.1f} MB  {item['folder']}{flag}")

@@ -1,0 +1,277 @@
+"""The service functions behind both the JSON API and the tester pages.
+
+A request's path: inputs (bytes) -> decoding -> store -> face detection -> validation; analysis
+lives in faceapp/analysis.py. Views parse, call one function here, and render what it returns.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, current_app, g
+
+from PIL import Image
+
+from faceapp import analysis, decoding, faces, validation
+from faceapp.errors import FaceappError
+from faceapp.inputs import ImageSource, source_bytes
+from faceapp.store import check_image_id, image_id_for, not_found, store
+
+log = logging.getLogger(__name__)
+
+DETECTOR_KEY = "faceapp.detector"
+VALIDATION_KEYS = ("image_id", "valid", "errors", "warnings")
+
+
+def init_app(app: Flask) -> None:
+    """Build the face detector and the analyzer's attribute set (a bad one fails the start)."""
+    app.extensions[DETECTOR_KEY] = faces.build_detector(app.config)
+    analysis.init_app(app)
+
+
+def now_iso() -> str:
+    """The current time as ISO 8601 UTC with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record_event(image_id: str, event: str, timings_ms: Mapping[str, float] | None = None,
+                 **extra: Any) -> dict:
+    """Append one event to an image's trace (who, when, which request, how long)."""
+    entry = {
+        "event": event,
+        "time": now_iso(),
+        "worker_pid": os.getpid(),
+        "request_id": g.get("request_id", "-"),
+        "timings_ms": {k: round(float(v), 2) for k, v in (timings_ms or {}).items()},
+        **extra,
+    }
+    store.backend.append_event(image_id, entry)
+    return entry
+
+
+def _decode(data: bytes, source_kind: str, config: Mapping[str, Any]) -> decoding.DecodedImage:
+    try:
+        return decoding.decode_image(
+            data,
+            max_bytes=int(config["MAX_UPLOAD_BYTES"]),
+            max_pixels=int(config["MAX_IMAGE_PIXELS"]),
+            max_side=int(config["STORED_MAX_SIDE"]),
+            max_frames=int(config["MAX_IMAGE_FRAMES"]),
+        )
+    except FaceappError as exc:
+        # For a URL, "not an image we decode" is the remote's fault: 422 url.not_image.
+        if source_kind == "image_url" and exc.code in ("image.unsupported_format", "image.corrupt",
+                                                        "image.empty"):
+            raise FaceappError(
+                "url.not_image", f"The URL did not serve an image faceapp can read: {exc.message}",
+                field="image_url",
+            ) from None
+        raise
+
+
+def validation_answer(meta: Mapping[str, Any], details: bool = False) -> dict:
+    """API.md's validate answer (exactly image_id, valid, errors, warnings; + details if asked)."""
+    result = meta["validation"]
+    answer = {
+        "image_id": meta["image_id"],
+        "valid": not result["errors"],
+        "errors": result["errors"],
+        "warnings": result["warnings"],
+    }
+    if details:
+        answer["details"] = {
+            "width": meta["width"],
+            "height": meta["height"],
+            "format": meta["format"],
+            "faces": meta["faces"],
+            "quality": result.get("quality", {}),
+        }
+    return answer
+
+
+def ingest(source: ImageSource, *, wipe_cache: bool = False) -> tuple[dict, bool]:
+    """Store and validate an image source; returns (stored metadata, whether it was already known).
+
+    The same bytes always give the same image_id; a stored image is validated once and reused,
+    unless `wipe_cache` asks for its cached validation and results to be dropped and redone.
+    """
+    config = current_app.config
+    backend = store.backend
+    started = time.perf_counter()
+    data = source_bytes(source, config)
+    if not data:
+        raise FaceappError("image.empty", "The image has zero bytes.")
+    image_id = image_id_for(data)
+    g.image_id = image_id
+    timings = {"receive": (time.perf_counter() - started) * 1000}
+
+    meta = backend.get_meta(image_id)
+    if meta is not None and not wipe_cache:
+        timings["total"] = (time.perf_counter() - started) * 1000
+        record_event(image_id, "validated", timings, cached=True, valid=meta["validation"]["valid"],
+                     source=source.kind)
+        return meta, True
+    if meta is not None:  # wipe_cache: results go, the image is validated afresh, the trace stays
+        backend.drop_results(image_id)
+        record_event(image_id, "wiped", {}, reason="wipe_cache")
+
+    step = time.perf_counter()
+    decoded = _decode(data, source.kind, config)
+    timings["decode"] = (time.perf_counter() - step) * 1000
+    step = time.perf_counter()
+    found = faces.detect_faces(
+        current_app.extensions[DETECTOR_KEY], decoded.image, int(config["DETECT_MAX_SIDE"])
+    )
+    timings["detect"] = (time.perf_counter() - step) * 1000
+    step = time.perf_counter()
+    report = validation.assess(decoded.image, found, validation.Thresholds.from_config(config))
+    timings["validate"] = (time.perf_counter() - step) * 1000
+    step = time.perf_counter()
+    png = decoding.encode_png(decoded.image)
+    meta = {
+        "image_id": image_id,
+        "created": time.time(),
+        "created_at": now_iso(),
+        "bytes": len(data),
+        "source": source.kind,
+        "format": decoded.format,
+        "width": decoded.width,
+        "height": decoded.height,
+        "source_width": decoded.source_width,
+        "source_height": decoded.source_height,
+        "frames": decoded.frames,
+        "detector": current_app.extensions[DETECTOR_KEY].name,
+        "faces": [face.to_dict() for face in found],
+        "validation": {
+            "valid": report.valid,
+            "errors": [issue.to_dict() for issue in report.errors],
+            "warnings": [issue.to_dict() for issue in report.warnings],
+            "quality": report.quality,
+        },
+    }
+    meta = _plain(meta)
+    if not backend.put_image(image_id, png, meta):
+        backend.set_meta(image_id, meta)  # stored already (wipe_cache, or a concurrent request)
+    timings["store"] = (time.perf_counter() - step) * 1000
+    timings["total"] = (time.perf_counter() - started) * 1000
+    record_event(image_id, "validated", timings, cached=False, valid=report.valid,
+                 source=source.kind, errors=[i.code for i in report.errors],
+                 warnings=[i.code for i in report.warnings])
+    log.info("validated %s: valid=%s faces=%d", image_id[:12], report.valid, len(found))
+    return meta, False
+
+
+def validate(source: ImageSource, *, wipe_cache: bool = False, details: bool = False) -> dict:
+    """POST /api/validate: store, validate and answer API.md's minimal schema."""
+    meta, _ = ingest(source, wipe_cache=wipe_cache)
+    return validation_answer(meta, details=details)
+
+
+def analyze(
+    source: ImageSource | None,
+    image_id: str | None,
+    *,
+    attributes: list[str] | None = None,
+    labels: list[str] | None = None,
+    include_embedding: bool = False,
+    wipe_cache: bool = False,
+    force: bool = False,
+) -> dict:
+    """POST /api/analyze: score the faces of a stored (or just sent) image, cached per options."""
+    started = time.perf_counter()
+    names = analysis.check_attribute_names(attributes)
+    timings: dict[str, float] = {}
+    if source is not None:
+        meta, _ = ingest(source, wipe_cache=wipe_cache)
+        image_id = meta["image_id"]
+        timings["validate"] = (time.perf_counter() - started) * 1000
+    else:
+        image_id = check_image_id(image_id)
+        meta = store.meta_or_404(image_id)
+        g.image_id = image_id
+        if wipe_cache:
+            store.backend.drop_results(image_id)
+            record_event(image_id, "wiped", {}, reason="wipe_cache")
+    if not meta["validation"]["valid"] and not force:
+        codes = ", ".join(issue["code"] for issue in meta["validation"]["errors"])
+        raise FaceappError(
+            "image.not_valid",
+            f"The image failed validation ({codes}); send force=true to analyse it anyway.",
+            field="image_id",
+        )
+    scorer = analysis.analyzer()  # 503 model.not_ready before any work is done
+    key = "|".join([scorer.version, ",".join(names), "\x1f".join(labels or []),
+                    f"embedding={bool(include_embedding)}", f"force={bool(force)}"])
+    faces_doc = store.backend.get_result(image_id, key)
+    cached = faces_doc is not None
+    if not cached:
+        step = time.perf_counter()
+        image = Image.open(io.BytesIO(image_png(image_id)))
+        image.load()
+        timings["decode"] = (time.perf_counter() - step) * 1000
+        step = time.perf_counter()
+        faces_doc = _plain(scorer.analyze(image, analysis.regions_for(meta, force), names, labels,
+                                          include_embedding))
+        timings["encode"] = (time.perf_counter() - step) * 1000
+        store.backend.put_result(image_id, key, faces_doc)
+    timings["total"] = (time.perf_counter() - started) * 1000
+    record_event(image_id, "cache_hit" if cached else "analyzed", timings, cached=cached,
+                 faces=len(faces_doc), model_version=scorer.version)
+    return {
+        "image_id": image_id,
+        "model": scorer.describe(),
+        "faces": faces_doc,
+        "cached": cached,
+        "timings_ms": timings,
+    }
+
+
+def image_record(image_id: str) -> dict:
+    """GET /api/images/<id>: the stored metadata and the validation answer."""
+    meta = store.meta_or_404(image_id)
+    g.image_id = image_id
+    return dict(meta)
+
+
+def image_trace(image_id: str) -> dict:
+    """GET /api/images/<id>/trace: every event of an image, oldest first."""
+    store.meta_or_404(image_id)
+    g.image_id = image_id
+    return {"image_id": image_id, "events": store.backend.events(image_id)}
+
+
+def image_png(image_id: str) -> bytes:
+    """The stored, normalised image (PNG bytes)."""
+    check_image_id(image_id)
+    data = store.backend.get_image(image_id)
+    if data is None:
+        raise not_found(image_id)
+    return data
+
+
+def delete_image(image_id: str) -> dict:
+    """DELETE /api/images/<id>: forget an image, its results and its trace."""
+    check_image_id(image_id)
+    if not store.backend.delete(image_id):
+        raise not_found(image_id)
+    log.info("deleted image %s", image_id[:12])
+    return {"image_id": image_id, "deleted": True}
+
+
+def wipe_all() -> dict:
+    """POST /api/cache/wipe: forget every stored image and result."""
+    count = store.backend.wipe()
+    log.info("wiped the store: %d image(s)", count)
+    return {"wiped": count}
+
+
+def _plain(value: Any) -> Any:
+    from faceapp.output import to_plain
+
+    return to_plain(value)

@@ -1,0 +1,31 @@
+"""Gunicorn settings for faceapp (`make run`); PORT, HOST, WORKERS and THREADS override them."""
+
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WORKERS", "2"))
+# Threads let a worker wait on a slow image_url while another request runs; the model's own
+# thread pool is sized to cores / workers (faceapp.face_models.torch_threads).
+worker_class = "gthread"
+threads = int(os.environ.get("THREADS", "4"))
+# The app (and torch) is imported in each worker after fork: loading torch in the master
+# hangs workers (gunicorn #2478, pytorch #49555) and breaks CUDA.
+preload_app = False
+timeout = 120
+graceful_timeout = 30  # SIGTERM: in-flight requests get this long to finish
+keepalive = 5
+# Recycle workers now and then, staggered so they never all restart at once.
+max_requests = int(os.environ.get("MAX_REQUESTS", "1000"))
+max_requests_jitter = max(1, max_requests // 10)
+raw_env = [f"FACEAPP_WORKERS={workers}"]
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+limit_request_line = 8190
+
+
+def post_worker_init(worker):
+    """Start loading this worker's model in the background: health answers at once, ready once loaded."""
+    from faceapp.face_models import models
+
+    models.load_in_background(worker.wsgi)

@@ -1,0 +1,11 @@
+# Copy to instance/config.py and edit. Environment variables FACEAPP_<KEY> override this file.
+# Every key and its default: faceapp/config.py (DEFAULTS) and README.md, "Configuration".
+
+# MODEL_NAME = "openai/clip-vit-base-patch32"   # a hub id (pulled into MODELS_DIR) or a folder
+# DEVICE = "auto"                               # auto, cpu, cuda, cuda:N, mps
+# DTYPE = "float32"                             # float32, bfloat16, float16
+# STORE_URL = "redis://127.0.0.1:6379/0"        # default: the store/ folder in this instance folder
+# API_KEYS = "key-for-app-a,key-for-app-b"
+# ADMIN_KEYS = "a-long-random-admin-key"
+# MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# URL_ALLOWED_HOSTS = "images.example.com"

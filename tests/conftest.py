@@ -1,0 +1,82 @@
+"""Shared fixtures: the tiny random CLIP (made once, through `models random`), app, client, photos."""
+
+from __future__ import annotations
+
+import io
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from faceapp import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny random-weights CLIP written by the real `flask models random` command."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-clip"
+    app = create_app({"TESTING": True, "MODELS_DIR": str(folder.parent),
+                      "STORE_URL": str(tmp_path_factory.mktemp("cli-store"))})
+    result = app.test_cli_runner().invoke(args=["models", "random", str(folder), "--size", "tiny"])
+    assert result.exit_code == 0, result.output
+    return str(folder)
+
+
+@pytest.fixture
+def config(tmp_path, tiny_model_dir) -> dict:
+    """The test configuration; tests may change it before asking for `app`."""
+    return {
+        "TESTING": True,
+        "MODEL_NAME": tiny_model_dir,
+        "MODELS_DIR": str(tmp_path / "models"),
+        "STORE_URL": str(tmp_path / "store"),
+        "LOAD_MODEL_ON_START": False,
+        "MODEL_AUTO_PULL": False,
+        "TESTER_ENABLED": True,
+        "WTF_CSRF_ENABLED": False,
+        "ADMIN_KEYS": "admin-key",
+        "TORCH_THREADS": 1,
+    }
+
+
+@pytest.fixture
+def app(config):
+    return create_app(config)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+ADMIN = {"Authorization": "Bearer admin-key"}
+
+
+def jpeg_bytes(image: Image.Image, **save) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92, **save)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def astronaut_jpeg() -> bytes:
+    """scikit-image's astronaut: a real photograph with one face."""
+    from skimage import data
+
+    return jpeg_bytes(Image.fromarray(data.astronaut()))
+
+
+@pytest.fixture(scope="session")
+def coffee_jpeg() -> bytes:
+    """scikit-image's coffee cup: a real photograph with no face."""
+    from skimage import data
+
+    return jpeg_bytes(Image.fromarray(data.coffee()))

@@ -1,0 +1,91 @@
+"""Real servers for the tests: gunicorn running faceapp, and redis-server, on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not happen within {timeout} s")
+
+
+@contextmanager
+def gunicorn(env: dict[str, str], workers: int = 2, log_path: str | None = None):
+    """Run `gunicorn -c gunicorn.conf.py wsgi:app` as `make run` does; yield its base URL."""
+    port = free_port()
+    full_env = {**os.environ, **env, "PORT": str(port), "WORKERS": str(workers),
+                "HF_HUB_OFFLINE": "1"}
+    gunicorn_bin = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [gunicorn_bin, "--config", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert process.poll() is None, "gunicorn exited early"
+            try:
+                return requests.get(base + "/api/health", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(up, 60, "gunicorn answering /api/health")
+        yield base, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
+
+
+@contextmanager
+def redis_server(tmp_dir: str):
+    """A throwaway redis-server on a free loopback port; yields its redis:// URL."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", tmp_dir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        def answers() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    return sock.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_until(answers, 10, "redis-server answering PING")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,166 @@
+"""faceapp/face_models.py: model folders, manifests, device/dtype, loading once, failing softly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+
+import pytest
+import torch
+
+from faceapp import create_app, face_models
+from faceapp.face_models import ModelHolder
+from tests.conftest import ADMIN
+
+
+def test_random_checkpoint_has_a_manifest_with_file_hashes(tiny_model_dir):
+    manifest = face_models.read_manifest(tiny_model_dir)
+    assert manifest["random_weights"] is True
+    names = {f["name"] for f in manifest["files"]}
+    assert {"config.json", "model.safetensors"} <= names
+    weights = next(f for f in manifest["files"] if f["name"] == "model.safetensors")
+    assert weights["sha256"] == face_models.sha256_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    assert weights["size"] == os.path.getsize(os.path.join(tiny_model_dir, "model.safetensors"))
+
+
+def test_version_changes_with_the_weights(tmp_path, tiny_model_dir):
+    other = face_models.write_random_checkpoint(str(tmp_path / "other"), "tiny", seed=1)
+    same = face_models.write_random_checkpoint(str(tmp_path / "same"), "tiny", seed=0)
+    version = face_models.weights_version(face_models.read_manifest(tiny_model_dir))
+    assert len(version) == 12 and int(version, 16) >= 0
+    assert face_models.weights_version(face_models.read_manifest(other)) != version
+    assert face_models.weights_version(face_models.read_manifest(same)) == version
+
+
+def test_models_list_shows_pulled_and_random_models(tmp_path, runner, app):
+    folder = tmp_path / "models" / "random-a"
+    result = runner.invoke(args=["models", "random", str(folder)])
+    assert result.exit_code == 0, result.output
+    listing = runner.invoke(args=["models", "list"])
+    assert "random-clip-tiny" in listing.output and "(random weights)" in listing.output
+
+
+def test_models_pull_without_the_hub_fails_cleanly(runner):
+    result = runner.invoke(args=["models", "pull", "openai/clip-vit-base-patch32"])
+    assert result.exit_code != 0
+    assert "could not pull openai/clip-vit-base-patch32" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_loaded_model_encodes_unit_vectors(config):
+    model = face_models.load_clip(config)
+    from PIL import Image
+
+    images = model.encode_images([Image.new("RGB", (40, 60), (200, 10, 10))] * 3)
+    texts = model.encode_texts(["a smiling face", "a frowning face"])
+    assert images.shape == (3, model.embedding_size) and texts.shape == (2, model.embedding_size)
+    assert torch.allclose(images.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert model.describe()["random_weights"] is True and model.device == "cpu"
+
+
+def test_bfloat16_loads_and_float16_falls_back_on_cpu(config):
+    assert face_models.load_clip({**config, "DTYPE": "bfloat16"}).dtype == torch.bfloat16
+    assert face_models.load_clip({**config, "DTYPE": "float16"}).dtype == torch.float32
+    with pytest.raises(RuntimeError, match="DTYPE"):
+        face_models.load_clip({**config, "DTYPE": "int3"})
+
+
+def test_device_choice():
+    assert face_models.choose_device("auto") in ("cpu", "cuda", "mps")
+    assert face_models.choose_device("cpu") == "cpu"
+    with pytest.raises(RuntimeError, match="not one of"):
+        face_models.choose_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            face_models.choose_device("cuda:0")
+
+
+def test_torch_threads_divide_the_cores_among_workers(monkeypatch):
+    monkeypatch.setattr(face_models, "available_cores", lambda: 8)
+    assert face_models.torch_threads({"WORKERS": 2}) == 4
+    assert face_models.torch_threads({"WORKERS": 16}) == 1
+    assert face_models.torch_threads({"WORKERS": 2, "TORCH_THREADS": 3}) == 3
+
+
+def test_concurrent_first_requests_load_the_model_once(app, config):
+    calls = []
+
+    def slow_loader(cfg):
+        calls.append(threading.get_ident())
+        time.sleep(0.2)
+        return face_models.load_clip(cfg)
+
+    holder = ModelHolder()
+    holder.init_app(app, loader=slow_loader)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(holder.load(app))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert len({id(model) for model in results}) == 1 and results[0] is not None
+
+
+def test_a_forked_worker_does_not_reuse_its_parents_model(app):
+    holder = ModelHolder()
+    holder.init_app(app)
+    parent = holder.load(app)
+    assert parent is not None
+    app.extensions[face_models.EXTENSION_KEY].pid = -1  # as seen from a forked child
+    with app.app_context():
+        assert holder.status() == "not_loaded"
+
+
+def test_missing_model_keeps_the_service_up(config, astronaut_jpeg):
+    app = create_app({**config, "MODEL_NAME": "openai/clip-vit-base-patch32"})
+    client = app.test_client()
+    assert client.get("/api/health").status_code == 200
+    answer = client.post("/api/setup", headers=ADMIN)
+    assert answer.status_code == 503
+    error = answer.get_json()["error"]
+    assert error["code"] == "model.not_ready"
+    assert "models pull" in error["message"] and "FACEAPP_MODEL_NAME" in error["message"]
+    ready = client.get("/api/ready")
+    assert ready.status_code == 503 and ready.get_json()["error"]["code"] == "model.not_ready"
+    assert "failed" in ready.get_json()["error"]["message"]
+    # Validation needs no model (RELIABILITY 22).
+    import io
+
+    answer = client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")})
+    assert answer.status_code == 200
+
+
+def test_corrupt_weights_are_reported_not_raised(config, tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    app = create_app({**config, "MODEL_NAME": str(broken)})
+    answer = app.test_client().post("/api/setup", headers=ADMIN)
+    assert answer.status_code == 503
+    assert "could not be loaded" in answer.get_json()["error"]["message"]
+    assert "Traceback" not in answer.get_data(as_text=True)
+
+
+def test_setup_loads_warms_and_is_idempotent(client):
+    assert client.get("/api/ready").status_code == 503
+    first = client.post("/api/setup", headers=ADMIN)
+    assert first.status_code == 200, first.get_json()
+    body = first.get_json()
+    assert body["ready"] is True and body["model"]["random_weights"] is True
+    assert body["worker"]["pid"] == os.getpid() and body["warmup_ms"] > 0
+    second = client.post("/api/setup", headers=ADMIN).get_json()
+    assert second["model"] == body["model"] and second["load_ms"] == body["load_ms"]
+    ready = client.get("/api/ready")
+    assert ready.status_code == 200 and ready.get_json()["model"]["version"] == body["model"]["version"]
+
+
+def test_setup_is_an_admin_operation(config):
+    client = create_app({**config, "ADMIN_KEYS": ""}).test_client()
+    assert client.post("/api/setup").get_json()["error"]["code"] == "auth.forbidden"
+    client = create_app(config).test_client()
+    assert client.post("/api/setup").status_code == 401
+    assert client.post("/api/setup", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.get("/api/setup").status_code == 405

@@ -1,0 +1,226 @@
+"""POST /api/validate, the image records and traces, and the error envelope around them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+
+import pytest
+from PIL import Image
+from ruamel.yaml import YAML
+
+from faceapp import create_app
+from tests.conftest import ADMIN
+
+
+def upload(client, data: bytes, name: str = "photo.jpg", **fields):
+    return client.post("/api/validate", data={"file": (io.BytesIO(data), name), **fields})
+
+
+def error_of(response) -> str:
+    body = response.get_json()
+    assert set(body) == {"error"}, body
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body["error"]["code"]
+
+
+def test_astronaut_upload_is_valid_and_keyed_by_its_sha256(client, astronaut_jpeg):
+    answer = upload(client, astronaut_jpeg)
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert list(body) == ["image_id", "valid", "errors", "warnings"]
+    assert body["image_id"] == hashlib.sha256(astronaut_jpeg).hexdigest()
+    assert body["valid"] is True and body["errors"] == []
+
+
+def test_the_three_input_forms_give_the_same_image_id(client, astronaut_jpeg):
+    encoded = base64.b64encode(astronaut_jpeg).decode()
+    ids = {
+        upload(client, astronaut_jpeg).get_json()["image_id"],
+        client.post("/api/validate", json={"image_base64": encoded}).get_json()["image_id"],
+        client.post("/api/validate", data={"image_base64": "data:image/jpeg;base64," + encoded})
+        .get_json()["image_id"],
+    }
+    assert ids == {hashlib.sha256(astronaut_jpeg).hexdigest()}
+
+
+def test_a_photo_without_a_face_is_invalid(client, coffee_jpeg):
+    body = upload(client, coffee_jpeg).get_json()
+    assert body["valid"] is False
+    assert [e["code"] for e in body["errors"]] == ["face.none"]
+    assert all(e["message"] for e in body["errors"])
+
+
+def test_details_describe_the_stored_upright_image(client, astronaut_jpeg):
+    body = client.post("/api/validate?details=1",
+                       data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}).get_json()
+    details = body["details"]
+    assert (details["width"], details["height"], details["format"]) == (512, 512, "JPEG")
+    assert len(details["faces"]) == 1
+    box = details["faces"][0]["box"]
+    assert 100 < box["x"] + box["width"] / 2 < 300 and 0 <= details["faces"][0]["confidence"] <= 1
+    assert "brightness" in details["quality"]
+
+
+def test_stored_record_and_png(client, app, astronaut_jpeg):
+    image_id = upload(client, astronaut_jpeg).get_json()["image_id"]
+    record = client.get(f"/api/images/{image_id}").get_json()
+    assert record["image_id"] == image_id and record["validation"]["valid"] is True
+    assert record["bytes"] == len(astronaut_jpeg) and record["format"] == "JPEG"
+    with app.app_context():
+        from faceapp import services
+
+        png = Image.open(io.BytesIO(services.image_png(image_id)))
+    assert png.format == "PNG" and png.mode == "RGB" and png.size == (512, 512)
+
+
+def test_trace_records_each_validation(client, astronaut_jpeg):
+    first = upload(client, astronaut_jpeg, wipe_cache="no")
+    image_id = first.get_json()["image_id"]
+    upload(client, astronaut_jpeg)
+    client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"),
+                                       "wipe_cache": "yes"}, headers={"X-Request-ID": "qa-123"})
+    events = client.get(f"/api/images/{image_id}/trace").get_json()["events"]
+    assert [e["event"] for e in events] == ["validated", "validated", "wiped", "validated"]
+    assert [e.get("cached") for e in events if e["event"] == "validated"] == [False, True, False]
+    assert events[0]["request_id"] == first.headers["X-Request-ID"]
+    assert events[-1]["request_id"] == "qa-123"
+    assert events[0]["time"].endswith("Z") and events[0]["worker_pid"] > 0
+    assert {"decode", "detect", "total"} <= set(events[0]["timings_ms"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"data": {}}, "input.missing"),
+        ({"json": {}}, "input.missing"),
+        ({"json": {"image_base64": "aGVsbG8=", "image_url": "http://example.com/a.jpg"}},
+         "input.ambiguous"),
+        ({"json": {"image_base64": "not base64 at all!"}}, "input.invalid"),
+        ({"json": {"image_base64": "data:text/html;base64,aGVsbG8="}}, "input.invalid"),
+        ({"json": {"image_base64": 12}}, "input.invalid"),
+        ({"json": {"image_base64": "aGVsbG8=", "colour": "red"}}, "input.invalid"),
+        ({"json": {"image_base64": "aGVsbG8=", "wipe_cache": "perhaps"}}, "input.invalid"),
+        ({"json": ["not", "an", "object"]}, "input.invalid"),
+        ({"data": "{broken json", "content_type": "application/json"}, "input.invalid"),
+    ],
+)
+def test_bad_requests_have_stable_codes(client, kwargs, code):
+    answer = client.post("/api/validate", **kwargs)
+    assert answer.status_code == 400
+    assert error_of(answer) == code
+
+
+def test_upload_and_base64_together_are_ambiguous(client, astronaut_jpeg):
+    answer = client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"),
+                                                 "image_base64": "aGVsbG8="})
+    assert error_of(answer) == "input.ambiguous"
+
+
+def truncated_jpeg(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        (b"", 400, "image.empty"),
+        (b"hello, I am text", 415, "image.unsupported_format"),
+        (b"<html><body>no</body></html>", 415, "image.unsupported_format"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", 415, "image.unsupported_format"),
+    ],
+)
+def test_undecodable_uploads(client, payload, status, code):
+    answer = upload(client, payload)
+    assert answer.status_code == status and error_of(answer) == code
+
+
+def test_truncated_jpeg_is_corrupt(client, astronaut_jpeg):
+    answer = upload(client, truncated_jpeg(astronaut_jpeg))
+    assert answer.status_code == 400 and error_of(answer) == "image.corrupt"
+
+
+def test_size_and_pixel_limits(config, astronaut_jpeg):
+    client = create_app({**config, "MAX_UPLOAD_BYTES": 10_000}).test_client()
+    answer = upload(client, astronaut_jpeg)
+    assert answer.status_code == 413 and error_of(answer) == "image.too_large"
+    encoded = base64.b64encode(astronaut_jpeg).decode()
+    assert error_of(client.post("/api/validate", json={"image_base64": encoded})) == "image.too_large"
+    client = create_app({**config, "MAX_IMAGE_PIXELS": 100 * 100}).test_client()
+    answer = upload(client, astronaut_jpeg)
+    assert answer.status_code == 413 and error_of(answer) == "image.too_many_pixels"
+
+
+def test_a_body_over_flasks_limit_is_413_json(config):
+    client = create_app({**config, "MAX_UPLOAD_BYTES": 1000}).test_client()
+    answer = upload(client, b"x" * 200_000)
+    assert answer.status_code == 413 and error_of(answer) == "image.too_large"
+    assert client.get("/api/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["../etc/passwd", "%2e%2e%2fetc%2fpasswd", "A" * 64, "a" * 63, "a" * 65, "g" * 64, "a" * 10_000],
+)
+def test_malformed_image_ids_are_refused(client, bad_id):
+    for path in (f"/api/images/{bad_id}", f"/api/images/{bad_id}/trace"):
+        answer = client.get(path)
+        assert answer.status_code == 400, path
+        assert error_of(answer) == "image_id.invalid"
+
+
+def test_unknown_image_id_is_404(client):
+    answer = client.get("/api/images/" + "0" * 64)
+    assert answer.status_code == 404 and error_of(answer) == "image_id.not_found"
+
+
+def test_delete_and_wipe_forget_images(client, astronaut_jpeg, coffee_jpeg):
+    first = upload(client, astronaut_jpeg).get_json()["image_id"]
+    second = upload(client, coffee_jpeg).get_json()["image_id"]
+    assert client.delete(f"/api/images/{first}").status_code == 401
+    assert client.delete(f"/api/images/{first}", headers=ADMIN).get_json() == {
+        "image_id": first, "deleted": True}
+    assert client.get(f"/api/images/{first}").status_code == 404
+    assert client.get(f"/api/images/{first}/trace").status_code == 404
+    assert client.delete(f"/api/images/{first}", headers=ADMIN).status_code == 404
+    assert client.get("/api/cache/wipe", headers=ADMIN).status_code == 405
+    assert client.post("/api/cache/wipe", headers=ADMIN).get_json() == {"wiped": 1}
+    assert client.get(f"/api/images/{second}").status_code == 404
+    # Validating again after a wipe stores the image anew.
+    assert upload(client, coffee_jpeg).get_json()["image_id"] == second
+
+
+def test_request_ids(client):
+    generated = client.get("/api/health")
+    assert len(generated.headers["X-Request-ID"]) == 32
+    assert client.get("/api/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    insane = client.get("/api/health", headers={"X-Request-ID": "bad id\x01" + "x" * 300})
+    assert insane.headers["X-Request-ID"] != "bad id"
+    assert len(insane.headers["X-Request-ID"]) == 32
+
+
+def test_unknown_routes_and_methods_answer_in_the_envelope(client):
+    assert error_of(client.get("/api/nothing-here")) == "route.not_found"
+    answer = client.get("/api/validate")
+    assert answer.status_code == 405 and error_of(answer) == "request.method_not_allowed"
+    assert "POST" in answer.headers["Allow"]
+
+
+def test_errors_in_yaml_equal_the_json(client):
+    as_json = client.post("/api/validate", json={}).get_json()
+    as_yaml = client.post("/api/validate?format=yaml", json={})
+    assert as_yaml.mimetype == "application/yaml"
+    assert YAML(typ="safe", pure=True).load(as_yaml.get_data(as_text=True)) == as_json
+
+
+def test_an_unexpected_error_is_internal_and_hides_its_text(client, monkeypatch):
+    from faceapp import services
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(services, "validate", explode)
+    answer = client.post("/api/validate", json={"image_base64": "aGVsbG8="})
+    assert answer.status_code == 500 and error_of(answer) == "internal"
+    assert "secret internals" not in answer.get_data(as_text=True)

@@ -1,0 +1,3 @@
+from faceapp import create_app
+
+app = create_app()
