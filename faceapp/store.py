@@ -146,7 +146,10 @@ class FileStore:
         folder = self._dir(image_id)
         if not os.path.isdir(folder):
             raise not_found(image_id)
-        self._atomic_write(os.path.join(folder, self.META), json.dumps(meta).encode())
+        try:
+            self._atomic_write(os.path.join(folder, self.META), json.dumps(meta).encode())
+        except FileNotFoundError:  # deleted since the check above
+            raise not_found(image_id) from None
 
     def get_image(self, image_id: str) -> bytes | None:
         try:
@@ -161,11 +164,27 @@ class FileStore:
         return os.path.join(self._dir(image_id), self.RESULTS, f"{safe}.json")
 
     def put_result(self, image_id: str, key: str, document: dict) -> None:
+        folder = self._dir(image_id)
         path = self._result_path(image_id, key)
-        if not os.path.isdir(self._dir(image_id)):
-            raise not_found(image_id)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._atomic_write(path, json.dumps({"key": key, "document": document}).encode())
+        data = json.dumps({"key": key, "document": document}).encode()
+        for attempt in range(3):
+            # mkdir, never makedirs: if a delete took the image folder away meanwhile, creating
+            # it again would leave a husk without image or meta that put_image takes as stored.
+            try:
+                os.mkdir(os.path.dirname(path))
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                raise not_found(image_id) from None
+            try:
+                self._atomic_write(path, data)
+                return
+            except FileNotFoundError:
+                if not os.path.isdir(folder):
+                    raise not_found(image_id) from None
+                if attempt == 2:
+                    raise
+                # else drop_results moved results/ away meanwhile: make it again
 
     def get_result(self, image_id: str, key: str) -> dict | None:
         stored = _read_json(self._result_path(image_id, key))
@@ -188,7 +207,11 @@ class FileStore:
             return  # the image was deleted meanwhile; its trace went with it
         line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
         # One write() on an O_APPEND descriptor: concurrent workers' lines never interleave.
-        fd = os.open(os.path.join(folder, self.TRACE), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        try:
+            fd = os.open(os.path.join(folder, self.TRACE), flags, 0o644)
+        except FileNotFoundError:
+            return  # deleted since the check above
         try:
             os.write(fd, line)
         finally:
@@ -245,7 +268,8 @@ class FileStore:
 
     def maybe_evict(self) -> None:
         """Evict at most every `evict_interval` seconds (a scan of the folder is not free)."""
-        if (self.max_bytes or self.max_age) and time.monotonic() - self._last_evict > self.evict_interval:
+        due = time.monotonic() - self._last_evict > self.evict_interval
+        if (self.max_bytes or self.max_age) and due:
             self.evict()
 
     def evict(self) -> int:

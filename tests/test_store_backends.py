@@ -1,0 +1,448 @@
+"""The store contract, run against every backend: FileStore in a temporary folder and RedisStore
+against a real redis-server started on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from faceapp.errors import FaceappError
+from faceapp.store import FileStore, image_id_for, open_backend
+from faceapp.store_redis import RedisStore
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # every byte value: the store is binary-safe
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2,
+                         socket_timeout=0.2, retry_on_error=[], retry=None)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A private redis-server on a free loopback port (no persistence), stopped afterwards."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        pytest.skip("redis-server is not installed")
+    workdir = tmp_path_factory.mktemp("redis")
+    for _ in range(3):  # another process may take the free port before the server binds it
+        port = _free_port()
+        proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < deadline:
+                if _answers(port):
+                    break
+                time.sleep(0.05)
+            if proc.poll() is None and _answers(port):
+                yield f"redis://127.0.0.1:{port}/0"
+                return
+        finally:
+            _stop(proc)
+    pytest.fail("redis-server did not start")
+
+
+@pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.slow)])
+def make_store(request, tmp_path):
+    """Build stores of the parametrised backend (each Redis one under its own key prefix)."""
+    made = []
+
+    def make(**options):
+        if request.param == "file":
+            store = FileStore(str(tmp_path / "store"), **options)
+        else:
+            url = request.getfixturevalue("redis_url")
+            store = RedisStore(url, prefix=f"test-{uuid.uuid4().hex[:8]}:", **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        if isinstance(store, RedisStore):
+            store.wipe()
+            store.close()
+
+
+@pytest.fixture
+def store(make_store):
+    return make_store()
+
+
+def _image(n: int, size: int = 64) -> tuple[str, bytes]:
+    data = PNG + n.to_bytes(4, "big") + os.urandom(size)
+    return image_id_for(data), data
+
+
+def _put(store, n: int, created: float, size: int = 64) -> str:
+    """Store image `n` as if it was made at `created` (FileStore dates its meta.json file)."""
+    image_id, data = _image(n, size)
+    assert store.put_image(image_id, data, {"image_id": image_id, "created": created})
+    if isinstance(store, FileStore):
+        meta = os.path.join(store._dir(image_id), FileStore.META)
+        os.utime(meta, (created, created))
+    return image_id
+
+
+def _run_threads(count: int, target) -> list:
+    """Run target(i) in `count` threads started together; their results, re-raising any error."""
+    barrier = threading.Barrier(count)
+    results: list = [None] * count
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = target(i)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+# -- images -----------------------------------------------------------------------------------
+def test_put_and_get_roundtrip(store):
+    image_id, data = _image(1)
+    meta = {"image_id": image_id, "created": 1700000000.5, "valid": True, "errors": []}
+    assert store.get_meta(image_id) is None and store.get_image(image_id) is None
+    assert store.put_image(image_id, data, meta) is True
+    assert store.get_image(image_id) == data
+    assert store.get_meta(image_id) == meta
+
+
+def test_second_put_of_same_image_changes_nothing(store):
+    image_id, data = _image(1)
+    assert store.put_image(image_id, data, {"n": 1}) is True
+    assert store.put_image(image_id, b"other bytes", {"n": 2}) is False
+    assert store.get_image(image_id) == data
+    assert store.get_meta(image_id) == {"n": 1}
+
+
+def test_concurrent_puts_of_same_image_store_one(store):
+    image_id, data = _image(1, size=100_000)
+    stored = _run_threads(8, lambda i: store.put_image(image_id, data, {"thread": i}))
+    assert stored.count(True) == 1
+    assert store.get_image(image_id) == data
+    assert store.get_meta(image_id) == {"thread": stored.index(True)}
+
+
+def test_set_meta_replaces_meta_and_needs_the_image(store):
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {"valid": None})
+    store.set_meta(image_id, {"valid": True})
+    assert store.get_meta(image_id) == {"valid": True}
+    other, _ = _image(2)
+    with pytest.raises(FaceappError) as raised:
+        store.set_meta(other, {"valid": True})
+    assert raised.value.code == "image_id.not_found"
+    assert store.get_meta(other) is None
+
+
+# -- results ----------------------------------------------------------------------------------
+def test_results_put_get_and_drop(store):
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {})
+    key = "analysis:v1:attributes=expression,age"
+    store.put_result(image_id, key, {"faces": [1]})
+    store.put_result(image_id, "other", {"faces": [2]})
+    assert store.get_result(image_id, key) == {"faces": [1]}
+    store.put_result(image_id, key, {"faces": [3]})
+    assert store.get_result(image_id, key) == {"faces": [3]}
+    assert store.get_result(image_id, key + ":x") is None  # a different key is a miss
+    store.drop_results(image_id)
+    assert store.get_result(image_id, key) is None
+    assert store.get_result(image_id, "other") is None
+    assert store.get_meta(image_id) == {}  # the image itself stays
+    store.drop_results(image_id)  # nothing left to drop: no error
+
+
+def test_put_result_needs_the_image(store):
+    image_id, _ = _image(1)
+    with pytest.raises(FaceappError) as raised:
+        store.put_result(image_id, "k", {})
+    assert raised.value.code == "image_id.not_found"
+    assert store.get_result(image_id, "k") is None
+    assert store.get_meta(image_id) is None
+
+
+# -- traces -----------------------------------------------------------------------------------
+def test_events_from_many_threads_all_arrive_whole_and_in_order(store):
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {})
+    store.append_event(image_id, {"event": "validated", "seq": -1})
+
+    def emit(thread: int) -> None:
+        for seq in range(40):
+            store.append_event(image_id, {"event": "analyzed", "thread": thread, "seq": seq,
+                                          "pad": f"{thread}" * 500})
+
+    _run_threads(8, emit)
+    events = store.events(image_id)
+    assert events[0] == {"event": "validated", "seq": -1}
+    assert len(events) == 1 + 8 * 40
+    for thread in range(8):
+        mine = [e for e in events[1:] if e["thread"] == thread]
+        assert [e["seq"] for e in mine] == list(range(40))
+        assert all(e["pad"] == f"{thread}" * 500 for e in mine)
+
+
+def test_events_of_unknown_image_are_empty_and_not_recorded(store):
+    image_id, _ = _image(1)
+    store.append_event(image_id, {"event": "analyzed"})
+    assert store.events(image_id) == []
+    assert store.put_image(image_id, b"x", {}) is True
+    assert store.events(image_id) == []
+
+
+# -- removal ----------------------------------------------------------------------------------
+def test_delete_forgets_image_meta_results_and_trace(store):
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {"n": 1})
+    store.put_result(image_id, "k", {"r": 1})
+    store.append_event(image_id, {"event": "validated"})
+    assert store.delete(image_id) is True
+    assert store.get_image(image_id) is None
+    assert store.get_meta(image_id) is None
+    assert store.get_result(image_id, "k") is None
+    assert store.events(image_id) == []
+    assert store.delete(image_id) is False
+    assert store.put_image(image_id, data, {"n": 2}) is True  # stored afresh, nothing inherited
+    assert store.get_result(image_id, "k") is None
+    assert store.events(image_id) == []
+
+
+def test_wipe_counts_and_removes_everything(store):
+    ids = [_put(store, n, created=1000 + n) for n in range(3)]
+    store.put_result(ids[0], "k", {})
+    store.append_event(ids[1], {"event": "validated"})
+    assert store.wipe() == 3
+    assert all(store.get_meta(i) is None and store.events(i) == [] for i in ids)
+    assert store.recent(10) == []
+    assert store.wipe() == 0
+    if isinstance(store, RedisStore):  # nothing at all is left under the prefix
+        assert list(store.client.scan_iter(match=f"{store.prefix}*")) == []
+
+
+def test_recent_is_newest_first(store):
+    now = time.time()
+    ids = [_put(store, n, created=now - age) for n, age in enumerate([300, 100, 200, 400])]
+    assert [m["image_id"] for m in store.recent(10)] == [ids[1], ids[2], ids[0], ids[3]]
+    assert [m["image_id"] for m in store.recent(2)] == [ids[1], ids[2]]
+    assert store.recent(0) == []
+    store.delete(ids[1])
+    assert [m["image_id"] for m in store.recent(1)] == [ids[2]]
+
+
+def test_evict_drops_images_past_the_age_limit(store):
+    now = time.time()
+    old = _put(store, 1, created=now - 1000)
+    older = _put(store, 2, created=now - 5000)
+    fresh = _put(store, 3, created=now - 10)
+    assert store.evict() == 0  # no limits configured
+    store.max_age = 100
+    assert store.evict() == 2
+    assert store.get_meta(old) is None and store.get_meta(older) is None
+    assert store.get_image(fresh) is not None
+
+
+def test_evict_drops_oldest_until_size_fits(store):
+    now = time.time()
+    ids = [_put(store, n, created=now - 100 * (4 - n), size=2000) for n in range(4)]
+    store.max_bytes = 5500  # each image is about 2.4 kB: two of the four fit
+    assert store.evict() == 2
+    assert [store.get_meta(i) is not None for i in ids] == [False, False, True, True]
+    assert store.evict() == 0
+
+
+def test_put_image_evicts_by_itself(make_store):
+    store = make_store(max_bytes=1500, evict_interval=0)
+    first = _put(store, 1, created=time.time() - 100, size=1000)
+    second = _put(store, 2, created=time.time(), size=1000)
+    assert store.get_meta(first) is None
+    assert store.get_image(second) is not None
+
+
+def test_results_and_traces_count_towards_the_size_limit(store):
+    now = time.time()
+    older = _put(store, 1, created=now - 100, size=100)
+    newer = _put(store, 2, created=now, size=100)
+    store.max_bytes = 3000
+    assert store.evict() == 0
+    store.put_result(older, "k", {"blob": "x" * 4000})
+    assert store.evict() == 1
+    assert store.get_meta(older) is None and store.get_meta(newer) is not None
+    for _ in range(40):
+        store.append_event(newer, {"event": "analyzed", "pad": "y" * 100})
+    store.max_bytes = 2000
+    assert store.evict() == 1
+    assert store.recent(10) == []
+
+
+def test_writes_racing_delete_never_leave_half_an_image(store):
+    """Writes racing delete and drop_results: a 404 or success, never an error or a husk."""
+    image_id, data = _image(1)
+    stop = time.monotonic() + 0.5
+    unexpected: list[BaseException] = []
+
+    def churn(i: int) -> None:
+        while time.monotonic() < stop:
+            try:
+                if i == 0:
+                    store.put_image(image_id, data, {"n": 1})
+                    store.delete(image_id)
+                elif i == 1:
+                    store.put_result(image_id, "k", {"r": 1})
+                elif i == 2:
+                    store.set_meta(image_id, {"n": 2})
+                elif i == 3:
+                    store.drop_results(image_id)
+                else:
+                    store.append_event(image_id, {"event": "analyzed"})
+            except FaceappError as exc:
+                assert exc.code == "image_id.not_found"
+            except BaseException as exc:  # noqa: BLE001 - any other error is the failure
+                unexpected.append(exc)
+                return
+
+    _run_threads(5, churn)
+    assert unexpected == []
+    if store.get_meta(image_id) is None:  # deleted last: it can be stored again, whole
+        assert store.get_image(image_id) is None
+        assert store.put_image(image_id, data, {"n": 3}) is True
+    assert store.get_image(image_id) == data
+
+
+# -- image_id validation ----------------------------------------------------------------------
+BAD_IDS = ["../etc/passwd", "%2e%2e%2f", "../" + "a" * 61, "A" * 64, "a" * 63, "a" * 65,
+           "a" * 10_000, "a" * 64 + "\n", "", None, 12]
+
+
+def _snapshot(root) -> dict:
+    return {path: os.stat(path).st_mtime_ns for path, _, _ in os.walk(root)} | {
+        os.path.join(path, name): os.stat(os.path.join(path, name)).st_mtime_ns
+        for path, _, names in os.walk(root) for name in names}
+
+
+@pytest.mark.parametrize("bad", BAD_IDS, ids=lambda b: repr(b)[:20])
+def test_invalid_image_ids_are_refused_and_touch_nothing(store, bad, tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root")
+    before = _snapshot(tmp_path)
+    calls = [
+        lambda: store.put_image(bad, b"x", {}),
+        lambda: store.get_meta(bad),
+        lambda: store.set_meta(bad, {}),
+        lambda: store.get_image(bad),
+        lambda: store.put_result(bad, "k", {}),
+        lambda: store.get_result(bad, "k"),
+        lambda: store.drop_results(bad),
+        lambda: store.append_event(bad, {}),
+        lambda: store.events(bad),
+        lambda: store.delete(bad),
+    ]
+    for call in calls:
+        with pytest.raises(FaceappError) as raised:
+            call()
+        assert raised.value.code == "image_id.invalid"
+    assert _snapshot(tmp_path) == before
+    if isinstance(store, RedisStore):
+        assert list(store.client.scan_iter(match=f"{store.prefix}*")) == []
+
+
+# -- backend specifics ------------------------------------------------------------------------
+def test_filestore_crash_mid_put_leaves_no_partial_image(tmp_path, monkeypatch):
+    store = FileStore(str(tmp_path / "store"))
+    image_id, data = _image(1)
+
+    def crash(src, dst):
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", crash)
+        with pytest.raises(OSError):
+            store.put_image(image_id, data, {})
+    leftovers = [name for _, dirs, files in os.walk(store.images) for name in dirs + files]
+    assert image_id not in leftovers and all(len(name) == 2 for name in leftovers)
+    assert os.listdir(store.scratch) == []
+    assert store.get_meta(image_id) is None and store.get_image(image_id) is None
+    assert store.put_image(image_id, data, {}) is True
+
+
+def test_redis_prefixes_keep_apps_apart(redis_url):
+    one = RedisStore(redis_url, prefix="app-one:")
+    two = RedisStore(redis_url, prefix="app-two:")
+    try:
+        image_id, data = _image(1)
+        assert one.put_image(image_id, data, {"app": 1}) is True
+        assert two.get_meta(image_id) is None
+        assert two.put_image(image_id, data, {"app": 2}) is True
+        assert two.wipe() == 1
+        assert one.get_meta(image_id) == {"app": 1}
+        assert one.get_image(image_id) == data
+    finally:
+        one.wipe()
+        one.close()
+        two.close()
+
+
+def test_redis_ping_raises_when_the_server_is_unreachable(redis_url):
+    store = RedisStore(redis_url)
+    store.ping()
+    store.close()
+    down = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", timeout=0.5)
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            down.ping()
+    finally:
+        down.close()
+
+
+def test_open_backend_picks_the_backend_from_the_url(redis_url, tmp_path):
+    backend = open_backend(redis_url, max_bytes=10, max_age_seconds=5)
+    try:
+        assert isinstance(backend, RedisStore)
+        assert (backend.max_bytes, backend.max_age) == (10, 5)
+        backend.ping()
+    finally:
+        backend.close()
+    assert isinstance(open_backend(str(tmp_path / "files")), FileStore)
+    assert isinstance(open_backend(f"file://{tmp_path / 'files'}"), FileStore)
