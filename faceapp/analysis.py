@@ -78,7 +78,7 @@ class Analyzer:
 
     # -- text side, computed once ----------------------------------------------------------------
     def _label_embeddings(self, cache_dir: str | None) -> dict[str, Any]:
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file, save_file
 
         path = os.path.join(cache_dir, f"{self.model.version}-{self.attributes.digest}.safetensors") \
@@ -89,7 +89,7 @@ class Analyzer:
                 if set(cached) == set(self.attributes.attributes):
                     log.info("label embeddings reused from %s", path)
                     return cached
-            except (SafetensorsError, OSError, ValueError):
+            except (SafetensorError, OSError, ValueError):
                 log.warning("label embedding cache %s is unreadable; recomputing", path)
         embeddings = {name: self._encode_label_prompts(attribute.prompts)
                       for name, attribute in self.attributes.attributes.items()}

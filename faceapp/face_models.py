@@ -382,7 +382,7 @@ def _pooled(output: Any):
 def load_clip(config: Mapping[str, Any]) -> LoadedModel:
     """Load MODEL_NAME on DEVICE in DTYPE (raises RuntimeError with the reason and the fix)."""
     import torch
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from transformers import CLIPModel, CLIPProcessor
     from transformers.utils import logging as hf_logging
 
@@ -416,7 +416,7 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
     try:
         model = CLIPModel.from_pretrained(folder, dtype=dtype).to(device).eval()
         processor = CLIPProcessor.from_pretrained(folder)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorsError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise RuntimeError(
             f"model folder {folder} could not be loaded ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200]}); pull it again with `flask --app wsgi models pull`"

@@ -20,6 +20,7 @@ def served(tmp_path, tiny_model_dir):
         "FACEAPP_MODEL_NAME": tiny_model_dir,
         "FACEAPP_MODEL_AUTO_PULL": "false",
         "FACEAPP_ADMIN_KEYS": "admin-key",
+        "THREADS": "1",  # one request at a time per worker, so concurrent ones must spread
     }
     with gunicorn(env, workers=2, log_path=str(tmp_path / "gunicorn.log")) as (base, process):
         yield base, process
