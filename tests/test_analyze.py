@@ -1,0 +1,228 @@
+"""POST /api/analyze: zero-shot attributes per face, cached, explained, in JSON and YAML."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+
+import pytest
+from ruamel.yaml import YAML
+
+from faceapp import create_app
+from faceapp.attributes import DEFAULT_FILE, AttributeFileError, load_attribute_set
+from tests.conftest import ADMIN
+
+ATTRIBUTES = ["expression", "age_group", "eyewear", "facial_hair", "head_pose", "headwear",
+              "face_mask", "lighting", "image_quality"]
+
+
+@pytest.fixture
+def stored(client, astronaut_jpeg) -> str:
+    return client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}).get_json()["image_id"]
+
+
+def analyze(client, **body):
+    return client.post("/api/analyze", json=body)
+
+
+def test_full_document_for_the_astronaut(client, stored):
+    answer = analyze(client, image_id=stored)
+    assert answer.status_code == 200, answer.get_json()
+    body = answer.get_json()
+    assert list(body) == ["image_id", "model", "faces", "cached", "timings_ms"]
+    assert body["image_id"] == stored and body["cached"] is False
+    assert body["model"]["random_weights"] is True and len(body["model"]["version"]) == 12
+    assert {"decode", "encode", "total"} <= set(body["timings_ms"])
+    [face] = body["faces"]
+    assert face["detected"] is True and set(face["box"]) == {"x", "y", "width", "height"}
+    assert list(face["attributes"]) == ATTRIBUTES
+    assert "labels" not in face and "embedding" not in face
+    for name, result in face["attributes"].items():
+        scores = result["scores"]
+        assert math.isclose(sum(scores.values()), 1.0, abs_tol=1e-3), name
+        assert result["label"] == max(scores, key=scores.get)
+        assert result["score"] == scores[result["label"]]
+    assert list(face["attributes"]["expression"]["scores"]) == [
+        "neutral", "happy", "sad", "angry", "surprised", "fearful", "disgusted"]
+
+
+def test_second_call_is_a_cache_hit_and_wipe_cache_recomputes(client, stored):
+    first = analyze(client, image_id=stored).get_json()
+    second = analyze(client, image_id=stored).get_json()
+    assert second["cached"] is True and second["faces"] == first["faces"]
+    third = analyze(client, image_id=stored, wipe_cache=True).get_json()
+    assert third["cached"] is False and third["faces"] == first["faces"]
+    events = [e["event"] for e in client.get(f"/api/images/{stored}/trace").get_json()["events"]]
+    assert events == ["validated", "analyzed", "cache_hit", "wiped", "analyzed"]
+
+
+def test_options_are_part_of_the_cache_key(client, stored):
+    analyze(client, image_id=stored)
+    subset = analyze(client, image_id=stored, attributes=["eyewear", "expression"]).get_json()
+    assert subset["cached"] is False
+    assert list(subset["faces"][0]["attributes"]) == ["eyewear", "expression"]
+
+
+def test_free_text_labels_and_embedding(client, app, stored):
+    labels = ["a person wearing a red hat", "an astronaut in a space suit", "a cat"]
+    body = analyze(client, image_id=stored, labels=labels, include_embedding=True).get_json()
+    face = body["faces"][0]
+    assert list(face["labels"]) == labels
+    assert math.isclose(sum(face["labels"].values()), 1.0, abs_tol=1e-3)
+    with app.app_context():
+        from faceapp.face_models import models
+
+        size = models.get().embedding_size
+    assert len(face["embedding"]) == size
+    assert math.isclose(math.sqrt(sum(v * v for v in face["embedding"])), 1.0, abs_tol=1e-3)
+
+
+def test_attribute_prompts_are_encoded_once_not_per_request(client, app, stored):
+    analyze(client, image_id=stored)
+    with app.app_context():
+        from faceapp.face_models import models
+
+        model = models.get()
+    calls = model.text_encoder_calls
+    analyze(client, image_id=stored, wipe_cache=True)
+    analyze(client, image_id=stored, attributes=["expression"])
+    assert model.text_encoder_calls == calls
+    analyze(client, image_id=stored, labels=["a smiling astronaut", "a sad astronaut"])
+    assert model.text_encoder_calls == calls + 1  # the request's own labels, once
+    analyze(client, image_id=stored, labels=["a sad astronaut", "a smiling astronaut"],
+            wipe_cache=True)
+    assert model.text_encoder_calls == calls + 1  # seen before: from the bounded cache
+
+
+def test_label_embeddings_are_reused_from_disk_by_the_next_worker(config, stored, client):
+    analyze(client, image_id=stored)  # this worker encodes and saves them
+    second = create_app(config)
+    with second.app_context():
+        from faceapp.face_models import models
+
+        model = models.get()
+        assert model.text_encoder_calls == 0
+
+
+def test_a_changed_attribute_file_changes_the_version_and_misses_the_cache(config, tmp_path,
+                                                                          astronaut_jpeg):
+    client = create_app(config).test_client()
+    image_id = client.post("/api/validate",
+                           data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}).get_json()["image_id"]
+    before = analyze(client, image_id=image_id).get_json()
+    changed = tmp_path / "attributes.yaml"
+    shutil.copy(DEFAULT_FILE, changed)
+    changed.write_text(changed.read_text().replace("a person smiling happily", "a person grinning"))
+    client = create_app({**config, "ATTRIBUTES_FILE": str(changed)}).test_client()
+    after = analyze(client, image_id=image_id).get_json()
+    assert after["model"]["version"] != before["model"]["version"]
+    assert after["model"]["weights_version"] == before["model"]["weights_version"]
+    assert after["cached"] is False
+
+
+def test_a_broken_attribute_file_fails_the_start_naming_the_line(config, tmp_path):
+    broken = tmp_path / "attributes.yaml"
+    broken.write_text("attributes:\n  mood:\n    labels:\n      happy: [a smile]\n      sad: 12\n")
+    with pytest.raises(AttributeFileError, match=r"line 5: attributes.mood.labels.sad"):
+        create_app({**config, "ATTRIBUTES_FILE": str(broken)})
+    broken.write_text("attributes:\n  mood:\n    labels: {only: one}\n")
+    with pytest.raises(AttributeFileError, match="2 to 64 labels"):
+        load_attribute_set(str(broken))
+
+
+def test_one_shot_analyze_validates_and_stores(client, astronaut_jpeg):
+    answer = client.post("/api/analyze", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")})
+    assert answer.status_code == 200
+    image_id = answer.get_json()["image_id"]
+    assert client.get(f"/api/images/{image_id}").status_code == 200
+    assert analyze(client, image_id=image_id).get_json()["cached"] is True
+
+
+def test_invalid_image_needs_force(client, coffee_jpeg):
+    image_id = client.post("/api/validate",
+                           data={"file": (io.BytesIO(coffee_jpeg), "c.jpg")}).get_json()["image_id"]
+    refused = analyze(client, image_id=image_id)
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "image.not_valid"
+    assert "face.none" in refused.get_json()["error"]["message"]
+    forced = analyze(client, image_id=image_id, force=True).get_json()
+    [region] = forced["faces"]
+    assert region["detected"] is False
+    assert region["box"] == {"x": 0, "y": 0, "width": 600, "height": 400}  # the whole photo
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({}, 400, "input.missing"),
+        ({"image_id": "nope"}, 400, "image_id.invalid"),
+        ({"image_id": "0" * 64}, 404, "image_id.not_found"),
+        ({"image_id": "0" * 64, "image_base64": "aGVsbG8="}, 400, "input.ambiguous"),
+        ({"image_id": "0" * 64, "attributes": ["expression", "gender"]}, 400, "input.invalid"),
+        ({"image_id": "0" * 64, "labels": ["x"] * 33}, 400, "input.invalid"),
+        ({"image_id": "0" * 64, "labels": ["x" * 201]}, 400, "input.invalid"),
+        ({"image_id": "0" * 64, "labels": "not a list"}, 400, "input.invalid"),
+        ({"image_id": "0" * 64, "include_embedding": "maybe"}, 400, "input.invalid"),
+    ],
+)
+def test_analyze_errors(client, body, status, code):
+    answer = analyze(client, **body)
+    assert answer.status_code == status
+    assert answer.get_json()["error"]["code"] == code
+
+
+def test_unknown_attribute_is_named(client, stored):
+    answer = analyze(client, image_id=stored, attributes=["gender"])
+    assert "'gender'" in answer.get_json()["error"]["message"]
+    assert answer.get_json()["error"]["field"] == "attributes"
+
+
+def test_model_not_ready_is_503(config, astronaut_jpeg):
+    client = create_app({**config, "MODEL_NAME": "openai/clip-vit-base-patch32"}).test_client()
+    image_id = client.post("/api/validate",
+                           data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}).get_json()["image_id"]
+    answer = analyze(client, image_id=image_id)
+    assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "model.not_ready"
+
+
+def test_form_posts_accept_lists_and_flags(client, stored):
+    answer = client.post("/api/analyze", data={"image_id": stored, "attributes": "eyewear,lighting",
+                                                "labels": ["a hat", "a helmet"],
+                                                "include_embedding": "on"})
+    face = answer.get_json()["faces"][0]
+    assert list(face["attributes"]) == ["eyewear", "lighting"]
+    assert list(face["labels"]) == ["a hat", "a helmet"] and "embedding" in face
+
+
+@pytest.mark.parametrize("how", ["query", "accept"])
+def test_yaml_equals_json(client, stored, how):
+    as_json = analyze(client, image_id=stored, labels=["a hat", "no hat"]).get_json()
+    if how == "query":
+        answer = client.post("/api/analyze?format=yaml", json={"image_id": stored, "labels": ["a hat", "no hat"]})
+    else:
+        answer = client.post("/api/analyze", json={"image_id": stored, "labels": ["a hat", "no hat"]},
+                             headers={"Accept": "application/yaml"})
+    assert answer.mimetype == "application/yaml"
+    text = answer.get_data(as_text=True)
+    assert "!!python" not in text and "!!" not in text
+    loaded = YAML(typ="safe", pure=True).load(text)
+    as_json["cached"] = True  # the YAML call came second: a cache hit
+    loaded["timings_ms"] = as_json["timings_ms"] = None
+    assert loaded == as_json
+
+
+def test_attributes_endpoint_lists_the_set(client):
+    body = client.get("/api/attributes").get_json()
+    assert [a["name"] for a in body["attributes"]] == ATTRIBUTES
+    expression = body["attributes"][0]
+    assert expression["labels"][1] == "happy"
+    assert "a photo of a person smiling happily." in expression["prompts"]["happy"]
+    assert len(body["digest"]) == 12
+
+
+def test_analysis_survives_a_delete_race(client, stored):
+    analyze(client, image_id=stored)
+    client.delete(f"/api/images/{stored}", headers=ADMIN)
+    answer = analyze(client, image_id=stored)
+    assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "image_id.not_found"
