@@ -6,7 +6,7 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WORKERS", "2"))
 # Threads let a worker wait on a slow image_url while another request runs; the model's own
 # thread pool is sized to cores / workers (faceapp.face_models.torch_threads).
-worker_class = "gthread"
+worker_class = os.environ.get("WORKER_CLASS", "gthread")
 threads = int(os.environ.get("THREADS", "4"))
 # The app (and torch) is imported in each worker after fork: loading torch in the master
 # hangs workers (gunicorn #2478, pytorch #49555) and breaks CUDA.

@@ -89,3 +89,51 @@ def redis_server(tmp_dir: str):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextmanager
+def nginx(upstream: str, tmp_dir: str):
+    """nginx with deploy/nginx-faceapp.conf in front of `upstream` (host:port); yields its URL."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    with open(os.path.join(ROOT, "deploy", "nginx-faceapp.conf"), encoding="utf-8") as fh:
+        site = fh.read().replace("127.0.0.1:8000", upstream).replace("listen 80;",
+                                                                    f"listen 127.0.0.1:{port};")
+    for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        os.makedirs(os.path.join(tmp_dir, name), exist_ok=True)
+    conf = os.path.join(tmp_dir, "nginx.conf")
+    with open(conf, "w", encoding="utf-8") as fh:
+        # As root, nginx's workers would drop to `nobody` and lose access to the private tmp dir.
+        user = "user root;" if os.geteuid() == 0 else ""
+        fh.write(f"""
+{user}
+worker_processes 1;
+pid {tmp_dir}/nginx.pid;
+error_log {tmp_dir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {tmp_dir}/access.log;
+    client_body_temp_path {tmp_dir}/client_body;
+    proxy_temp_path {tmp_dir}/proxy;
+    fastcgi_temp_path {tmp_dir}/fastcgi;
+    uwsgi_temp_path {tmp_dir}/uwsgi;
+    scgi_temp_path {tmp_dir}/scgi;
+    {site}
+}}
+""")
+    process = subprocess.Popen([binary, "-c", conf, "-p", tmp_dir, "-g", "daemon off;"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert process.poll() is None, "nginx exited early"
+            try:
+                return requests.get(base + "/api/health", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(up, 20, "nginx answering")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -20,7 +20,8 @@ def served(tmp_path, tiny_model_dir):
         "FACEAPP_MODEL_NAME": tiny_model_dir,
         "FACEAPP_MODEL_AUTO_PULL": "false",
         "FACEAPP_ADMIN_KEYS": "admin-key",
-        "THREADS": "1",  # one request at a time per worker, so concurrent ones must spread
+        # Sync workers take one connection at a time, so concurrent requests must spread.
+        "WORKER_CLASS": "sync",
     }
     with gunicorn(env, workers=2, log_path=str(tmp_path / "gunicorn.log")) as (base, process):
         yield base, process
@@ -37,18 +38,6 @@ def test_two_workers_share_the_store_and_load_the_model_after_fork(served, astro
         assert response.status_code == 200, response.text
         return response.json()["image_id"]
 
-    image_id = hashlib.sha256(astronaut_jpeg).hexdigest()
-    with ThreadPoolExecutor(4) as pool:
-        for _ in range(6):
-            assert set(pool.map(post, range(8))) == {image_id}
-            events = requests.get(f"{base}/api/images/{image_id}/trace", timeout=10).json()["events"]
-            if len({e["worker_pid"] for e in events}) > 1:
-                break
-    stored_by = [e["worker_pid"] for e in events if e["cached"] is False]
-    read_by = {e["worker_pid"] for e in events if e["cached"] is True}
-    assert len(stored_by) == 1 and read_by - set(stored_by), "no second worker read the image"
-    assert process.pid not in read_by | set(stored_by)  # workers, never the master, serve
-
     # Each worker loads its model in the background after fork; both become ready.
     def both_ready() -> bool:
         pids = set()
@@ -61,3 +50,72 @@ def test_two_workers_share_the_store_and_load_the_model_after_fork(served, astro
         return len(pids) == 2
 
     wait_until(both_ready, 60, "both workers ready")
+
+    image_id = hashlib.sha256(astronaut_jpeg).hexdigest()
+    assert post(0) == image_id  # stored (and validated) by one worker
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(6):
+            assert set(pool.map(post, range(8))) == {image_id}
+            events = requests.get(f"{base}/api/images/{image_id}/trace", timeout=10).json()["events"]
+            if len({e["worker_pid"] for e in events}) > 1:
+                break
+    stored_by = [e["worker_pid"] for e in events if e["cached"] is False]
+    read_by = {e["worker_pid"] for e in events if e["cached"] is True}
+    assert len(stored_by) == 1 and read_by - set(stored_by), "no second worker read the image"
+    assert process.pid not in read_by | set(stored_by)  # workers, never the master, serve
+
+
+
+def test_behind_nginx_large_bodies_get_the_json_413(served, tmp_path, astronaut_jpeg):
+    from tests.servers import nginx
+
+    base, _ = served
+    with nginx(base.removeprefix("http://"), str(tmp_path / "nginx")) as proxy:
+        ok = requests.post(proxy + "/api/validate", files={"file": ("a.jpg", astronaut_jpeg)},
+                           headers={"X-Request-ID": "via-nginx"}, timeout=30)
+        assert ok.status_code == 200 and ok.headers["X-Request-ID"] == "via-nginx"
+        assert requests.get(proxy + "/api/health", timeout=5).headers["X-Request-ID"]
+        # Over MAX_UPLOAD_BYTES but under nginx's cap: faceapp answers.
+        mid = requests.post(proxy + "/api/validate", files={"file": ("a.jpg", b"\xff" * 11_000_000)},
+                            timeout=30)
+        assert mid.status_code == 413 and mid.json()["error"]["code"] == "image.too_large"
+        # Over nginx's client_max_body_size: nginx answers, in the same envelope.
+        huge = requests.post(proxy + "/api/validate", files={"file": ("a.jpg", b"\xff" * 20_000_000)},
+                             timeout=30)
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "image.too_large"
+    assert requests.get(base + "/api/health", timeout=5).status_code == 200
+
+
+def test_workers_recycled_or_killed_do_not_fail_requests(tmp_path, tiny_model_dir, astronaut_jpeg):
+    import os
+    import signal
+
+    env = {
+        "FACEAPP_INSTANCE_PATH": str(tmp_path / "instance"),
+        "FACEAPP_MODEL_NAME": tiny_model_dir,
+        "FACEAPP_MODEL_AUTO_PULL": "false",
+        "MAX_REQUESTS": "5",  # each worker is recycled after about 5 requests (with jitter)
+        "THREADS": "1",
+    }
+    with gunicorn(env, workers=2, log_path=str(tmp_path / "g.log")) as (base, process):
+        statuses, pids = [], set()
+        for index in range(40):
+            with requests.Session() as session:
+                answer = session.post(base + "/api/validate",
+                                      files={"file": ("a.jpg", astronaut_jpeg)}, timeout=30)
+            statuses.append(answer.status_code)
+            if index == 20:
+                # Kill one worker outright between requests: the other keeps serving and the
+                # master starts a replacement.
+                children = _worker_pids(process.pid)
+                os.kill(children[0], signal.SIGKILL)
+        events = requests.get(base + f"/api/images/{answer.json()['image_id']}/trace",
+                              timeout=10).json()["events"]
+        pids = {e["worker_pid"] for e in events}
+    assert statuses == [200] * 40
+    assert len(pids) > 2, "workers were not recycled"
+
+
+def _worker_pids(master: int) -> list[int]:
+    with open(f"/proc/{master}/task/{master}/children", encoding="utf-8") as fh:
+        return [int(pid) for pid in fh.read().split()]
