@@ -226,3 +226,17 @@ def test_analysis_survives_a_delete_race(client, stored):
     client.delete(f"/api/images/{stored}", headers=ADMIN)
     answer = analyze(client, image_id=stored)
     assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "image_id.not_found"
+
+
+def test_the_example_attribute_file_loads_with_its_own_templates():
+    import os
+
+    from faceapp.attributes import DEFAULT_FILE as default
+
+    example = load_attribute_set(os.path.join(os.path.dirname(default), "attributes.example.yaml"))
+    assert example.names() == ["expression", "hair_colour"]
+    hair = example.attributes["hair_colour"]
+    assert hair.prompts[hair.labels.index("red")] == (
+        "a photo of a person with red hair.", "a portrait of someone with red hair.",
+        "a photo of a person with ginger hair.", "a portrait of someone with ginger hair.")
+    assert example.digest != load_attribute_set().digest
