@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,8 +92,11 @@ class Analyzer:
                     return cached
             except (SafetensorError, OSError, ValueError):
                 log.warning("label embedding cache %s is unreadable; recomputing", path)
+        started = time.perf_counter()
         embeddings = {name: self._encode_label_prompts(attribute.prompts)
                       for name, attribute in self.attributes.attributes.items()}
+        log.info("label embeddings for %d attributes computed in %.0f ms", len(embeddings),
+                 (time.perf_counter() - started) * 1000)
         if path:
             os.makedirs(cache_dir, exist_ok=True)
             handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
