@@ -22,6 +22,9 @@ accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 limit_request_line = 8190
+# gunicorn 24+ opens a control socket at one fixed path per user; two instances on a machine
+# would fight over it, and faceapp does not use it.
+control_socket_disable = True
 
 
 def post_worker_init(worker):
