@@ -95,19 +95,19 @@ def jpeg_with_orientation(upright: Image.Image, orientation: int, **params) -> b
     """Store `upright` the way a camera would with this EXIF orientation."""
     # The inverse of each orientation's correction (EXIF 2.3, tag 0x0112), written out here
     # rather than taken from the module under test.
-    stored = {
-        1: upright,
-        2: upright.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-        3: upright.transpose(Image.Transpose.ROTATE_180),
-        4: upright.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
-        5: upright.transpose(Image.Transpose.TRANSPOSE),
-        6: upright.transpose(Image.Transpose.ROTATE_90),
-        7: upright.transpose(Image.Transpose.TRANSVERSE),
-        8: upright.transpose(Image.Transpose.ROTATE_270),
-    }[orientation]
+    store = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }.get(orientation)
+    stored = upright if store is None else upright.transpose(store)
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return save(stored, "JPEG", exif=exif, quality=95, **params)
+    return save(stored, "JPEG", exif=exif, quality=90, **params)
 
 
 def png_chunk(tag: bytes, payload: bytes) -> bytes:
