@@ -1,0 +1,390 @@
+"""Decoding untrusted image bytes into the upright RGB image the rest of faceapp works on.
+
+Every way an input can fail ends as a :class:`~faceapp.errors.FaceappError` with an ``image.*``
+code (API.md, "Error codes"); nothing here changes Pillow's global settings, so concurrent
+requests in one process cannot disturb each other.
+
+The order of the checks is the defence: byte size first, then the format by its signature, then
+the width, height and frame count as the file's header declares them (read here, without any
+decoder), and only then does Pillow, restricted to the allowed formats, decode the first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from faceapp.errors import FaceappError
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+
+# What Pillow raises on hostile input: the exceptions its own fuzz tests accept (MemoryError and
+# the bomb errors are mapped on their own), those its plugins let escape from malformed headers
+# (struct.error, EOFError, IndexError, TypeError, KeyError) and ZeroDivisionError from nonsense
+# sizes. UnidentifiedImageError is an OSError. An explicit tuple, so that a bug of ours
+# (AttributeError, RuntimeError...) still surfaces as a logged 500, not as a "bad upload".
+_DECODER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    NotImplementedError,
+    OverflowError,
+    ZeroDivisionError,
+    struct.error,
+    EOFError,
+    IndexError,
+    TypeError,
+    KeyError,
+)
+
+# Transparent pixels are composited onto this fixed colour, so equal bytes give equal pixels.
+_BACKGROUND = (255, 255, 255, 255)
+
+# EXIF orientation -> the transpose that makes the image upright: ImageOps.exif_transpose's
+# table, applied here after downscaling (cheaper), and without exif_transpose's rewriting of the
+# EXIF block, which can fail on malformed metadata and is discarded anyway.
+_UPRIGHT_BY_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = {
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+}
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+# Real JPEGs carry a few dozen marker segments before the first scan and rarely more than a
+# dozen scans. Hostile ones with millions of either keep Pillow's header parser (Python) busy for
+# seconds, or libjpeg's progressive decoder for minutes (each scan is a pass over every block).
+_JPEG_MAX_HEADER_STEPS = 10_000
+_JPEG_MAX_SCANS = 100
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An input image decoded, upright, in RGB, and what it was before normalising."""
+
+    image: Image.Image  # mode "RGB", upright (EXIF orientation applied), longer side <= max_side
+    format: str  # Pillow's format name for the input, e.g. "JPEG" ("MPO" for multi-picture JPEG)
+    width: int  # size of `image`
+    height: int
+    source_width: int  # upright size of the full input image
+    source_height: int
+    frames: int  # frame count of the input (1 for stills)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    max_side: int | None = None,
+    max_frames: int = 1000,
+    allowed_formats: Sequence[str] = ALLOWED_FORMATS,
+) -> DecodedImage:
+    """Decode untrusted image bytes into an upright RGB image, or raise FaceappError (image.*)."""
+    if max_side is not None and max_side < 1:
+        raise ValueError("max_side must be at least 1")
+    if not data:
+        raise FaceappError("image.empty", "The image is empty (0 bytes).")
+    if len(data) > max_bytes:
+        raise FaceappError(
+            "image.too_large",
+            f"The image is {len(data)} bytes; the largest accepted is {max_bytes} bytes.",
+        )
+    formats = [name.upper() for name in allowed_formats]
+    # Never more than Pillow's own limit: then Pillow's DecompressionBombWarning cannot fire for
+    # an image this function accepts (it warns only above Image.MAX_IMAGE_PIXELS).
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    limit = max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
+
+    claimed = _claimed_format(data)
+    gif_frames = None
+    if claimed in formats:
+        # The header's own numbers, before Pillow opens anything: Image.open runs Pillow's bomb
+        # check (a process-global warning or error) and WebP's decoder allocates its canvas.
+        size, gif_frames = _HEADER_READERS[claimed](data, max_frames)
+        if size is not None:
+            _check_pixels(size, limit)
+        _check_frames(gif_frames or 1, max_frames)
+
+    # Pillow's bomb guard, mapped without touching global state: Image.open raises
+    # DecompressionBombError above 2 * MAX_IMAGE_PIXELS, and above MAX_IMAGE_PIXELS emits
+    # DecompressionBombWarning. Where warnings are escalated to errors (pytest's
+    # filterwarnings=error, python -W error) that warning arrives here as an exception and is
+    # caught below; where they are not, it is only printed, and the size check in _normalise
+    # rejects the image anyway because `limit` never exceeds MAX_IMAGE_PIXELS. The header check
+    # above keeps both from happening for the formats it can read. Pillow's other warnings
+    # (malformed EXIF, APNG or MPO metadata) only describe metadata it skipped; escalated to
+    # errors, they mean the file is damaged.
+    try:
+        with Image.open(io.BytesIO(data), formats=formats) as opened:
+            return _normalise(opened, limit, max_side, max_frames, gif_frames)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise FaceappError(
+            "image.too_many_pixels",
+            f"The image has more pixels than the {limit} accepted.",
+        ) from exc
+    except MemoryError as exc:
+        raise FaceappError(
+            "image.too_many_pixels", "The image is too large to decode in the memory available."
+        ) from exc
+    except UnidentifiedImageError as exc:
+        if claimed in formats:  # it starts like an accepted format but Pillow cannot read it
+            raise _corrupt() from exc
+        raise FaceappError(
+            "image.unsupported_format",
+            f"The file is not an image in an accepted format ({', '.join(formats)}).",
+        ) from exc
+    except (*_DECODER_ERRORS, Warning) as exc:
+        raise _corrupt() from exc
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """Encode an image as PNG (lossless, fast compression) for storing the normalised image."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _normalise(
+    opened: Image.Image,
+    limit: int,
+    max_side: int | None,
+    max_frames: int,
+    gif_frames: int | None,
+) -> DecodedImage:
+    """Check what Pillow read from the header, then decode frame 0 and make it upright RGB."""
+    width, height = opened.size
+    _check_pixels((width, height), limit)
+    # A GIF's frame count is only known by walking the file: Pillow's n_frames walks all of it
+    # in Python, so the bounded count made from the header walk is used instead. The other
+    # formats declare theirs in the header (APNG acTL, WebP's demuxer, MPO index).
+    frames = gif_frames if opened.format == "GIF" else getattr(opened, "n_frames", 1)
+    frames = max(1, frames or 1)
+    _check_frames(frames, max_frames)
+
+    target = _fit((width, height), max_side)
+    if target != (width, height):
+        # JPEG decodes at 1/2, 1/4 or 1/8 scale, never below `target`. The target is computed
+        # from the stored (pre-rotation) size, so it is in the decoder's own frame already and
+        # needs no swap for orientations 5-8. Other formats ignore draft.
+        opened.draft("RGB", target)
+    opened.load()  # frame 0: a freshly opened file is positioned there
+    upright = _upright_transpose(opened)
+
+    image = _to_rgb(opened)
+    if image.size != target:
+        image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if upright is not None:
+        image = image.transpose(upright)
+    image.info.clear()  # drop EXIF, ICC and transparency: the stored image is plain RGB pixels
+    if upright in _SWAPS_SIDES:
+        width, height = height, width
+    return DecodedImage(
+        image=image,
+        format=opened.format or "",
+        width=image.width,
+        height=image.height,
+        source_width=width,
+        source_height=height,
+        frames=frames,
+    )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any decoded mode to RGB, compositing transparency onto the fixed background."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        image = _sixteen_bit_to_eight(image)
+    if image.has_transparency_data:  # an alpha band, or a tRNS/GIF transparent colour or index
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, _BACKGROUND), rgba)
+    return image.convert("RGB")
+
+
+def _sixteen_bit_to_eight(image: Image.Image) -> Image.Image:
+    """Scale 16-bit grey to 8 bits (Pillow's own conversion clips everything above 255)."""
+    values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+    grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):  # a PNG tRNS grey level, compared before scaling
+        alpha = np.where(values == transparent, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.dstack([grey, alpha]), "LA")
+    return Image.fromarray(grey, "L")
+
+
+def _upright_transpose(image: Image.Image) -> Image.Transpose | None:
+    """The transpose that turns the image upright, from its EXIF (or XMP) orientation."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (*_DECODER_ERRORS, Warning):
+        return None  # unreadable metadata says nothing reliable: keep the pixels as stored
+    if not isinstance(orientation, int):
+        return None
+    return _UPRIGHT_BY_ORIENTATION.get(orientation)
+
+
+def _fit(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The size with the same aspect whose longer side is at most max_side."""
+    width, height = size
+    longer = max(width, height)
+    if max_side is None or longer <= max_side:
+        return size
+    scale = max_side / longer
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _check_pixels(size: tuple[int, int], limit: int) -> None:
+    width, height = size
+    if width * height > limit:
+        raise FaceappError(
+            "image.too_many_pixels",
+            f"The image is {width}x{height} pixels; the largest accepted is {limit} pixels.",
+        )
+
+
+def _check_frames(frames: int, max_frames: int) -> None:
+    # A long animation is a kind of file this service does not take, not a damaged or an
+    # oversized picture: the client can fix it by sending a still, so 415 unsupported_format.
+    if frames > max_frames:
+        raise FaceappError(
+            "image.unsupported_format",
+            f"Animations of more than {max_frames} frames are not accepted; send a still image.",
+        )
+
+
+def _corrupt() -> FaceappError:
+    return FaceappError("image.corrupt", "The image file is damaged or truncated.")
+
+
+# --- Header readers: width and height as declared, read with no decoder. ---------------------
+# Each takes the whole file and returns ((width, height) or None when unsure, frames or None when
+# the format declares its own). They only need to be right for well-formed headers: anything
+# they cannot read is left to Pillow, whose result is checked again in _normalise.
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The format the bytes claim by their signature (the prefixes Pillow's plugins accept)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _png_header(data: bytes, max_frames: int) -> tuple[tuple[int, int] | None, None]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None, None
+    return struct.unpack_from(">II", data, 16), None
+
+
+def _jpeg_header(data: bytes, max_frames: int) -> tuple[tuple[int, int] | None, None]:
+    # Entropy-coded data escapes 0xFF, so this counts the scans (plus any stray bytes in
+    # metadata, which only makes it stricter).
+    if data.count(b"\xff\xda") > _JPEG_MAX_SCANS:
+        raise FaceappError(
+            "image.unsupported_format",
+            f"JPEGs of more than {_JPEG_MAX_SCANS} progressive scans are not accepted.",
+        )
+    # Walk the marker segments up to the scan; the largest start-of-frame is the one that counts
+    # (Pillow keeps the last, a hostile file may carry several).
+    largest, pos, end = None, 2, len(data)
+    for _ in range(_JPEG_MAX_HEADER_STEPS):
+        if pos + 4 > end or data[pos] != 0xFF:
+            return largest, None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan, end of image
+            return largest, None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and pos + 9 <= end:
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            if largest is None or width * height > largest[0] * largest[1]:
+                largest = width, height
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    raise _corrupt()
+
+
+def _webp_header(data: bytes, max_frames: int) -> tuple[tuple[int, int] | None, None]:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:  # extended: the canvas size
+        width = int.from_bytes(data[24:27], "little") + 1
+        return (width, int.from_bytes(data[27:30], "little") + 1), None
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":  # lossy
+        width, height = struct.unpack_from("<HH", data, 26)
+        return (width & 0x3FFF, height & 0x3FFF), None
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:  # lossless
+        bits = int.from_bytes(data[21:25], "little")
+        return ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1), None
+    return None, None
+
+
+def _gif_header(data: bytes, max_frames: int) -> tuple[tuple[int, int] | None, int]:
+    """The GIF's size as Pillow will see it, and its frame count up to max_frames + 1."""
+    if len(data) < 13:
+        return None, 0
+    width, height = struct.unpack_from("<HH", data, 6)
+    pos = 13 + _colour_table_size(data[10])
+    frames, end = 0, len(data)
+    # Mirrors Pillow's GifImageFile._seek: extensions and image data are chains of sub-blocks,
+    # other bytes between blocks are skipped. Stops after max_frames + 1 frames.
+    while pos < end and frames <= max_frames:
+        block = data[pos]
+        pos += 1
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: a label, then sub-blocks
+            pos = _skip_sub_blocks(data, pos + 1)
+        elif block == 0x2C:  # image descriptor
+            if pos + 9 > end:
+                break
+            left, top, frame_width, frame_height, flags = struct.unpack_from("<HHHHB", data, pos)
+            if frames == 0:  # Pillow grows the canvas to hold the first frame
+                width = max(width, left + frame_width)
+                height = max(height, top + frame_height)
+            pos = _skip_sub_blocks(data, pos + 9 + _colour_table_size(flags) + 1)
+            frames += 1
+    return (width, height), frames
+
+
+def _colour_table_size(flags: int) -> int:
+    return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    end = len(data)
+    while pos < end:
+        length = data[pos]
+        pos += length + 1
+        if length == 0:
+            break
+    return pos
+
+
+_HEADER_READERS = {
+    "JPEG": _jpeg_header,
+    "PNG": _png_header,
+    "GIF": _gif_header,
+    "WEBP": _webp_header,
+}
