@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IMAGE_FRAMES": 1000,
     "STORED_MAX_SIDE": 2048,  # the stored, normalised image is at most this wide and tall
     "MAX_FORM_PARTS": 20,
-    "MAX_FORM_MEMORY_SIZE": 512 * 1024,
+    "MAX_FORM_MEMORY_SIZE": None,  # None: room for image_base64 of MAX_UPLOAD_BYTES in a form
     # image_url
     "URL_ALLOWED_HOSTS": "",
     "URL_ALLOW_PRIVATE_NETWORKS": False,
@@ -78,7 +78,10 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     for key in ("API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"):
         cfg[key] = split_list(cfg[key])
     # Flask enforces the request body limit before any view runs; leave room for form overhead.
-    cfg.setdefault("MAX_CONTENT_LENGTH", int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3) + 64 * 1024)
+    if cfg.get("MAX_CONTENT_LENGTH") is None:  # Flask's own default is None: no limit at all
+        cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3) + 64 * 1024
+    if cfg.get("MAX_FORM_MEMORY_SIZE") is None:  # a non-file field may hold a base64 image
+        cfg["MAX_FORM_MEMORY_SIZE"] = int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3) + 4096
 
 
 def instance_path(project_root: str) -> str:

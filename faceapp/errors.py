@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, current_app, g
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,12 @@ def _from_http_exception(exc: HTTPException) -> FaceappError:
     status = exc.code or 500
     code = _CODE_BY_HTTP_STATUS.get(status, "internal")
     if status == 413:
-        limit = current_app.config.get("MAX_UPLOAD_BYTES")
-        message = f"The request body is too large (the largest accepted image is {limit} bytes)."
-        code = "image.too_large"
+        limit = current_app.config.get("MAX_UPLOAD_BYTES") or 0
+        if (request.content_length or 0) > limit:  # the body could not be a small enough image
+            message = f"The request body is too large (the largest accepted image is {limit} bytes)."
+            code = "image.too_large"
+        else:  # Flask's MAX_FORM_PARTS / MAX_FORM_MEMORY_SIZE
+            message = "The form has too many parts, or a field other than the file is too large."
     elif code == "internal":
         message = "The server could not answer this request."
     else:

@@ -6,12 +6,14 @@ import base64
 import hashlib
 import io
 
+import numpy
 import pytest
 from PIL import Image
 from ruamel.yaml import YAML
+from werkzeug.test import encode_multipart
 
 from faceapp import create_app
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, jpeg_bytes
 
 
 def upload(client, data: bytes, name: str = "photo.jpg", **fields):
@@ -224,3 +226,25 @@ def test_an_unexpected_error_is_internal_and_hides_its_text(client, monkeypatch)
     answer = client.post("/api/validate", json={"image_base64": "aGVsbG8="})
     assert answer.status_code == 500 and error_of(answer) == "internal"
     assert "secret internals" not in answer.get_data(as_text=True)
+
+
+def test_too_many_form_parts_or_a_huge_field_is_413(config, client, astronaut_jpeg):
+    parts = {f"extra{i}": "x" for i in range(50)}
+    answer = client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"), **parts})
+    assert answer.status_code == 413 and error_of(answer) == "request.too_large"
+    small = create_app({**config, "MAX_FORM_MEMORY_SIZE": 1000}).test_client()
+    answer = small.post("/api/validate", data={"file": (io.BytesIO(b"x"), "a.jpg"), "note": "x" * 2000})
+    assert answer.status_code == 413 and error_of(answer) == "request.too_large"
+    assert small.get("/api/health").status_code == 200
+
+
+def test_a_base64_image_fits_in_a_multipart_field_by_default(client, astronaut_jpeg):
+    big = jpeg_bytes(Image.fromarray(numpy.tile(numpy.asarray(Image.open(io.BytesIO(astronaut_jpeg))),
+                                                (3, 3, 1))))
+    assert len(base64.b64encode(big)) > 512 * 1024
+    # Encoded in memory: the test client would spool a body this size to an unclosed temp file.
+    boundary, body = encode_multipart({"image_base64": base64.b64encode(big).decode(),
+                                       "wipe_cache": "0"})
+    answer = client.post("/api/validate", data=body,
+                         content_type=f"multipart/form-data; boundary={boundary}")
+    assert answer.status_code == 200, answer.get_json()
