@@ -78,7 +78,9 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     for key in ("API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"):
         cfg[key] = split_list(cfg[key])
     # Flask enforces the request body limit before any view runs; leave room for form overhead.
-    cfg.setdefault("MAX_CONTENT_LENGTH", int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3) + 64 * 1024)
+    # (Flask's own defaults hold MAX_CONTENT_LENGTH = None, so setdefault would never set it.)
+    if cfg.get("MAX_CONTENT_LENGTH") is None:
+        cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3) + 64 * 1024
 
 
 def instance_path(project_root: str) -> str:
