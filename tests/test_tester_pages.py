@@ -128,6 +128,17 @@ def test_image_page_before_and_after_analyze(client, astronaut_jpeg):
     assert "Free-text labels" in text and ">an astronaut\na clown</textarea>" in text
 
 
+def test_an_image_url_is_fetched_like_the_api_does(config, astronaut_jpeg, httpserver):
+    httpserver.expect_request("/face.jpg").respond_with_data(astronaut_jpeg,
+                                                             content_type="image/jpeg")
+    client = create_app({**config, "URL_ALLOW_PRIVATE_NETWORKS": True}).test_client()
+    answer = client.post("/app", data={"image_url": httpserver.url_for("/face.jpg")})
+    assert answer.headers["Location"].endswith(hashlib.sha256(astronaut_jpeg).hexdigest())
+    refused = create_app(config).test_client().post("/app", data={"image_url": "http://127.0.0.1/x"})
+    text = assert_html_page(refused, 400)
+    assert "url.forbidden" in text and 'value="http://127.0.0.1/x"' in text  # the form, refilled
+
+
 def test_stored_image_and_thumbnail(client, astronaut_jpeg):
     page = page_of(client, astronaut_jpeg)
     png = client.get(page + "/image.png")
