@@ -57,6 +57,10 @@ def register_blueprints(app: Flask) -> None:
     from faceapp import api
 
     app.register_blueprint(api.bp)
+    if app.config["TESTER_ENABLED"]:  # otherwise /app does not exist at all (404)
+        from faceapp import tester
+
+        tester.init_app(app)
 
 
 def register_commands(app: Flask) -> None:

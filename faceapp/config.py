@@ -7,6 +7,8 @@ Order: these defaults, then ``instance/config.py``, then ``FACEAPP_<KEY>`` envir
 from __future__ import annotations
 
 import os
+import secrets
+import tempfile
 from typing import Any
 
 from flask import Flask
@@ -56,6 +58,12 @@ DEFAULTS: dict[str, Any] = {
     "API_KEYS": "",
     "ADMIN_KEYS": "",
     "TESTER_ENABLED": None,  # None: on in development, off otherwise
+    # Signs the tester pages' session cookie and CSRF tokens. Set FACEAPP_SECRET_KEY (the same
+    # value on every instance behind one load balancer). None: a random key kept in
+    # <instance>/secret_key, made on first use and shared by every worker of this instance (a key
+    # made per process would fail the CSRF tokens another gunicorn worker handed out).
+    "SECRET_KEY": None,
+    "SESSION_COOKIE_SAMESITE": "Lax",  # the tester's session cookie never rides cross-site posts
     "TRUSTED_PROXY_HOPS": 0,
     "RATELIMIT": "120 per minute",
 }
@@ -87,6 +95,32 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
 def instance_path(project_root: str) -> str:
     """The instance folder: ``FACEAPP_INSTANCE_PATH``, else ``instance/`` in the project root."""
     return os.environ.get("FACEAPP_INSTANCE_PATH") or os.path.join(project_root, "instance")
+
+
+def instance_secret_key(instance_dir: str) -> str:
+    """The instance's own secret key from ``<instance>/secret_key``, made (mode 0600) if missing.
+
+    Every worker and instance sharing the folder reads the same key. A new key is written under a
+    temporary name and hard-linked into place, so racing first users all end up with the winner's.
+    """
+    path = os.path.join(instance_dir, "secret_key")
+    if not os.path.exists(path):
+        os.makedirs(instance_dir, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=".secret_key-", dir=instance_dir)  # mode 0600
+        try:
+            with os.fdopen(handle, "w", encoding="ascii") as fh:
+                fh.write(secrets.token_hex(32))
+            try:
+                os.link(staging, path)  # never replaces a key another process wrote first
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(staging)
+    with open(path, encoding="ascii") as fh:
+        key = fh.read().strip()
+    if len(key) < 32:
+        raise RuntimeError(f"{path} holds no usable secret key; delete it to have a new one made")
+    return key
 
 
 def split_list(value: Any) -> list[str]:

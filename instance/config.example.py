@@ -7,5 +7,7 @@
 # STORE_URL = "redis://127.0.0.1:6379/0"        # default: the store/ folder in this instance folder
 # API_KEYS = "key-for-app-a,key-for-app-b"
 # ADMIN_KEYS = "a-long-random-admin-key"
+# TESTER_ENABLED = False                        # the /app pages for QA staff
+# SECRET_KEY = "..."   # signs the tester's CSRF tokens; default: a key kept in instance/secret_key
 # MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # URL_ALLOWED_HOSTS = "images.example.com"

@@ -18,7 +18,7 @@ from faceapp import create_app  # noqa: E402
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny random-weights CLIP written by the real `flask models random` command."""
     folder = tmp_path_factory.mktemp("models") / "tiny-clip"
-    app = create_app({"TESTING": True, "MODELS_DIR": str(folder.parent),
+    app = create_app({"TESTING": True, "MODELS_DIR": str(folder.parent), "TESTER_ENABLED": False,
                       "STORE_URL": str(tmp_path_factory.mktemp("cli-store"))})
     result = app.test_cli_runner().invoke(args=["models", "random", str(folder), "--size", "tiny"])
     assert result.exit_code == 0, result.output
@@ -37,6 +37,7 @@ def config(tmp_path, tiny_model_dir) -> dict:
         "MODEL_AUTO_PULL": False,
         "TESTER_ENABLED": True,
         "WTF_CSRF_ENABLED": False,
+        "SECRET_KEY": "test-secret-key-not-for-production",  # no key file in the repo's instance/
         "ADMIN_KEYS": "admin-key",
         "TORCH_THREADS": 1,
     }

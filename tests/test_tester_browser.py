@@ -1,0 +1,178 @@
+"""The tester pages in a real browser (Debian's chromium through Playwright) against real gunicorn.
+
+Screenshots go to $FACEAPP_ARTIFACTS (else a temporary folder); FACEAPP_UPDATE_SCREENSHOT=1 also
+writes the result page to docs/tester-result.png. Chromium missing is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.servers import ROOT, gunicorn, wait_until
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("FACEAPP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+VIEWPORT = {"width": 1280, "height": 900}
+DOCS_SCREENSHOT = Path(ROOT) / "docs" / "tester-result.png"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    folder = os.environ.get("FACEAPP_ARTIFACTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return Path(folder)
+    return tmp_path_factory.mktemp("tester-artifacts")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir, artifacts):
+    """Two gunicorn workers, each with its model loaded (so the pages never say 'not ready')."""
+    instance = tmp_path_factory.mktemp("tester-instance")
+    env = {
+        "FACEAPP_INSTANCE_PATH": str(instance),
+        "FACEAPP_MODEL_NAME": tiny_model_dir,
+        "FACEAPP_MODEL_AUTO_PULL": "false",
+        "FACEAPP_TESTER_ENABLED": "true",
+    }
+    with gunicorn(env, workers=2, log_path=str(artifacts / "gunicorn.log")) as (base, _):
+        streak = []
+
+        def every_worker_ready() -> bool:
+            with requests.Session() as session:  # a new connection: any worker may answer
+                streak.append(session.get(base + "/api/ready", timeout=5).status_code == 200)
+            return len(streak) >= 8 and all(streak[-8:])
+
+        wait_until(every_worker_ready, 60, "both workers' models ready")
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert os.path.exists(CHROMIUM), (
+        f"chromium is not installed at {CHROMIUM}: install Debian's `chromium` package "
+        "(CI does; FACEAPP_CHROMIUM names another binary)"
+    )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def save_docs_screenshot(source: Path) -> None:
+    """The result page for the docs, as a 256-colour PNG to keep the repository small."""
+    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+    with Image.open(source) as image:
+        small = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+        small.save(DOCS_SCREENSHOT, optimize=True)
+
+
+def test_upload_analyze_and_a_corrupt_file_in_chromium(served, browser, artifacts, tmp_path,
+                                                       astronaut_jpeg, coffee_jpeg):
+    from playwright.sync_api import expect
+
+    base = served
+    image_id = hashlib.sha256(astronaut_jpeg).hexdigest()
+    photo, half, cup = tmp_path / "astronaut.jpg", tmp_path / "half.jpg", tmp_path / "cup.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    cup.write_bytes(coffee_jpeg)
+    half.write_bytes(astronaut_jpeg[: len(astronaut_jpeg) // 2])
+
+    page = browser.new_page(viewport=VIEWPORT)
+    console_errors = []  # CSP violations and script errors (not the 4xx pages we ask for)
+
+    def on_console(message) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            console_errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: console_errors.append(str(exc)))
+
+    page.goto(base + "/app")
+    expect(page).to_have_title(re.compile("faceapp tester"))
+    page.set_input_files("#file", str(photo))
+    page.click("#validate-button")
+    page.wait_for_url(f"{base}/app/images/{image_id}")
+
+    # The preview has loaded and the overlay covers it exactly, with one face outlined.
+    page.wait_for_function("() => { const img = document.getElementById('preview');"
+                           " return img.complete && img.naturalWidth > 0; }")
+    assert page.locator("#overlay .face-line").count() == 1
+    image_box = page.locator("#preview").bounding_box()
+    overlay_box = page.locator("#overlay").bounding_box()
+    assert all(abs(image_box[k] - overlay_box[k]) < 1 for k in ("x", "y", "width", "height"))
+    face_box = page.locator("#overlay .face-line").bounding_box()
+    assert image_box["x"] < face_box["x"] < image_box["x"] + image_box["width"] - face_box["width"]
+    assert image_id in page.inner_text("#validation-json")
+    page.screenshot(path=str(artifacts / "tester-image.png"), full_page=True)
+
+    page.fill("#labels", "an astronaut\na person in a clown costume")
+    page.click("#analyze-button")
+    page.wait_for_url(re.compile(r"\?analyze=1"))
+    expect(page.locator("#analysis-json")).to_be_visible()
+    analysis = json.loads(page.inner_text("#analysis-json"))
+    assert analysis["image_id"] == image_id and len(analysis["faces"]) == 1
+    assert page.locator("svg.bar .bar-fill").count() > 0
+    assert page.locator("tr.win").count() == len(analysis["faces"][0]["attributes"]) + 1
+    page.click("[data-tab='panel-yaml']")  # tester.js: tabs
+    expect(page.locator("#analysis-yaml")).to_be_visible()
+    expect(page.locator("#analysis-json")).to_be_hidden()
+    assert f"image_id: {image_id}" in page.inner_text("#analysis-yaml")
+    page.click("[data-tab='panel-json']")
+    trace = page.inner_text("#trace")
+    assert "validated" in trace and "analyzed" in trace
+    result = artifacts / "tester-result.png"
+    page.screenshot(path=str(result), full_page=True)
+    if os.environ.get("FACEAPP_UPDATE_SCREENSHOT") == "1":
+        save_docs_screenshot(result)
+
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than it
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(artifacts / "tester-result-phone.png"), full_page=True)
+    page.set_viewport_size(VIEWPORT)
+
+    page.goto(base + "/app")
+    expect(page.locator(f"a[href='/app/images/{image_id}']").first).to_be_visible()
+    page.set_input_files("#file", str(half))
+    page.click("#validate-button")
+    expect(page.locator("#form-error")).to_contain_text("image.corrupt")
+    page.screenshot(path=str(artifacts / "tester-error.png"), full_page=True)
+
+    # No face: Analyze is refused (409) with an offer to force it, which then works.
+    page.set_input_files("#file", str(cup))
+    page.click("#validate-button")
+    expect(page.locator("#validation-errors")).to_contain_text("face.none")
+    assert page.locator("#overlay .face-line").count() == 0
+    page.click("#analyze-button")
+    expect(page.locator("#page-error")).to_contain_text("image.not_valid")
+    page.screenshot(path=str(artifacts / "tester-not-valid.png"), full_page=True)
+    page.click("#force-button")
+    expect(page.locator("#analysis-json")).to_be_visible()
+    expect(page.locator(".face-card h3")).to_contain_text("Whole image")
+
+    assert console_errors == []
+    page.close()
+
+
+def test_a_server_without_the_tester_has_no_pages(config):
+    from faceapp import create_app
+
+    client = create_app({**config, "TESTER_ENABLED": False}).test_client()
+    assert client.get("/app").status_code == 404
+
+
+def test_the_docs_screenshot_stays_small():
+    assert DOCS_SCREENSHOT.stat().st_size < 300 * 1024

@@ -1,0 +1,277 @@
+"""The tester pages under /app, through Flask's test client: every page and every error path."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+
+import pytest
+from PIL import Image
+from ruamel.yaml import YAML
+
+from faceapp import create_app
+from faceapp.config import instance_secret_key
+from faceapp.face_models import models
+
+INLINE_SCRIPT = re.compile(r"<script\b[^>]*>\s*[^<\s]", re.IGNORECASE)  # a script with a body
+INLINE_STYLE = re.compile(r"<style\b|\sstyle\s*=", re.IGNORECASE)
+INLINE_HANDLER = re.compile(r"\son[a-z]+\s*=", re.IGNORECASE)
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def upload(client, data: bytes, name: str = "photo.jpg", **fields):
+    return client.post("/app", data={"file": (io.BytesIO(data), name), **fields})
+
+
+def page_of(client, image_bytes: bytes) -> str:
+    """Upload and return the image page's URL."""
+    answer = upload(client, image_bytes)
+    assert answer.status_code == 302, answer.get_data(as_text=True)
+    return answer.headers["Location"]
+
+
+def element_text(html: str, element_id: str) -> str:
+    """The text of the <pre> with this id, unescaped."""
+    import html as html_lib
+
+    match = re.search(rf'<pre class="code" id="{element_id}">(.*?)</pre>', html, re.DOTALL)
+    assert match, f"no #{element_id} in the page"
+    return html_lib.unescape(match.group(1))
+
+
+def assert_html_page(response, status: int) -> str:
+    assert response.status_code == status, response.get_data(as_text=True)[:2000]
+    assert response.mimetype == "text/html"
+    text = response.get_data(as_text=True)
+    assert text.startswith("<!doctype html>") and "<title>" in text
+    assert '<a class="brand" href="/app">' in text
+    assert "Traceback" not in text
+    return text
+
+
+def test_upload_form_has_the_inputs_and_a_csrf_token(client, astronaut_jpeg):
+    text = assert_html_page(client.get("/app"), 200)
+    assert re.search(r'<form class="upload-form" method="post" action="/app" '
+                     r'enctype="multipart/form-data">', text)
+    for name in ("file", "image_url", "wipe_cache"):
+        assert f'name="{name}"' in text
+    assert CSRF_FIELD.search(text)
+    assert "No images stored yet." in text
+
+
+def test_a_post_without_the_csrf_token_is_refused_in_html(config, astronaut_jpeg):
+    client = create_app({**config, "WTF_CSRF_ENABLED": True}).test_client()
+    text = assert_html_page(upload(client, astronaut_jpeg), 400)
+    assert "CSRF token is missing" in text
+    token = CSRF_FIELD.search(client.get("/app").get_data(as_text=True)).group(1)
+    assert upload(client, astronaut_jpeg, csrf_token=token).status_code == 302
+    # The JSON API authenticates with keys, not cookies: it needs no token.
+    api = client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")})
+    assert api.status_code == 200
+
+
+def test_csrf_tokens_hold_across_workers_sharing_the_instance_folder(
+        config, astronaut_jpeg, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEAPP_INSTANCE_PATH", str(tmp_path / "instance"))
+    settings = {**config, "WTF_CSRF_ENABLED": True, "SECRET_KEY": None}
+    first, second = (create_app(settings).test_client() for _ in range(2))
+    token = CSRF_FIELD.search(first.get("/app").get_data(as_text=True)).group(1)
+    second.set_cookie("session", first.get_cookie("session").value)
+    assert upload(second, astronaut_jpeg, csrf_token=token).status_code == 302
+
+    key_file = tmp_path / "instance" / "secret_key"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert instance_secret_key(str(tmp_path / "instance")) == key_file.read_text().strip()
+    assert [p.name for p in key_file.parent.iterdir() if p.name.startswith(".secret")] == []
+
+
+def test_upload_redirects_to_the_image_page(client, astronaut_jpeg):
+    image_id = hashlib.sha256(astronaut_jpeg).hexdigest()
+    assert page_of(client, astronaut_jpeg) == f"/app/images/{image_id}"
+    text = assert_html_page(client.get("/app"), 200)  # now listed, with its thumbnail
+    assert f'href="/app/images/{image_id}"' in text
+    assert f'src="/app/images/{image_id}/thumbnail.jpg"' in text
+
+
+def test_image_page_before_and_after_analyze(client, astronaut_jpeg):
+    page = page_of(client, astronaut_jpeg)
+    text = assert_html_page(client.get(page), 200)
+    validation = json.loads(element_text(text, "validation-json"))
+    assert validation == {"image_id": page.rsplit("/", 1)[1], "valid": True, "errors": [],
+                          "warnings": []}
+    assert text.count('class="face-line"') == 1  # the one face, outlined
+    assert re.search(r'<svg class="overlay" id="overlay" viewBox="0 0 512 512"', text)
+    assert 'id="analysis-none"' in text and 'id="trace"' in text
+    assert 'id="analyze-button"' in text
+
+    answer = client.post(page, data={"labels": "an astronaut\n\n a clown \n"})
+    assert answer.status_code == 302
+    assert answer.headers["Location"].startswith(page + "?analyze=1&labels=an+astronaut")
+    text = assert_html_page(client.get(answer.headers["Location"]), 200)
+    for element_id in ("validation-json", "analysis-json", "analysis-yaml", "trace"):
+        assert f'id="{element_id}"' in text
+    analysis = json.loads(element_text(text, "analysis-json"))
+    assert YAML(typ="safe", pure=True).load(element_text(text, "analysis-yaml")) == analysis
+    face = analysis["faces"][0]
+    assert set(face["labels"]) == {"an astronaut", "a clown"}
+    assert analysis["cached"] is True  # the redirected page reads the stored result back
+    bars = text.count('class="bar-fill"')
+    labels = sum(len(a["scores"]) for a in face["attributes"].values()) + len(face["labels"])
+    assert bars == labels and text.count('<tr class="win">') == len(face["attributes"]) + 1
+    trace = text[text.index('id="trace"'):]
+    for event in ("validated", "analyzed", "cache_hit", "cache miss", "cache hit"):
+        assert event in trace
+    assert "Free-text labels" in text and ">an astronaut\na clown</textarea>" in text
+
+
+def test_an_image_url_is_fetched_like_the_api_does(config, astronaut_jpeg, httpserver):
+    httpserver.expect_request("/face.jpg").respond_with_data(astronaut_jpeg,
+                                                             content_type="image/jpeg")
+    client = create_app({**config, "URL_ALLOW_PRIVATE_NETWORKS": True}).test_client()
+    answer = client.post("/app", data={"image_url": httpserver.url_for("/face.jpg")})
+    assert answer.headers["Location"].endswith(hashlib.sha256(astronaut_jpeg).hexdigest())
+    refused = create_app(config).test_client().post("/app", data={"image_url": "http://127.0.0.1/x"})
+    text = assert_html_page(refused, 400)
+    assert "url.forbidden" in text and 'value="http://127.0.0.1/x"' in text  # the form, refilled
+
+
+def test_stored_image_and_thumbnail(client, astronaut_jpeg):
+    page = page_of(client, astronaut_jpeg)
+    png = client.get(page + "/image.png")
+    assert png.status_code == 200 and png.mimetype == "image/png"
+    assert "max-age" in png.headers["Cache-Control"]
+    assert Image.open(io.BytesIO(png.data)).size == (512, 512)
+    thumb = client.get(page + "/thumbnail.jpg")
+    assert thumb.mimetype == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.data)).size) == 160
+
+
+def test_a_corrupt_upload_reshows_the_form_with_the_message(client, astronaut_jpeg):
+    text = assert_html_page(upload(client, astronaut_jpeg[: len(astronaut_jpeg) // 2]), 400)
+    assert 'id="form-error"' in text and "image.corrupt" in text
+    assert 'class="upload-form"' in text
+    text = assert_html_page(client.post("/app", data={}), 400)
+    assert "input.missing" in text and "No image was sent" in text
+
+
+@pytest.mark.parametrize("limits", [
+    {"MAX_UPLOAD_BYTES": 1000},  # over the image limit: the service refuses it
+    {"MAX_UPLOAD_BYTES": 1000, "MAX_CONTENT_LENGTH": 2000},  # over the body limit: Flask does
+])
+def test_an_oversized_upload_reshows_the_form(config, astronaut_jpeg, limits):
+    client = create_app({**config, **limits}).test_client()
+    text = assert_html_page(upload(client, astronaut_jpeg), 413)
+    assert 'id="form-error"' in text and "image.too_large" in text and "1000" in text
+
+
+@pytest.mark.parametrize("path, status, code", [
+    ("/app/images/" + "0" * 64, 404, "image_id.not_found"),
+    ("/app/images/not-an-id", 400, "image_id.invalid"),
+    ("/app/images/" + "A" * 64, 400, "image_id.invalid"),
+    ("/app/images/" + "0" * 64 + "/image.png", 404, "image_id.not_found"),
+    ("/app/images/" + "0" * 64 + "/thumbnail.jpg", 404, "image_id.not_found"),
+])
+def test_unknown_and_malformed_ids_are_html_pages(client, path, status, code):
+    text = assert_html_page(client.get(path), status)
+    assert 'id="page-error"' in text and code in text
+
+
+def test_analyze_of_an_unknown_or_malformed_id_is_an_html_page(client):
+    assert "image_id.not_found" in assert_html_page(client.post("/app/images/" + "0" * 64), 404)
+    assert "image_id.invalid" in assert_html_page(client.post("/app/images/bad"), 400)
+
+
+def test_an_unexpected_error_is_a_page_without_details(client, astronaut_jpeg, monkeypatch):
+    from faceapp import services
+
+    page = page_of(client, astronaut_jpeg)
+
+    def broken(image_id):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(services, "image_trace", broken)
+    text = assert_html_page(client.get(page), 500)
+    assert "internal" in text and "secret detail" not in text
+
+
+def test_too_many_labels_reshow_the_page(client, astronaut_jpeg):
+    page = page_of(client, astronaut_jpeg)
+    labels = "\n".join(f"label {i}" for i in range(33))
+    text = assert_html_page(client.post(page, data={"labels": labels}), 400)
+    assert "input.invalid" in text and 'id="validation-json"' in text
+
+
+def test_model_not_ready_banner_and_503_on_analyze(config, astronaut_jpeg):
+    app = create_app({**config, "MODEL_NAME": "openai/clip-vit-base-patch32"})
+    client = app.test_client()
+    text = assert_html_page(client.get("/app"), 200)
+    assert 'id="banner-model-not-ready"' in text and "not loaded yet" in text
+    assert 'id="banner-random-weights"' not in text
+    page = page_of(client, astronaut_jpeg)
+    text = assert_html_page(client.post(page, data={}), 503)
+    assert "model.not_ready" in text and "is not in the models folder" in text
+    assert 'id="validation-json"' in text  # the image page again, with the message
+    assert "failed:" in text[text.index('id="banner-model-not-ready"'):]
+
+
+def test_random_weights_banner_without_loading_the_model(app, client, astronaut_jpeg):
+    text = assert_html_page(client.get("/app"), 200)
+    assert 'id="banner-random-weights"' in text
+    page = page_of(client, astronaut_jpeg)
+    text = assert_html_page(client.get(page + "?analyze=1"), 200)
+    assert 'id="analysis-pending"' in text  # rendering never loads the model
+    with app.app_context():
+        assert models.peek() is None
+    client.post(page, data={})
+    text = assert_html_page(client.get(page), 200)
+    assert 'id="banner-random-weights"' in text and 'id="banner-model-not-ready"' not in text
+    assert "random-clip-tiny" in text
+
+
+def test_tester_disabled_means_no_pages(config, astronaut_jpeg):
+    client = create_app({**config, "TESTER_ENABLED": False}).test_client()
+    assert client.get("/app").status_code == 404
+    assert client.get("/app/images/" + "0" * 64).status_code == 404
+    answer = client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")})
+    assert answer.status_code == 200
+
+
+def test_a_photo_without_a_face_offers_force(client, coffee_jpeg):
+    page = page_of(client, coffee_jpeg)
+    text = assert_html_page(client.get(page), 200)
+    assert "not valid" in text and 'id="validation-errors"' in text
+    assert "face.none" in text and "No face was found in the image." in text
+    text = assert_html_page(client.post(page, data={"labels": "a cup"}), 409)
+    assert "image.not_valid" in text and 'id="force-button"' in text
+    assert '<input type="hidden" name="labels" value="a cup">' in text
+    forced = client.post(page, data={"labels": "a cup", "force": "1"})
+    assert forced.status_code == 302 and "force=1" in forced.headers["Location"]
+    text = assert_html_page(client.get(forced.headers["Location"]), 200)
+    assert "Whole image" in text and 'id="analysis-json"' in text
+
+
+def test_every_page_has_the_csp_and_nothing_inline(client, astronaut_jpeg, coffee_jpeg):
+    page = page_of(client, astronaut_jpeg)
+    coffee = page_of(client, coffee_jpeg)
+    analyzed = client.post(page, data={"labels": "x", "include_embedding": "1"}).headers["Location"]
+    responses = [
+        client.get("/app"), upload(client, b"not an image"), client.get(page),
+        client.get(analyzed), client.post(coffee, data={}), client.get("/app/images/nope"),
+        client.get("/app/images/" + "0" * 64), client.get(page + "/image.png"),
+    ]
+    for response in responses:
+        csp = response.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        if response.mimetype == "text/html":
+            text = response.get_data(as_text=True)
+            assert not INLINE_SCRIPT.search(text), INLINE_SCRIPT.search(text).group(0)
+            assert not INLINE_STYLE.search(text), INLINE_STYLE.search(text).group(0)
+            assert not INLINE_HANDLER.search(text), INLINE_HANDLER.search(text).group(0)
+    text = client.get(analyzed).get_data(as_text=True)
+    analysis = json.loads(element_text(text, "analysis-json"))
+    assert len(analysis["faces"][0]["embedding"]) > 0
