@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app, g
-
 from PIL import Image
 
 from faceapp import analysis, decoding, faces, validation
