@@ -114,7 +114,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(FaceappError)
     def _faceapp_error(error: FaceappError):
-        if error.status >= 500:
+        # model.not_ready was logged once, when the load failed; not again for every request.
+        if error.status >= 500 and error.code != "model.not_ready":
             log.warning("answered %s: %s", error.code, error.message)
         return error_response(error)
 
