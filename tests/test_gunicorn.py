@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -119,3 +120,54 @@ def test_workers_recycled_or_killed_do_not_fail_requests(tmp_path, tiny_model_di
 def _worker_pids(master: int) -> list[int]:
     with open(f"/proc/{master}/task/{master}/children", encoding="utf-8") as fh:
         return [int(pid) for pid in fh.read().split()]
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path, tiny_model_dir, astronaut_jpeg):
+    """A request still running when gunicorn is told to stop gets its answer (graceful_timeout)."""
+    import http.server
+    import signal
+    import threading
+
+    class SlowImage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(astronaut_jpeg)))
+            self.end_headers()
+            half = len(astronaut_jpeg) // 2
+            self.wfile.write(astronaut_jpeg[:half])
+            self.wfile.flush()
+            time.sleep(2)  # the request is in flight when SIGTERM arrives
+            self.wfile.write(astronaut_jpeg[half:])
+
+        def log_message(self, *args):
+            pass
+
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowImage)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    env = {
+        "FACEAPP_INSTANCE_PATH": str(tmp_path / "instance"),
+        "FACEAPP_MODEL_NAME": tiny_model_dir,
+        "FACEAPP_MODEL_AUTO_PULL": "false",
+        "FACEAPP_URL_ALLOW_PRIVATE_NETWORKS": "true",
+    }
+    try:
+        with gunicorn(env, workers=1) as (base, process):
+            result = {}
+
+            def fetch():
+                url = f"http://127.0.0.1:{slow.server_address[1]}/slow.jpg"
+                result["answer"] = requests.post(base + "/api/validate", json={"image_url": url},
+                                                 timeout=30)
+
+            client = threading.Thread(target=fetch)
+            client.start()
+            time.sleep(1)
+            process.send_signal(signal.SIGTERM)
+            client.join(timeout=30)
+            assert process.wait(timeout=30) == 0
+        assert result["answer"].status_code == 200
+        assert result["answer"].json()["valid"] is True
+    finally:
+        slow.shutdown()
+        slow.server_close()
