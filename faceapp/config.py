@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IMAGE_FRAMES": 1000,
     "STORED_MAX_SIDE": 2048,  # the stored, normalised image is at most this wide and tall
     "MAX_FORM_PARTS": 20,
-    "MAX_FORM_MEMORY_SIZE": 512 * 1024,
+    "MAX_FORM_MEMORY_SIZE": None,  # None: room for an image_base64 form field of MAX_UPLOAD_BYTES
     # image_url
     "URL_ALLOWED_HOSTS": "",
     "URL_ALLOW_PRIVATE_NETWORKS": False,
@@ -77,8 +77,16 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
         cfg["TESTER_ENABLED"] = app.debug or bool(cfg.get("TESTING"))
     for key in ("API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"):
         cfg[key] = split_list(cfg[key])
-    # Flask enforces the request body limit before any view runs; leave room for form overhead.
-    cfg.setdefault("MAX_CONTENT_LENGTH", int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3) + 64 * 1024)
+    # Flask enforces the request body limit before any view runs; leave room for base64 (4/3) and
+    # form overhead. Flask's own defaults are in app.config already (MAX_CONTENT_LENGTH: None, no
+    # limit at all), so "unset" means None here, not absent.
+    base64_bytes = int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3)
+    if cfg.get("MAX_CONTENT_LENGTH") is None:
+        cfg["MAX_CONTENT_LENGTH"] = base64_bytes + 64 * 1024
+    if cfg.get("MAX_FORM_MEMORY_SIZE") is None:
+        # Werkzeug's multipart decoder also holds up to this much of a file part while parsing,
+        # so it never goes below the old 512 KiB even when MAX_UPLOAD_BYTES is small.
+        cfg["MAX_FORM_MEMORY_SIZE"] = max(base64_bytes + 1024, 512 * 1024)
 
 
 def instance_path(project_root: str) -> str:
