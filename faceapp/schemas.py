@@ -12,10 +12,13 @@ from faceapp.errors import FaceappError
 
 
 class Flag(fields.Boolean):
-    """A boolean that also accepts the usual form spellings (1/0, yes/no, on/off)."""
+    """A boolean that also accepts the usual form spellings (1/0, yes/no, on/off).
 
-    truthy = {True, 1, "1", "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"}
-    falsy = {False, 0, "0", "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", ""}
+    (1 and 0 are in the sets as True and False: equal values, one set entry.)
+    """
+
+    truthy = {True, "1", "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"}
+    falsy = {False, "0", "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", ""}
 
 
 class SourceSchema(Schema):
