@@ -56,8 +56,15 @@ DEFAULTS: dict[str, Any] = {
     "API_KEYS": "",
     "ADMIN_KEYS": "",
     "TESTER_ENABLED": None,  # None: on in development, off otherwise
+    # How many reverse proxies in front of faceapp append to X-Forwarded-For/-Proto (1 behind
+    # one nginx); 0 trusts no such header: the client is the socket peer (faceapp/security.py).
     "TRUSTED_PROXY_HOPS": 0,
+    # Requests per client address over all of /api except the health and ready probes.
     "RATELIMIT": "120 per minute",
+    "RATELIMIT_ENABLED": True,
+    # Where the counts live: None = the STORE_URL's Redis when STORE_URL is redis://, else the
+    # worker's memory (each worker then counts on its own); or any limits storage URI.
+    "RATELIMIT_STORAGE_URI": None,
 }
 
 
@@ -73,6 +80,8 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     cfg = app.config
     cfg["MODELS_DIR"] = cfg["MODELS_DIR"] or os.path.join(app.instance_path, "models")
     cfg["STORE_URL"] = cfg["STORE_URL"] or os.path.join(app.instance_path, "store")
+    if under_gunicorn():
+        cfg["DEBUG"] = False  # the Werkzeug debugger and tracebacks never face real traffic
     if cfg["TESTER_ENABLED"] is None:
         cfg["TESTER_ENABLED"] = app.debug or bool(cfg.get("TESTING"))
     for key in ("API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"):
@@ -87,6 +96,11 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
         # Werkzeug's multipart decoder also holds up to this much of a file part while parsing,
         # so it never goes below the old 512 KiB even when MAX_UPLOAD_BYTES is small.
         cfg["MAX_FORM_MEMORY_SIZE"] = max(base64_bytes + 1024, 512 * 1024)
+
+
+def under_gunicorn() -> bool:
+    """True in a gunicorn worker (its arbiter sets SERVER_SOFTWARE=gunicorn/<version>)."""
+    return os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
 
 
 def instance_path(project_root: str) -> str:
