@@ -6,11 +6,11 @@ import os
 
 from flask import Blueprint, Response, request
 
-from faceapp import analysis, services
+from faceapp import analysis, openapi, services
 from faceapp.access import admin_required, check_api_key
 from faceapp.face_models import models
 from faceapp.inputs import pick_source
-from faceapp.output import render
+from faceapp.output import dump_json, render
 from faceapp.schemas import AnalyzeRequest, ValidateRequest, parse, request_fields
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -112,3 +112,9 @@ def delete_image(image_id: str) -> Response:
 def wipe_cache() -> Response:
     """Forget every stored image and result (admin)."""
     return render(services.wipe_all())
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    """The OpenAPI 3 document of this API (needs a key when API_KEYS is set, like the rest)."""
+    return Response(dump_json(openapi.document()), mimetype="application/json")

@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IMAGE_FRAMES": 1000,
     "STORED_MAX_SIDE": 2048,  # the stored, normalised image is at most this wide and tall
     "MAX_FORM_PARTS": 20,
-    "MAX_FORM_MEMORY_SIZE": None,  # None: room for image_base64 of MAX_UPLOAD_BYTES in a form
+    "MAX_FORM_MEMORY_SIZE": None,  # None: room for an image_base64 form field of MAX_UPLOAD_BYTES
     # image_url
     "URL_ALLOWED_HOSTS": "",
     "URL_ALLOW_PRIVATE_NETWORKS": False,
@@ -64,8 +64,15 @@ DEFAULTS: dict[str, Any] = {
     # made per process would fail the CSRF tokens another gunicorn worker handed out).
     "SECRET_KEY": None,
     "SESSION_COOKIE_SAMESITE": "Lax",  # the tester's session cookie never rides cross-site posts
+    # How many reverse proxies in front of faceapp append to X-Forwarded-For/-Proto (1 behind
+    # one nginx); 0 trusts no such header: the client is the socket peer (faceapp/security.py).
     "TRUSTED_PROXY_HOPS": 0,
+    # Requests per client address over all of /api except the health and ready probes.
     "RATELIMIT": "120 per minute",
+    "RATELIMIT_ENABLED": True,
+    # Where the counts live: None = the STORE_URL's Redis when STORE_URL is redis://, else the
+    # worker's memory (each worker then counts on its own); or any limits storage URI.
+    "RATELIMIT_STORAGE_URI": None,
 }
 
 
@@ -81,15 +88,27 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     cfg = app.config
     cfg["MODELS_DIR"] = cfg["MODELS_DIR"] or os.path.join(app.instance_path, "models")
     cfg["STORE_URL"] = cfg["STORE_URL"] or os.path.join(app.instance_path, "store")
+    if under_gunicorn():
+        cfg["DEBUG"] = False  # the Werkzeug debugger and tracebacks never face real traffic
     if cfg["TESTER_ENABLED"] is None:
         cfg["TESTER_ENABLED"] = app.debug or bool(cfg.get("TESTING"))
     for key in ("API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"):
         cfg[key] = split_list(cfg[key])
-    # Flask enforces the request body limit before any view runs; leave room for form overhead.
-    if cfg.get("MAX_CONTENT_LENGTH") is None:  # Flask's own default is None: no limit at all
-        cfg["MAX_CONTENT_LENGTH"] = int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3) + 64 * 1024
-    if cfg.get("MAX_FORM_MEMORY_SIZE") is None:  # a non-file field may hold a base64 image
-        cfg["MAX_FORM_MEMORY_SIZE"] = int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3) + 4096
+    # Flask enforces the request body limit before any view runs; leave room for base64 (4/3) and
+    # form overhead. Flask's own defaults are in app.config already (MAX_CONTENT_LENGTH: None, no
+    # limit at all), so "unset" means None here, not absent.
+    base64_bytes = int(cfg["MAX_UPLOAD_BYTES"] * 4 / 3)
+    if cfg.get("MAX_CONTENT_LENGTH") is None:
+        cfg["MAX_CONTENT_LENGTH"] = base64_bytes + 64 * 1024
+    if cfg.get("MAX_FORM_MEMORY_SIZE") is None:
+        # Werkzeug's multipart decoder also holds up to this much of a file part while parsing,
+        # so it never goes below the old 512 KiB even when MAX_UPLOAD_BYTES is small.
+        cfg["MAX_FORM_MEMORY_SIZE"] = max(base64_bytes + 1024, 512 * 1024)
+
+
+def under_gunicorn() -> bool:
+    """True in a gunicorn worker (its arbiter sets SERVER_SOFTWARE=gunicorn/<version>)."""
+    return os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn")
 
 
 def instance_path(project_root: str) -> str:

@@ -93,13 +93,15 @@ def error_response(error: FaceappError) -> Response:
 def _from_http_exception(exc: HTTPException) -> FaceappError:
     status = exc.code or 500
     code = _CODE_BY_HTTP_STATUS.get(status, "internal")
-    if status == 413:
-        limit = current_app.config.get("MAX_UPLOAD_BYTES") or 0
-        if (request.content_length or 0) > limit:  # the body could not be a small enough image
-            message = f"The request body is too large (the largest accepted image is {limit} bytes)."
-            code = "image.too_large"
-        else:  # Flask's MAX_FORM_PARTS / MAX_FORM_MEMORY_SIZE
-            message = "The form has too many parts, or a field other than the file is too large."
+    if status == 413 and _form_too_large():
+        config = current_app.config
+        message = (f"The form has too many fields (at most {config.get('MAX_FORM_PARTS')}) or a "
+                   f"text field over {config.get('MAX_FORM_MEMORY_SIZE')} bytes.")
+        code = "request.too_large"
+    elif status == 413:
+        limit = current_app.config.get("MAX_UPLOAD_BYTES")
+        message = f"The request body is too large (the largest accepted image is {limit} bytes)."
+        code = "image.too_large"
     elif code == "internal":
         message = "The server could not answer this request."
     else:
@@ -107,6 +109,12 @@ def _from_http_exception(exc: HTTPException) -> FaceappError:
     error = FaceappError(code, message.split("\n")[0])
     error.valid_methods = getattr(exc, "valid_methods", None)
     return error
+
+
+def _form_too_large() -> bool:
+    """A 413 for a body within MAX_CONTENT_LENGTH: the form parser's part or field limits hit."""
+    length, limit = request.content_length, current_app.config.get("MAX_CONTENT_LENGTH")
+    return length is not None and limit is not None and length <= limit
 
 
 def register_error_handlers(app: Flask) -> None:

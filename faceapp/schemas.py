@@ -6,13 +6,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Request
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
-from faceapp.errors import FaceappError
+from faceapp.errors import STATUS_BY_CODE, FaceappError
 
 
 class Flag(fields.Boolean):
-    """A boolean that also accepts the usual form spellings (1/0, yes/no, on/off)."""
+    """A boolean that also accepts the usual form spellings (1/0, yes/no, on/off).
+
+    (1 and 0 are in the sets as True and False: equal values, one set entry.)
+    """
 
     truthy = {True, "1", "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"}
     falsy = {False, "0", "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", ""}
@@ -45,14 +48,53 @@ class AnalyzeRequest(SourceSchema):
     force = Flag(load_default=False)
 
 
+class ValidateForm(ValidateRequest):
+    """POST /api/validate as multipart/form-data: the same fields, and the uploaded `file`."""
+
+    file = fields.Raw(metadata={"type": "string", "format": "binary",
+                                "description": "The image, as an uploaded file."})
+
+
+class AnalyzeForm(AnalyzeRequest):
+    """POST /api/analyze as multipart/form-data (lists as repeated or comma-separated fields)."""
+
+    file = fields.Raw(metadata={"type": "string", "format": "binary",
+                                "description": "The image, as an uploaded file."})
+
+
+# -- Answers (documented in /api/openapi.json). Where API.md allows more keys than it names, the
+# schema says so (unknown=INCLUDE becomes additionalProperties: true); exact ones stay closed.
+
+IMAGE_ID_PATTERN = "^[0-9a-f]{64}$"
+
+
+def image_id_field() -> fields.String:
+    return fields.String(required=True, metadata={"pattern": IMAGE_ID_PATTERN})
+
+
+class Open(Schema):
+    """An answer object that may carry more keys than the ones named here."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
 class ErrorBody(Schema):
-    code = fields.String(required=True)
+    code = fields.String(required=True, validate=validate.OneOf(sorted(STATUS_BY_CODE)))
     message = fields.String(required=True)
     field = fields.String()
 
 
 class ErrorResponse(Schema):
+    """The envelope of every error answer (API.md, "Conventions")."""
+
     error = fields.Nested(ErrorBody, required=True)
+
+
+class NotReadyResponse(ErrorResponse):
+    """GET /api/ready while the model is not ready: the envelope and the loader's state."""
+
+    status = fields.String(metadata={"enum": ["not_loaded", "loading", "failed"]})
 
 
 class Issue(Schema):
@@ -60,12 +102,132 @@ class Issue(Schema):
     message = fields.String(required=True)
 
 
+class Box(Schema):
+    x = fields.Integer(required=True)
+    y = fields.Integer(required=True)
+    width = fields.Integer(required=True)
+    height = fields.Integer(required=True)
+
+
+class Face(Open):
+    box = fields.Nested(Box, required=True)
+    confidence = fields.Float(required=True, allow_none=True)
+
+
 class ValidateResponse(Schema):
-    image_id = fields.String(required=True)
+    image_id = image_id_field()
     valid = fields.Boolean(required=True)
     errors = fields.List(fields.Nested(Issue), required=True)
     warnings = fields.List(fields.Nested(Issue), required=True)
-    details = fields.Dict()
+    details = fields.Dict(metadata={"description": "Only with ?details=1: width, height, "
+                                                   "format, faces and quality."})
+
+
+class ModelInfo(Open):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    device = fields.String(required=True)
+    dtype = fields.String()
+    random_weights = fields.Boolean()
+
+
+class AttributeScore(Open):
+    label = fields.String(required=True)
+    score = fields.Float(required=True, allow_none=True)
+    scores = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True), required=True)
+
+
+class AnalyzedFace(Face):
+    attributes = fields.Dict(keys=fields.String(), values=fields.Nested(AttributeScore),
+                             required=True)
+    labels = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
+    embedding = fields.List(fields.Float(allow_none=True))
+
+
+class AnalyzeResponse(Schema):
+    image_id = image_id_field()
+    model = fields.Nested(ModelInfo, required=True)
+    faces = fields.List(fields.Nested(AnalyzedFace), required=True)
+    cached = fields.Boolean(required=True)
+    timings_ms = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
+
+
+class Worker(Open):
+    pid = fields.Integer(required=True)
+
+
+class SetupResponse(Schema):
+    ready = fields.Boolean(required=True)
+    model = fields.Nested(ModelInfo, required=True)
+    load_ms = fields.Float(required=True, allow_none=True)
+    warmup_ms = fields.Float(required=True, allow_none=True)
+    worker = fields.Nested(Worker, required=True)
+
+
+class ReadyResponse(Schema):
+    ready = fields.Boolean(required=True)
+    model = fields.Nested(ModelInfo, required=True)
+    worker = fields.Nested(Worker, required=True)
+
+
+class HealthResponse(Schema):
+    status = fields.String(required=True, metadata={"enum": ["ok"]})
+
+
+class AttributeInfo(Open):
+    name = fields.String(required=True)
+    description = fields.String()
+    labels = fields.List(fields.String(), required=True)
+    prompts = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+class AttributesResponse(Open):
+    prompt_version = fields.Raw(required=True)
+    digest = fields.String(required=True)
+    attributes = fields.List(fields.Nested(AttributeInfo), required=True)
+
+
+class ValidationRecord(Open):
+    valid = fields.Boolean(required=True)
+    errors = fields.List(fields.Nested(Issue), required=True)
+    warnings = fields.List(fields.Nested(Issue), required=True)
+    quality = fields.Dict()
+
+
+class ImageRecord(Open):
+    """GET /api/images/<image_id>: what the store holds about an image."""
+
+    image_id = image_id_field()
+    created_at = fields.String(required=True)
+    bytes = fields.Integer(required=True)
+    source = fields.String()
+    format = fields.String(required=True)
+    width = fields.Integer(required=True)
+    height = fields.Integer(required=True)
+    faces = fields.List(fields.Nested(Face), required=True)
+    validation = fields.Nested(ValidationRecord, required=True)
+
+
+class TraceEvent(Open):
+    event = fields.String(required=True)
+    time = fields.String(required=True)
+    worker_pid = fields.Integer(required=True)
+    request_id = fields.String(required=True)
+    timings_ms = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
+
+
+class TraceResponse(Schema):
+    image_id = image_id_field()
+    events = fields.List(fields.Nested(TraceEvent), required=True)
+
+
+class DeleteResponse(Schema):
+    image_id = image_id_field()
+    deleted = fields.Boolean(required=True)
+
+
+class WipeResponse(Schema):
+    wiped = fields.Integer(required=True)
 
 
 LIST_FIELDS = ("attributes", "labels")

@@ -11,3 +11,6 @@
 # SECRET_KEY = "..."   # signs the tester's CSRF tokens; default: a key kept in instance/secret_key
 # MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 # URL_ALLOWED_HOSTS = "images.example.com"
+# TRUSTED_PROXY_HOPS = 1                        # behind one nginx (docs/SECURITY.md); default 0
+# RATELIMIT = "120 per minute"                  # per client address on /api; Redis-shared when
+#                                               # STORE_URL is redis:// (or RATELIMIT_STORAGE_URI)

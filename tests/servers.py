@@ -49,7 +49,8 @@ def gunicorn(env: dict[str, str], workers: int = 2, log_path: str | None = None)
             assert process.poll() is None, "gunicorn exited early"
             try:
                 return requests.get(base + "/api/health", timeout=1).status_code == 200
-            except (requests.ConnectionError, requests.Timeout):  # workers still booting
+            except (requests.ConnectionError, requests.Timeout):
+                # Timeout: the socket accepts before a worker has finished importing the app.
                 return False
 
         wait_until(up, 60, "gunicorn answering /api/health")

@@ -161,6 +161,32 @@ def test_a_body_over_flasks_limit_is_413_json(config):
     assert client.get("/api/health").status_code == 200
 
 
+def test_flask_refuses_a_body_over_the_limit_before_any_view_reads_it(config):
+    app = create_app({**config, "MAX_UPLOAD_BYTES": 1000})
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    assert limit == int(1000 * 4 / 3) + 64 * 1024
+    # Not an image field: without the limit this would be parsed whole and answered 400.
+    answer = app.test_client().post("/api/analyze", json={"labels": ["x" * (limit + 1)]})
+    assert answer.status_code == 413 and error_of(answer) == "image.too_large"
+
+
+def test_a_base64_image_in_a_multipart_form_is_accepted_up_to_the_upload_limit(config):
+    client = create_app({**config, "MAX_UPLOAD_BYTES": 2_000_000}).test_client()
+    noise = Image.frombytes("RGB", (600, 600), bytes(range(256)) * 4218 + bytes(192))
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")  # ~1 MB, so its base64 is over Flask's 500 kB text-field default
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    answer = client.post("/api/validate", data={"image_base64": encoded},
+                         content_type="multipart/form-data")
+    assert answer.status_code == 200, answer.get_json()
+
+
+def test_too_many_form_fields_is_request_too_large_not_an_image_size(client):
+    fields = {f"f{i}": "x" for i in range(30)}  # MAX_FORM_PARTS is 20
+    answer = client.post("/api/validate", data=fields, content_type="multipart/form-data")
+    assert answer.status_code == 413 and error_of(answer) == "request.too_large"
+
+
 @pytest.mark.parametrize(
     "bad_id",
     ["../etc/passwd", "%2e%2e%2fetc%2fpasswd", "A" * 64, "a" * 63, "a" * 65, "g" * 64, "a" * 10_000],

@@ -1,0 +1,115 @@
+"""What faceapp does for exposure: security headers, the client's address, and rate limits.
+
+- Every answer (API and pages) carries a strict Content-Security-Policy (unless a view set its
+  own), nosniff, DENY framing and no referrer; /api answers are ``Cache-Control: no-store``.
+- ``TRUSTED_PROXY_HOPS`` proxies are believed about the client's address (ProxyFix); with 0 the
+  client is the socket peer and X-Forwarded-For is ignored.
+- /api is rate limited per client address (``RATELIMIT``), except the health and ready probes,
+  with the counts in Redis when the store is (so every worker and instance shares them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from flask import Flask, Response, current_app, request
+from flask_limiter import Limiter, RateLimitExceeded
+from flask_limiter.util import get_remote_address
+from limits import parse_many
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from faceapp.access import PUBLIC_ENDPOINTS
+from faceapp.errors import FaceappError, error_response
+
+LIMITER_KEY = "faceapp.limiter"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def init_app(app: Flask) -> None:
+    """Install the proxy handling, the rate limiter and the security headers on `app`."""
+    hops = int(app.config["TRUSTED_PROXY_HOPS"])
+    if hops > 0:
+        # Only the address and scheme: nginx sets Host itself, and a forwarded Host or prefix
+        # the proxy did not strip would let clients choose them.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0,
+                                x_prefix=0)
+    init_rate_limits(app)
+    app.after_request(add_security_headers)
+
+
+def add_security_headers(response: Response) -> Response:
+    """Set the security headers a view has not set itself (the tester pages set their own CSP)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if is_api_request() and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def is_api_request() -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
+def rate_limit_storage_uri(config) -> str:
+    """RATELIMIT_STORAGE_URI, else the store's Redis when STORE_URL is redis://, else memory."""
+    if config.get("RATELIMIT_STORAGE_URI"):
+        return str(config["RATELIMIT_STORAGE_URI"])
+    store_url = str(config.get("STORE_URL") or "")
+    if store_url.startswith(("redis://", "rediss://")):
+        return store_url
+    if store_url.startswith("unix://"):  # a Redis socket (faceapp/store.py); limits' spelling
+        return "redis+" + store_url
+    return "memory://"  # named explicitly: Flask-Limiter warns when it has to pick it itself
+
+
+def _not_limited() -> bool:
+    """Only /api is limited, and never the probes (a load balancer polls them)."""
+    return not is_api_request() or request.endpoint in PUBLIC_ENDPOINTS
+
+
+def init_rate_limits(app: Flask) -> Limiter:
+    """One Limiter per app (it keeps per-app state), answering breaches as ``rate.limited``."""
+    rate = str(app.config["RATELIMIT"])
+    try:
+        parse_many(rate)  # a typo fails the start, not every request
+    except ValueError as exc:
+        raise ValueError(f"RATELIMIT {rate!r} is not a rate such as '120 per minute'") from exc
+    limiter = Limiter(
+        get_remote_address,  # after ProxyFix: the socket peer, or what the trusted proxy saw
+        application_limits=[rate],
+        application_limits_exempt_when=_not_limited,
+        storage_uri=rate_limit_storage_uri(app.config),
+        key_prefix="faceapp",
+        # Count unrouted /api paths (404, 405) too; Flask-Limiter skips requests without one.
+        request_identifier=lambda: request.endpoint or "unrouted",
+        headers_enabled=False,  # it would put Retry-After on every answer; 429s get their own
+    )  # RATELIMIT_ENABLED (and Flask-Limiter's other RATELIMIT_* keys) it reads from app.config
+    limiter.init_app(app)
+    app.extensions[LIMITER_KEY] = limiter
+    # Flask-Limiter raises its own 429; answer it in the envelope with Retry-After (errors.py
+    # would give the envelope but has no way to know when the window ends).
+    app.register_error_handler(RateLimitExceeded, _rate_limited)
+    return limiter
+
+
+def _rate_limited(exc: RateLimitExceeded) -> Response:
+    limiter: Limiter = current_app.extensions[LIMITER_KEY]
+    current = limiter.current_limit
+    wait = max(1, math.ceil(current.reset_at - time.time())) if current else 60
+    response = error_response(FaceappError(
+        "rate.limited",
+        f"Too many requests from this client (the limit is {exc.description}); "
+        f"retry after {wait} s.",
+    ))
+    response.headers["Retry-After"] = str(wait)
+    return response
