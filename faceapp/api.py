@@ -8,6 +8,7 @@ from flask import Blueprint, Response, request
 
 from faceapp import analysis, openapi, services
 from faceapp.access import admin_required, check_api_key
+from faceapp.errors import FaceappError
 from faceapp.face_models import models
 from faceapp.inputs import pick_source
 from faceapp.output import dump_json, render
@@ -79,13 +80,11 @@ def health() -> Response:
 def ready() -> Response:
     """Readiness: this worker's model is loaded and warm."""
     model = models.peek()
-    if model is None:
-        return render(
-            {"error": {"code": "model.not_ready", "message": f"The model is not ready ({models.reason()})."},
-             "status": models.status()},
-            status=503,
-        )
-    return render({"ready": True, "model": model.analyzer.describe(), "worker": {"pid": os.getpid()}})
+    if model is None:  # never loads: a probe must answer at once
+        raise FaceappError("model.not_ready", f"The model is not ready ({models.reason()}).")
+    return render(
+        {"ready": True, "model": model.analyzer.describe(), "worker": {"pid": os.getpid()}}
+    )
 
 
 @bp.get("/images/<path:image_id>/trace")

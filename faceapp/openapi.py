@@ -77,7 +77,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "Readiness: this worker's model is loaded and warm (never needs a key)",
         "public": True,
         "answer": schemas.ReadyResponse,
-        "errors": {503: schemas.NotReadyResponse},
+        "errors": {503: None},
     },
     ("/api/images/{image_id}", "get"): {
         "summary": "Stored metadata and the validation result of an image",

@@ -91,12 +91,6 @@ class ErrorResponse(Schema):
     error = fields.Nested(ErrorBody, required=True)
 
 
-class NotReadyResponse(ErrorResponse):
-    """GET /api/ready while the model is not ready: the envelope and the loader's state."""
-
-    status = fields.String(metadata={"enum": ["not_loaded", "loading", "failed"]})
-
-
 class Issue(Schema):
     code = fields.String(required=True)
     message = fields.String(required=True)

@@ -126,6 +126,7 @@ def test_missing_model_keeps_the_service_up(config, astronaut_jpeg):
     ready = client.get("/api/ready")
     assert ready.status_code == 503 and ready.get_json()["error"]["code"] == "model.not_ready"
     assert "failed" in ready.get_json()["error"]["message"]
+    assert set(ready.get_json()) == {"error"}  # the same envelope as every other error
     # Validation needs no model (RELIABILITY 22).
     import io
 
