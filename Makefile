@@ -34,6 +34,7 @@ test: install system-packages
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run

@@ -28,7 +28,7 @@ control_socket_disable = True
 
 
 def post_worker_init(worker):
-    """Start loading this worker's model in the background: health answers at once, ready once loaded."""
+    """Load this worker's model in the background: health answers at once, ready once loaded."""
     from faceapp.face_models import models
 
     models.load_in_background(worker.wsgi)

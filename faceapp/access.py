@@ -39,7 +39,9 @@ def check_api_key() -> None:
         return
     key = presented_key()
     if key is None:
-        raise FaceappError("auth.required", "This API needs a key: send Authorization: Bearer <key>.")
+        raise FaceappError(
+            "auth.required", "This API needs a key: send Authorization: Bearer <key>."
+        )
     if not key_matches(key, [*accepted, *current_app.config["ADMIN_KEYS"]]):
         raise FaceappError("auth.required", "The key sent is not one this service accepts.")
 

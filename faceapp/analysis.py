@@ -47,8 +47,9 @@ def init_app(app: Flask) -> None:
     attribute_set = load_attribute_set(app.config.get("ATTRIBUTES_FILE"))
     app.extensions[ATTRIBUTES_KEY] = attribute_set
     cache_dir = os.path.join(app.config["MODELS_DIR"], ".label-embeddings")
-    models.add_ready_hook(app, lambda model: setattr(
-        model, "analyzer", Analyzer(model, attribute_set, cache_dir)))
+    models.add_ready_hook(
+        app, lambda model: setattr(model, "analyzer", Analyzer(model, attribute_set, cache_dir))
+    )
 
 
 def attribute_set() -> AttributeSet:
@@ -67,23 +68,32 @@ class Analyzer:
     def __init__(self, model: LoadedModel, attributes: AttributeSet, cache_dir: str | None) -> None:
         self.model = model
         self.attributes = attributes
-        self.version = hashlib.sha256(f"{model.version}:{attributes.digest}".encode()).hexdigest()[:12]
+        self.version = hashlib.sha256(f"{model.version}:{attributes.digest}".encode()).hexdigest()[
+            :12
+        ]
         self.label_embeddings = self._label_embeddings(cache_dir)
         self._free_text: OrderedDict[str, Any] = OrderedDict()
         self._free_text_lock = threading.Lock()
 
     def describe(self) -> dict:
         """The answer's ``model`` object: weights and attribute set together make the version."""
-        return {**self.model.describe(), "version": self.version,
-                "weights_version": self.model.version, "attributes_version": self.attributes.digest}
+        return {
+            **self.model.describe(),
+            "version": self.version,
+            "weights_version": self.model.version,
+            "attributes_version": self.attributes.digest,
+        }
 
     # -- text side, computed once ----------------------------------------------------------------
     def _label_embeddings(self, cache_dir: str | None) -> dict[str, Any]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file, save_file
 
-        path = os.path.join(cache_dir, f"{self.model.version}-{self.attributes.digest}.safetensors") \
-            if cache_dir else None
+        path = (
+            os.path.join(cache_dir, f"{self.model.version}-{self.attributes.digest}.safetensors")
+            if cache_dir
+            else None
+        )
         if path and os.path.isfile(path):
             try:
                 cached = load_file(path)
@@ -93,10 +103,15 @@ class Analyzer:
             except (SafetensorError, OSError, ValueError):
                 log.warning("label embedding cache %s is unreadable; recomputing", path)
         started = time.perf_counter()
-        embeddings = {name: self._encode_label_prompts(attribute.prompts)
-                      for name, attribute in self.attributes.attributes.items()}
-        log.info("label embeddings for %d attributes computed in %.0f ms", len(embeddings),
-                 (time.perf_counter() - started) * 1000)
+        embeddings = {
+            name: self._encode_label_prompts(attribute.prompts)
+            for name, attribute in self.attributes.attributes.items()
+        }
+        log.info(
+            "label embeddings for %d attributes computed in %.0f ms",
+            len(embeddings),
+            (time.perf_counter() - started) * 1000,
+        )
         if path:
             os.makedirs(cache_dir, exist_ok=True)
             handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
@@ -117,7 +132,7 @@ class Analyzer:
         encoded = self.model.encode_texts(flat)
         rows, start = [], 0
         for label_prompts in prompts:
-            rows.append(encoded[start:start + len(label_prompts)].mean(dim=0))
+            rows.append(encoded[start : start + len(label_prompts)].mean(dim=0))
             start += len(label_prompts)
         return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
@@ -140,8 +155,14 @@ class Analyzer:
             return torch.stack([self._free_text[label] for label in labels])
 
     # -- image side, per request -------------------------------------------------------------
-    def analyze(self, image: Image.Image, regions: Sequence[Region], attribute_names: Sequence[str],
-                labels: Sequence[str] | None, include_embedding: bool) -> list[dict]:
+    def analyze(
+        self,
+        image: Image.Image,
+        regions: Sequence[Region],
+        attribute_names: Sequence[str],
+        labels: Sequence[str] | None,
+        include_embedding: bool,
+    ) -> list[dict]:
         """Score every region in one batch; faces come back in the order of `regions`."""
         import torch
 
@@ -159,14 +180,21 @@ class Analyzer:
             label_probs = torch.softmax(scale * faces @ self.free_text_embeddings(labels).T, dim=-1)
         results = []
         for index, region in enumerate(regions):
-            face: dict[str, Any] = {"box": region.box, "confidence": region.confidence,
-                                    "detected": region.detected, "attributes": {}}
+            face: dict[str, Any] = {
+                "box": region.box,
+                "confidence": region.confidence,
+                "detected": region.detected,
+                "attributes": {},
+            }
             for name in attribute_names:
                 probs = per_attribute[name][index].tolist()
                 names = self.attributes.attributes[name].labels
                 best = max(range(len(probs)), key=probs.__getitem__)
-                face["attributes"][name] = {"label": names[best], "score": probs[best],
-                                            "scores": dict(zip(names, probs, strict=True))}
+                face["attributes"][name] = {
+                    "label": names[best],
+                    "score": probs[best],
+                    "scores": dict(zip(names, probs, strict=True)),
+                }
             if label_probs is not None:
                 face["labels"] = dict(zip(labels, label_probs[index].tolist(), strict=True))
             if include_embedding:

@@ -61,13 +61,15 @@ def setup() -> Response:
     model = models.load(retry=True)
     if model is None:
         models.get()  # raises 503 model.not_ready with the reason
-    return render({
-        "ready": True,
-        "model": model.analyzer.describe(),
-        "load_ms": model.load_ms,
-        "warmup_ms": model.warmup_ms,
-        "worker": {"pid": os.getpid()},
-    })
+    return render(
+        {
+            "ready": True,
+            "model": model.analyzer.describe(),
+            "load_ms": model.load_ms,
+            "warmup_ms": model.warmup_ms,
+            "worker": {"pid": os.getpid()},
+        }
+    )
 
 
 @bp.get("/health")

@@ -44,10 +44,12 @@ class _AttributeSchema(Schema):
 
     description = fields.String(load_default="")
     templates = fields.List(fields.String(validate=PROMPT), validate=validate.Length(min=1))
-    labels = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=64)),
-                         values=_PromptList(), required=True,
-                         validate=validate.Length(min=2, max=64,
-                                                  error="an attribute needs 2 to 64 labels"))
+    labels = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=64)),
+        values=_PromptList(),
+        required=True,
+        validate=validate.Length(min=2, max=64, error="an attribute needs 2 to 64 labels"),
+    )
 
 
 class _FileSchema(Schema):
@@ -55,10 +57,15 @@ class _FileSchema(Schema):
         unknown = RAISE
 
     version = fields.Raw(load_default=1)
-    templates = fields.List(fields.String(validate=PROMPT), load_default=["{}"],
-                            validate=validate.Length(min=1, max=16))
-    attributes = fields.Dict(keys=fields.String(validate=NAME), values=fields.Nested(_AttributeSchema),
-                             required=True, validate=validate.Length(min=1, max=64))
+    templates = fields.List(
+        fields.String(validate=PROMPT), load_default=["{}"], validate=validate.Length(min=1, max=16)
+    )
+    attributes = fields.Dict(
+        keys=fields.String(validate=NAME),
+        values=fields.Nested(_AttributeSchema),
+        required=True,
+        validate=validate.Length(min=1, max=64),
+    )
 
     @validates_schema
     def _templates_have_a_slot(self, data, **kwargs):
@@ -67,8 +74,9 @@ class _FileSchema(Schema):
             templates += attribute.get("templates", [])
         for template in templates:
             if template.count("{}") != 1:
-                raise ValidationError(f"template {template!r} must contain {{}} exactly once",
-                                      "templates")
+                raise ValidationError(
+                    f"template {template!r} must contain {{}} exactly once", "templates"
+                )
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,12 @@ class Attribute:
     prompts: tuple[tuple[str, ...], ...]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "labels": list(self.labels),
-                "prompts": {label: list(p) for label, p in zip(self.labels, self.prompts, strict=True)}}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "labels": list(self.labels),
+            "prompts": {label: list(p) for label, p in zip(self.labels, self.prompts, strict=True)},
+        }
 
 
 @dataclass(frozen=True)
@@ -98,8 +110,11 @@ class AttributeSet:
         return list(self.attributes)
 
     def to_dict(self) -> dict:
-        return {"prompt_version": self.prompt_version, "digest": self.digest,
-                "attributes": [a.to_dict() for a in self.attributes.values()]}
+        return {
+            "prompt_version": self.prompt_version,
+            "digest": self.digest,
+            "attributes": [a.to_dict() for a in self.attributes.values()],
+        }
 
 
 def load_attribute_set(path: str | None = None) -> AttributeSet:
@@ -109,12 +124,15 @@ def load_attribute_set(path: str | None = None) -> AttributeSet:
         with open(path, encoding="utf-8") as fh:
             document = YAML(typ="rt").load(fh)
     except OSError as exc:
-        raise AttributeFileError(f"attribute file {path}: cannot be read ({exc.strerror})") from None
+        raise AttributeFileError(
+            f"attribute file {path}: cannot be read ({exc.strerror})"
+        ) from None
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise AttributeFileError(f"attribute file {path}{where}: not valid YAML "
-                                 f"({getattr(exc, 'problem', None) or exc})") from None
+        raise AttributeFileError(
+            f"attribute file {path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})"
+        ) from None
     if not isinstance(document, dict):
         raise AttributeFileError(f"attribute file {path}: the top level must be a mapping")
     try:
@@ -132,8 +150,11 @@ def load_attribute_set(path: str | None = None) -> AttributeSet:
         templates = spec.get("templates") or data["templates"]
         labels = tuple(spec["labels"])
         prompts = tuple(
-            tuple(template.replace("{}", prompt) for prompt in spec["labels"][label]
-                  for template in templates)
+            tuple(
+                template.replace("{}", prompt)
+                for prompt in spec["labels"][label]
+                for template in templates
+            )
             for label in labels
         )
         attributes[name] = Attribute(name, spec["description"], labels, prompts)

@@ -28,22 +28,31 @@ def pull(name: str | None, revision: str | None) -> None:
             f"could not pull {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         ) from exc
     manifest = face_models.read_manifest(folder)
-    click.echo(f"Stored in {folder}: revision {manifest['revision']}, "
-               f"version {face_models.weights_version(manifest)}, {len(manifest['files'])} files.")
+    click.echo(
+        f"Stored in {folder}: revision {manifest['revision']}, "
+        f"version {face_models.weights_version(manifest)}, {len(manifest['files'])} files."
+    )
 
 
 @models_cli.command("random")
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--size", type=click.Choice(sorted(face_models.RANDOM_SIZES)), default="tiny",
-              show_default=True, help="tiny: a few MB for tests; base: ViT-B/32 for benchmarks.")
+@click.option(
+    "--size",
+    type=click.Choice(sorted(face_models.RANDOM_SIZES)),
+    default="tiny",
+    show_default=True,
+    help="tiny: a few MB for tests; base: ViT-B/32 for benchmarks.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 def random_model(folder: str, size: str, seed: int) -> None:
     """Write a CLIP checkpoint with random weights to FOLDER (use it as FACEAPP_MODEL_NAME)."""
     face_models.write_random_checkpoint(folder, size=size, seed=seed)
     manifest = face_models.read_manifest(folder)
-    click.echo(f"Wrote a random-weights {size} CLIP to {folder} "
-               f"(version {face_models.weights_version(manifest)}). Serve it with "
-               f"FACEAPP_MODEL_NAME={folder}")
+    click.echo(
+        f"Wrote a random-weights {size} CLIP to {folder} "
+        f"(version {face_models.weights_version(manifest)}). Serve it with "
+        f"FACEAPP_MODEL_NAME={folder}"
+    )
 
 
 @models_cli.command("list")
@@ -55,9 +64,13 @@ def list_models(as_json: bool) -> None:
         click.echo(json.dumps(found, indent=2))
         return
     if not found:
-        click.echo(f"No models in {current_app.config['MODELS_DIR']}; "
-                   "`flask --app wsgi models pull` downloads one.")
+        click.echo(
+            f"No models in {current_app.config['MODELS_DIR']}; "
+            "`flask --app wsgi models pull` downloads one."
+        )
     for item in found:
         size = sum(f["size"] for f in item["files"])
         flag = "  (random weights)" if item.get("random_weights") else ""
-        click.echo(f"{item['id']:40} {item['version']}  {size / 1e6:8.1f} MB  {item['folder']}{flag}")
+        click.echo(
+            f"{item['id']:40} {item['version']}  {size / 1e6:8.1f} MB  {item['folder']}{flag}"
+        )

@@ -95,8 +95,10 @@ def _from_http_exception(exc: HTTPException) -> FaceappError:
     code = _CODE_BY_HTTP_STATUS.get(status, "internal")
     if status == 413 and _form_too_large():
         config = current_app.config
-        message = (f"The form has too many fields (at most {config.get('MAX_FORM_PARTS')}) or a "
-                   f"text field over {config.get('MAX_FORM_MEMORY_SIZE')} bytes.")
+        message = (
+            f"The form has too many fields (at most {config.get('MAX_FORM_PARTS')}) or a "
+            f"text field over {config.get('MAX_FORM_MEMORY_SIZE')} bytes."
+        )
         code = "request.too_large"
     elif status == 413:
         limit = current_app.config.get("MAX_UPLOAD_BYTES")

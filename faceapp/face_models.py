@@ -107,7 +107,7 @@ def list_models(models_dir: str) -> list[dict]:
 
 
 def resolve_model_folder(model_name: str, models_dir: str) -> str | None:
-    """Where MODEL_NAME's files are: the name itself if it is a folder, else its MODELS_DIR entry."""
+    """Where MODEL_NAME's files are: the folder it names, else its entry in MODELS_DIR."""
     if os.path.isdir(model_name):
         return os.path.abspath(model_name)
     candidate = os.path.join(models_dir, folder_name(model_name))
@@ -148,19 +148,39 @@ def pull_model(
 RANDOM_SIZES: dict[str, dict[str, Any]] = {
     # A few MB: loads in well under a second, for the test suite.
     "tiny": {
-        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                 "num_attention_heads": 2},
-        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                   "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        "text": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
+        "vision": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         "projection_dim": 16,
         "vocab_size": None,  # the tokenizer's own size
     },
     # openai/clip-vit-base-patch32's architecture (151 M parameters), for benchmarks.
     "base": {
-        "text": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-                 "num_attention_heads": 8},
-        "vision": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                   "num_attention_heads": 12, "image_size": 224, "patch_size": 32},
+        "text": {
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 8,
+        },
+        "vision": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": 224,
+            "patch_size": 32,
+        },
         "projection_dim": 512,
         "vocab_size": 49408,
     },
@@ -197,8 +217,12 @@ def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> s
         "eos_token_id": vocab["<|endoftext|>"],
         "pad_token_id": vocab["<|endoftext|>"],
     }
-    text = {**spec["text"], **special, "vocab_size": spec["vocab_size"] or len(vocab),
-            "max_position_embeddings": 77}
+    text = {
+        **spec["text"],
+        **special,
+        "vocab_size": spec["vocab_size"] or len(vocab),
+        "max_position_embeddings": 77,
+    }
     config = CLIPConfig(
         text_config=text, vision_config=spec["vision"], projection_dim=spec["projection_dim"]
     )
@@ -459,8 +483,15 @@ class ModelHolder:
             self.init_app(app)
 
     def init_app(self, app: Flask, loader: Callable[..., LoadedModel] | None = None) -> None:
-        keys = ("MODEL_NAME", "MODELS_DIR", "DEVICE", "DTYPE", "WORKERS", "TORCH_THREADS",
-                "MODEL_AUTO_PULL")
+        keys = (
+            "MODEL_NAME",
+            "MODELS_DIR",
+            "DEVICE",
+            "DTYPE",
+            "WORKERS",
+            "TORCH_THREADS",
+            "MODEL_AUTO_PULL",
+        )
         config = {key: app.config.get(key) for key in keys}
         app.extensions[EXTENSION_KEY] = _HolderState(config=config, loader=loader or load_clip)
 
@@ -502,8 +533,12 @@ class ModelHolder:
             state.model, state.status = model, "ready"
             log.info(
                 "model %s (version %s) ready on %s/%s in %.0f ms, warm-up %.0f ms",
-                model.name, model.version, model.device, model.describe()["dtype"],
-                model.load_ms, model.warmup_ms,
+                model.name,
+                model.version,
+                model.device,
+                model.describe()["dtype"],
+                model.load_ms,
+                model.warmup_ms,
             )
             return model
 
@@ -511,8 +546,9 @@ class ModelHolder:
         """Start loading in a thread (gunicorn's post_worker_init), if LOAD_MODEL_ON_START."""
         if not app.config.get("LOAD_MODEL_ON_START", True):
             return None
-        thread = threading.Thread(target=self.load, args=(app,), name="faceapp-model-load",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self.load, args=(app,), name="faceapp-model-load", daemon=True
+        )
         thread.start()
         return thread
 

@@ -58,7 +58,9 @@ def pick_source(
             f"Send exactly one image source; this request has {', '.join(names)}.",
         )
     if not names:
-        expected = "file, image_url or image_base64" + (" (or image_id)" if image_id is not None else "")
+        expected = "file, image_url or image_base64" + (
+            " (or image_id)" if image_id is not None else ""
+        )
         raise FaceappError("input.missing", f"No image was sent: give one of {expected}.")
     return given[0] if given else None
 
@@ -79,10 +81,11 @@ def decode_base64(text: Any, max_bytes: int) -> bytes:
     if match:
         if match.group("mime") and not match.group("mime").lower().startswith("image/"):
             raise FaceappError(
-                "input.invalid", "image_base64 is a data URL of a non-image type.",
+                "input.invalid",
+                "image_base64 is a data URL of a non-image type.",
                 field="image_base64",
             )
-        text = text[match.end():]
+        text = text[match.end() :]
     # Refuse oversized payloads from their length, before spending memory on decoding them.
     if len(text) > (max_bytes + 2) // 3 * 4 + 1024:
         raise too_large(max_bytes)
@@ -102,7 +105,8 @@ def decode_base64(text: Any, max_bytes: int) -> bytes:
 def too_large(max_bytes: int) -> FaceappError:
     """413 image.too_large naming the limit."""
     return FaceappError(
-        "image.too_large", f"The image is larger than the {max_bytes}-byte limit (MAX_UPLOAD_BYTES)."
+        "image.too_large",
+        f"The image is larger than the {max_bytes}-byte limit (MAX_UPLOAD_BYTES).",
     )
 
 

@@ -20,24 +20,43 @@ from faceapp.output import YAML_MIMETYPE
 DOCUMENT_KEY = "faceapp.openapi"
 OPENAPI_VERSION = "3.0.3"
 SECURITY_SCHEMES = {
-    "bearerAuth": {"type": "http", "scheme": "bearer",
-                   "description": "`Authorization: Bearer <key>` (API_KEYS or ADMIN_KEYS)."},
-    "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                   "description": "`X-API-Key: <key>`, the same keys as the bearer scheme."},
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer <key>` (API_KEYS or ADMIN_KEYS).",
+    },
+    "apiKeyAuth": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "`X-API-Key: <key>`, the same keys as the bearer scheme.",
+    },
 }
 KEYED = [{"bearerAuth": []}, {"apiKeyAuth": []}]
 
-IMAGE_ID = {"name": "image_id", "in": "path", "required": True,
-            "description": "The lowercase hex SHA-256 of the image bytes.",
-            "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+IMAGE_ID = {
+    "name": "image_id",
+    "in": "path",
+    "required": True,
+    "description": "The lowercase hex SHA-256 of the image bytes.",
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+}
 # Query flags are lenient: a value the service does not know means the default, not a 400.
-FORMAT = {"name": "format", "in": "query", "required": False,
-          "description": "`yaml` answers in YAML (as does `Accept: application/yaml`); any other "
-                         "value, JSON.",
-          "schema": {"type": "string", "example": "yaml"}}
-DETAILS = {"name": "details", "in": "query", "required": False,
-           "description": "`1` (or true, yes, on) adds `details` (size, format, faces, quality).",
-           "schema": {"type": "string", "example": "1"}}
+FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "description": "`yaml` answers in YAML (as does `Accept: application/yaml`); any other "
+    "value, JSON.",
+    "schema": {"type": "string", "example": "yaml"},
+}
+DETAILS = {
+    "name": "details",
+    "in": "query",
+    "required": False,
+    "description": "`1` (or true, yes, on) adds `details` (size, format, faces, quality).",
+    "schema": {"type": "string", "example": "1"},
+}
 
 # Statuses every keyed operation can give besides its own: no or a wrong key, too many requests.
 KEYED_ERRORS = (401, 429)
@@ -144,15 +163,21 @@ def build_document(app: Flask) -> dict:
 
 
 def _description(keys_required: bool, admin_enabled: bool) -> str:
-    keys = ("This service needs a key on every operation except the health and ready probes."
-            if keys_required else
-            "This service runs without API_KEYS: no key is needed except for admin operations.")
-    admin = ("Admin operations (tagged `admin`) need a key from ADMIN_KEYS; a user key gets 403."
-             if admin_enabled else
-             "Admin operations (tagged `admin`) are off here (no ADMIN_KEYS): they answer 403.")
-    return (f"Face detection and CLIP zero-shot face attributes. {keys} {admin} Every error is "
-            "the ErrorResponse envelope with a stable code; clients are rate limited per address "
-            "(429 rate.limited with Retry-After).")
+    keys = (
+        "This service needs a key on every operation except the health and ready probes."
+        if keys_required
+        else "This service runs without API_KEYS: no key is needed except for admin operations."
+    )
+    admin = (
+        "Admin operations (tagged `admin`) need a key from ADMIN_KEYS; a user key gets 403."
+        if admin_enabled
+        else "Admin operations (tagged `admin`) are off here (no ADMIN_KEYS): they answer 403."
+    )
+    return (
+        f"Face detection and CLIP zero-shot face attributes. {keys} {admin} Every error is "
+        "the ErrorResponse envelope with a stable code; clients are rate limited per address "
+        "(429 rate.limited with Retry-After)."
+    )
 
 
 def _operation(path: str, method: str, op: dict[str, Any], keys_required: bool) -> dict:
@@ -175,10 +200,13 @@ def _operation(path: str, method: str, op: dict[str, Any], keys_required: bool) 
 
     if "request" in op:
         json_schema, form_schema = op["request"]
-        operation["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": json_schema},
-            "multipart/form-data": {"schema": form_schema},
-        }}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema},
+                "multipart/form-data": {"schema": form_schema},
+            },
+        }
 
     responses: dict[str, Any] = {"200": _answer("The answer.", op["answer"], op.get("yaml", True))}
     errors = op.get("errors", ())
@@ -206,16 +234,22 @@ def _error_ref(status: int) -> str:
 def _error_response(status: int) -> dict:
     response = _answer(_codes_for(status), schemas.ErrorResponse)
     if status == 429:
-        response["headers"] = {"Retry-After": {
-            "description": "Seconds until the client may send again.",
-            "schema": {"type": "integer", "minimum": 1}, "required": True}}
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds until the client may send again.",
+                "schema": {"type": "integer", "minimum": 1},
+                "required": True,
+            }
+        }
     return response
 
 
 def _answer(description: str, schema: Any, yaml: bool = True) -> dict:
     if schema is None:
-        return {"description": description, "content": {"application/json": {
-            "schema": {"type": "object"}}}}
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
     content = {"application/json": {"schema": schema}}
     if yaml:
         content[YAML_MIMETYPE] = {"schema": schema}

@@ -16,7 +16,7 @@ FLOAT_PLACES = 4
 
 
 def to_plain(value: Any) -> Any:
-    """Return `value` as JSON/YAML-safe builtins: numpy/torch scalars become floats, floats rounded."""
+    """`value` as JSON/YAML-safe builtins: numpy/torch numbers become plain ones, rounded."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, int):

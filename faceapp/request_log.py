@@ -10,7 +10,10 @@ import uuid
 from flask import Flask, g, has_request_context, request
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s rid=%(request_id)s img=%(image_id)s %(message)s"
+LOG_FORMAT = (
+    "%(asctime)s %(levelname)s [%(process)d] %(name)s "
+    "rid=%(request_id)s img=%(image_id)s %(message)s"
+)
 
 
 class RequestContextFilter(logging.Filter):

@@ -40,10 +40,12 @@ class AnalyzeRequest(SourceSchema):
     """POST /api/analyze: an image_id or an image source, and what to compute."""
 
     image_id = fields.String(validate=validate.Length(max=128))
-    attributes = fields.List(fields.String(validate=validate.Length(min=1, max=64)),
-                             validate=validate.Length(max=64))
-    labels = fields.List(fields.String(validate=validate.Length(min=1, max=200)),
-                         validate=validate.Length(max=32))
+    attributes = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=64)
+    )
+    labels = fields.List(
+        fields.String(validate=validate.Length(min=1, max=200)), validate=validate.Length(max=32)
+    )
     include_embedding = Flag(load_default=False)
     force = Flag(load_default=False)
 
@@ -51,15 +53,25 @@ class AnalyzeRequest(SourceSchema):
 class ValidateForm(ValidateRequest):
     """POST /api/validate as multipart/form-data: the same fields, and the uploaded `file`."""
 
-    file = fields.Raw(metadata={"type": "string", "format": "binary",
-                                "description": "The image, as an uploaded file."})
+    file = fields.Raw(
+        metadata={
+            "type": "string",
+            "format": "binary",
+            "description": "The image, as an uploaded file.",
+        }
+    )
 
 
 class AnalyzeForm(AnalyzeRequest):
     """POST /api/analyze as multipart/form-data (lists as repeated or comma-separated fields)."""
 
-    file = fields.Raw(metadata={"type": "string", "format": "binary",
-                                "description": "The image, as an uploaded file."})
+    file = fields.Raw(
+        metadata={
+            "type": "string",
+            "format": "binary",
+            "description": "The image, as an uploaded file.",
+        }
+    )
 
 
 # -- Answers (documented in /api/openapi.json). Where API.md allows more keys than it names, the
@@ -113,8 +125,9 @@ class ValidateResponse(Schema):
     valid = fields.Boolean(required=True)
     errors = fields.List(fields.Nested(Issue), required=True)
     warnings = fields.List(fields.Nested(Issue), required=True)
-    details = fields.Dict(metadata={"description": "Only with ?details=1: width, height, "
-                                                   "format, faces and quality."})
+    details = fields.Dict(
+        metadata={"description": "Only with ?details=1: width, height, format, faces and quality."}
+    )
 
 
 class ModelInfo(Open):
@@ -132,8 +145,9 @@ class AttributeScore(Open):
 
 
 class AnalyzedFace(Face):
-    attributes = fields.Dict(keys=fields.String(), values=fields.Nested(AttributeScore),
-                             required=True)
+    attributes = fields.Dict(
+        keys=fields.String(), values=fields.Nested(AttributeScore), required=True
+    )
     labels = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True))
     embedding = fields.List(fields.Float(allow_none=True))
 

@@ -41,8 +41,9 @@ def init_app(app: Flask) -> None:
     if hops > 0:
         # Only the address and scheme: nginx sets Host itself, and a forwarded Host or prefix
         # the proxy did not strip would let clients choose them.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0,
-                                x_prefix=0)
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0
+        )
     init_rate_limits(app)
     app.after_request(add_security_headers)
 
@@ -106,10 +107,12 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
     limiter: Limiter = current_app.extensions[LIMITER_KEY]
     current = limiter.current_limit
     wait = max(1, math.ceil(current.reset_at - time.time())) if current else 60
-    response = error_response(FaceappError(
-        "rate.limited",
-        f"Too many requests from this client (the limit is {exc.description}); "
-        f"retry after {wait} s.",
-    ))
+    response = error_response(
+        FaceappError(
+            "rate.limited",
+            f"Too many requests from this client (the limit is {exc.description}); "
+            f"retry after {wait} s.",
+        )
+    )
     response.headers["Retry-After"] = str(wait)
     return response

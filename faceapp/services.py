@@ -39,8 +39,9 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record_event(image_id: str, event: str, timings_ms: Mapping[str, float] | None = None,
-                 **extra: Any) -> dict:
+def record_event(
+    image_id: str, event: str, timings_ms: Mapping[str, float] | None = None, **extra: Any
+) -> dict:
     """Append one event to an image's trace (who, when, which request, how long)."""
     entry = {
         "event": event,
@@ -65,10 +66,14 @@ def _decode(data: bytes, source_kind: str, config: Mapping[str, Any]) -> decodin
         )
     except FaceappError as exc:
         # For a URL, "not an image we decode" is the remote's fault: 422 url.not_image.
-        if source_kind == "image_url" and exc.code in ("image.unsupported_format", "image.corrupt",
-                                                        "image.empty"):
+        if source_kind == "image_url" and exc.code in (
+            "image.unsupported_format",
+            "image.corrupt",
+            "image.empty",
+        ):
             raise FaceappError(
-                "url.not_image", f"The URL did not serve an image faceapp can read: {exc.message}",
+                "url.not_image",
+                f"The URL did not serve an image faceapp can read: {exc.message}",
                 field="image_url",
             ) from None
         raise
@@ -113,8 +118,14 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> tuple[dict, bool
     meta = backend.get_meta(image_id)
     if meta is not None and not wipe_cache:
         timings["total"] = (time.perf_counter() - started) * 1000
-        record_event(image_id, "validated", timings, cached=True, valid=meta["validation"]["valid"],
-                     source=source.kind)
+        record_event(
+            image_id,
+            "validated",
+            timings,
+            cached=True,
+            valid=meta["validation"]["valid"],
+            source=source.kind,
+        )
         return meta, True
     if meta is not None:  # wipe_cache: results go, the image is validated afresh, the trace stays
         backend.drop_results(image_id)
@@ -159,9 +170,16 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> tuple[dict, bool
         backend.set_meta(image_id, meta)  # stored already (wipe_cache, or a concurrent request)
     timings["store"] = (time.perf_counter() - step) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
-    record_event(image_id, "validated", timings, cached=False, valid=report.valid,
-                 source=source.kind, errors=[i.code for i in report.errors],
-                 warnings=[i.code for i in report.warnings])
+    record_event(
+        image_id,
+        "validated",
+        timings,
+        cached=False,
+        valid=report.valid,
+        source=source.kind,
+        errors=[i.code for i in report.errors],
+        warnings=[i.code for i in report.warnings],
+    )
     log.info("validated %s: valid=%s faces=%d", image_id[:12], report.valid, len(found))
     return meta, False
 
@@ -205,8 +223,15 @@ def analyze(
             field="image_id",
         )
     scorer = analysis.analyzer()  # 503 model.not_ready before any work is done
-    key = "|".join([scorer.version, ",".join(names), "\x1f".join(labels or []),
-                    f"embedding={bool(include_embedding)}", f"force={bool(force)}"])
+    key = "|".join(
+        [
+            scorer.version,
+            ",".join(names),
+            "\x1f".join(labels or []),
+            f"embedding={bool(include_embedding)}",
+            f"force={bool(force)}",
+        ]
+    )
     faces_doc = store.backend.get_result(image_id, key)
     cached = faces_doc is not None
     if not cached:
@@ -215,13 +240,22 @@ def analyze(
         image.load()
         timings["decode"] = (time.perf_counter() - step) * 1000
         step = time.perf_counter()
-        faces_doc = _plain(scorer.analyze(image, analysis.regions_for(meta, force), names, labels,
-                                          include_embedding))
+        faces_doc = _plain(
+            scorer.analyze(
+                image, analysis.regions_for(meta, force), names, labels, include_embedding
+            )
+        )
         timings["encode"] = (time.perf_counter() - step) * 1000
         store.backend.put_result(image_id, key, faces_doc)
     timings["total"] = (time.perf_counter() - started) * 1000
-    record_event(image_id, "cache_hit" if cached else "analyzed", timings, cached=cached,
-                 faces=len(faces_doc), model_version=scorer.version)
+    record_event(
+        image_id,
+        "cache_hit" if cached else "analyzed",
+        timings,
+        cached=cached,
+        faces=len(faces_doc),
+        model_version=scorer.version,
+    )
     return {
         "image_id": image_id,
         "model": scorer.describe(),

@@ -86,8 +86,13 @@ class FileStore:
     TRACE = "trace.jsonl"
     RESULTS = "results"
 
-    def __init__(self, root: str, max_bytes: int = 0, max_age_seconds: float = 0,
-                 evict_interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        root: str,
+        max_bytes: int = 0,
+        max_age_seconds: float = 0,
+        evict_interval: float = 30.0,
+    ) -> None:
         self.root = os.path.abspath(root)
         self.images = os.path.join(self.root, "images")
         self.scratch = os.path.join(self.root, ".tmp")
@@ -247,8 +252,11 @@ class FileStore:
         for prefix in os.listdir(self.images):
             bucket = os.path.join(self.images, prefix)
             if os.path.isdir(bucket):
-                found.extend((name, os.path.join(bucket, name)) for name in os.listdir(bucket)
-                             if IMAGE_ID_RE.fullmatch(name))
+                found.extend(
+                    (name, os.path.join(bucket, name))
+                    for name in os.listdir(bucket)
+                    if IMAGE_ID_RE.fullmatch(name)
+                )
         return found
 
     def wipe(self) -> int:
@@ -299,8 +307,12 @@ class FileStore:
                     evicted += 1
                     total -= size
             if evicted:
-                log.info("store evicted %d image(s) (limits: %s bytes, %s s)", evicted,
-                         self.max_bytes, self.max_age)
+                log.info(
+                    "store evicted %d image(s) (limits: %s bytes, %s s)",
+                    evicted,
+                    self.max_bytes,
+                    self.max_age,
+                )
             return evicted
         finally:
             self._evict_lock.release()

@@ -115,12 +115,19 @@ class RedisStore:
 
     EVICT_LOCK_MS = 60_000
 
-    def __init__(self, url: str, max_bytes: int = 0, max_age_seconds: float = 0,
-                 evict_interval: float = 30.0, prefix: str = "faceapp:",
-                 timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        max_bytes: int = 0,
+        max_age_seconds: float = 0,
+        evict_interval: float = 30.0,
+        prefix: str = "faceapp:",
+        timeout: float = 5.0,
+    ) -> None:
         # Options given in the URL (?socket_timeout=...) win over these defaults.
-        self.client = redis.Redis.from_url(url, decode_responses=False,
-                                           socket_connect_timeout=timeout, socket_timeout=timeout)
+        self.client = redis.Redis.from_url(
+            url, decode_responses=False, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
         self.prefix = prefix
         self.max_bytes = int(max_bytes or 0)
         self.max_age = float(max_age_seconds or 0)
@@ -150,16 +157,22 @@ class RedisStore:
 
     def _keys(self, image_id: str) -> list[str]:
         """image, results, trace, created and bytes keys of one image (the scripts' KEYS)."""
-        return [self._key("image", image_id), self._key("results", image_id),
-                self._key("trace", image_id), self._created, self._bytes]
+        return [
+            self._key("image", image_id),
+            self._key("results", image_id),
+            self._key("trace", image_id),
+            self._created,
+            self._bytes,
+        ]
 
     # -- images --------------------------------------------------------------------------------
     def put_image(self, image_id: str, image_bytes: bytes, meta: dict) -> bool:
         """Store an image and its metadata; False (and no change) when it is already stored."""
         keys = self._keys(image_id)
-        stored = self._put_image(keys=keys,
-                                 args=[image_id, image_bytes, json.dumps(meta),
-                                       _score(meta, default=time.time())])
+        stored = self._put_image(
+            keys=keys,
+            args=[image_id, image_bytes, json.dumps(meta), _score(meta, default=time.time())],
+        )
         if not stored:
             return False
         self.maybe_evict()
@@ -245,7 +258,7 @@ class RedisStore:
                 found = pipe.execute()
             metas.extend(meta for meta in map(_loads, found) if meta is not None)
         metas.sort(key=lambda m: m.get("created", 0), reverse=True)
-        return metas[:max(limit, 0)]
+        return metas[: max(limit, 0)]
 
     def maybe_evict(self) -> None:
         """Evict at most every `evict_interval` seconds per process."""
@@ -268,8 +281,12 @@ class RedisStore:
             finally:
                 self._unlock(keys=[self._evicting], args=[token])
             if evicted:
-                log.info("store evicted %d image(s) (limits: %s bytes, %s s)", evicted,
-                         self.max_bytes, self.max_age)
+                log.info(
+                    "store evicted %d image(s) (limits: %s bytes, %s s)",
+                    evicted,
+                    self.max_bytes,
+                    self.max_age,
+                )
             return evicted
         finally:
             self._evict_lock.release()

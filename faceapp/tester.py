@@ -48,7 +48,7 @@ THUMBNAIL_SIDE = 160
 # Pages allow nothing inline and nothing from elsewhere: no inline script, style or style="".
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; base-uri 'none'; form-action 'self'; "
-                               "frame-ancestors 'none'",
+    "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
@@ -75,8 +75,11 @@ class UploadForm(Schema):
 class AnalyzeForm(Schema):
     """The Analyze form: free-text labels (one per line) and the analysis options."""
 
-    labels = fields.List(fields.String(validate=validate.Length(min=1, max=200)),
-                         validate=validate.Length(max=32), load_default=list)
+    labels = fields.List(
+        fields.String(validate=validate.Length(min=1, max=200)),
+        validate=validate.Length(max=32),
+        load_default=list,
+    )
     include_embedding = Flag(load_default=False)
     wipe_cache = Flag(load_default=False)
     force = Flag(load_default=False)
@@ -143,8 +146,11 @@ def analyze(image_id: str) -> Response | tuple[str, int]:
         return render_image_page(meta, error=error, options=submitted_options()), error.status
     # wipe_cache is done with; the redirected page asks for the same result again.
     flags = {name: 1 for name in ("include_embedding", "force") if options[name]}
-    return redirect(url_for(".image_page", image_id=image_id, analyze=1,
-                            labels=options["labels"] or None, **flags))
+    return redirect(
+        url_for(
+            ".image_page", image_id=image_id, analyze=1, labels=options["labels"] or None, **flags
+        )
+    )
 
 
 @bp.get("/images/<image_id>/image.png")
@@ -169,13 +175,22 @@ def thumbnail(image_id: str) -> Response:
 def render_index(error: FaceappError | None = None) -> str:
     """The upload form (refilled, with the error when there is one) and the recent images."""
     image_url = request.form.get("image_url", "") if error else ""
-    return render_template("tester/index.html", recent=store.backend.recent(RECENT_LIMIT),
-                           error=error, image_url=image_url)
+    return render_template(
+        "tester/index.html",
+        recent=store.backend.recent(RECENT_LIMIT),
+        error=error,
+        image_url=image_url,
+    )
 
 
-def render_image_page(meta: dict, *, analysis: dict | None = None,
-                      error: FaceappError | None = None, options: dict | None = None,
-                      pending: bool = False) -> str:
+def render_image_page(
+    meta: dict,
+    *,
+    analysis: dict | None = None,
+    error: FaceappError | None = None,
+    options: dict | None = None,
+    pending: bool = False,
+) -> str:
     """The image page for stored metadata, with an analysis and an error where there are."""
     image_id = meta["image_id"]
     validation = services.validation_answer(meta)
@@ -197,12 +212,20 @@ def render_image_page(meta: dict, *, analysis: dict | None = None,
 def trace_row(event: dict) -> dict[str, Any]:
     """One trace event as a table row: the fixed columns, then its other keys in words."""
     fixed = ("event", "time", "worker_pid", "request_id", "timings_ms", "cached")
-    details = [(key.replace("_", " "), _words(value)) for key, value in event.items()
-               if key not in fixed and value not in ([], None, "")]
-    return {"event": event.get("event", "?"), "time": event.get("time", ""),
-            "worker_pid": event.get("worker_pid", ""), "request_id": event.get("request_id", ""),
-            "cached": event.get("cached"), "timings": list((event.get("timings_ms") or {}).items()),
-            "details": details}
+    details = [
+        (key.replace("_", " "), _words(value))
+        for key, value in event.items()
+        if key not in fixed and value not in ([], None, "")
+    ]
+    return {
+        "event": event.get("event", "?"),
+        "time": event.get("time", ""),
+        "worker_pid": event.get("worker_pid", ""),
+        "request_id": event.get("request_id", ""),
+        "cached": event.get("cached"),
+        "timings": list((event.get("timings_ms") or {}).items()),
+        "details": details,
+    }
 
 
 def _words(value: Any) -> str:
@@ -237,10 +260,18 @@ def model_status() -> dict[str, Any]:
     """What every page's banners say about this worker's model, without loading it."""
     model = models.peek()
     if model is not None:
-        return {"model_ready": True, "model_info": model.analyzer.describe(),
-                "random_weights": model.random_weights, "model_reason": ""}
-    return {"model_ready": False, "model_info": None, "random_weights": configured_random_weights(),
-            "model_reason": models.reason()}
+        return {
+            "model_ready": True,
+            "model_info": model.analyzer.describe(),
+            "random_weights": model.random_weights,
+            "model_reason": "",
+        }
+    return {
+        "model_ready": False,
+        "model_info": None,
+        "random_weights": configured_random_weights(),
+        "model_reason": models.reason(),
+    }
 
 
 def configured_random_weights() -> bool:
@@ -283,8 +314,9 @@ def http_error_page(error: HTTPException) -> tuple[str, int]:
         message = f"The upload is too large: the largest image accepted is {limit} bytes."
         too_large = FaceappError("image.too_large", message)
         if request.endpoint == "tester.upload":
-            return render_template("tester/index.html", error=too_large,
-                                   recent=store.backend.recent(RECENT_LIMIT)), 413
+            return render_template(
+                "tester/index.html", error=too_large, recent=store.backend.recent(RECENT_LIMIT)
+            ), 413
         return faceapp_error_page(too_large)
     message = (error.description or error.name).split("\n")[0]
     return render_template("tester/error.html", message=message, status=status), status

@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny random CLIP (made once, through `models random`), app, client, photos."""
+"""Shared fixtures: the tiny random CLIP (made once by `models random`), app, client, photos."""
 
 from __future__ import annotations
 
@@ -18,8 +18,14 @@ from faceapp import create_app  # noqa: E402
 def tiny_model_dir(tmp_path_factory) -> str:
     """A tiny random-weights CLIP written by the real `flask models random` command."""
     folder = tmp_path_factory.mktemp("models") / "tiny-clip"
-    app = create_app({"TESTING": True, "MODELS_DIR": str(folder.parent), "TESTER_ENABLED": False,
-                      "STORE_URL": str(tmp_path_factory.mktemp("cli-store"))})
+    app = create_app(
+        {
+            "TESTING": True,
+            "MODELS_DIR": str(folder.parent),
+            "TESTER_ENABLED": False,
+            "STORE_URL": str(tmp_path_factory.mktemp("cli-store")),
+        }
+    )
     result = app.test_cli_runner().invoke(args=["models", "random", str(folder), "--size", "tiny"])
     assert result.exit_code == 0, result.output
     return str(folder)

@@ -35,16 +35,25 @@ def wait_until(check, timeout: float, what: str) -> None:
 def gunicorn(env: dict[str, str], workers: int = 2, log_path: str | None = None):
     """Run `gunicorn -c gunicorn.conf.py wsgi:app` as `make run` does; yield its base URL."""
     port = free_port()
-    full_env = {**os.environ, **env, "PORT": str(port), "WORKERS": str(workers),
-                "HF_HUB_OFFLINE": "1"}
+    full_env = {
+        **os.environ,
+        **env,
+        "PORT": str(port),
+        "WORKERS": str(workers),
+        "HF_HUB_OFFLINE": "1",
+    }
     gunicorn_bin = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     log = open(log_path or os.devnull, "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [gunicorn_bin, "--config", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             assert process.poll() is None, "gunicorn exited early"
             try:
@@ -72,11 +81,24 @@ def redis_server(tmp_dir: str):
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", tmp_dir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp_dir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
+
         def answers() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
@@ -98,8 +120,11 @@ def nginx(upstream: str, tmp_dir: str):
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     port = free_port()
     with open(os.path.join(ROOT, "deploy", "nginx-faceapp.conf"), encoding="utf-8") as fh:
-        site = fh.read().replace("127.0.0.1:8000", upstream).replace("listen 80;",
-                                                                    f"listen 127.0.0.1:{port};")
+        site = (
+            fh.read()
+            .replace("127.0.0.1:8000", upstream)
+            .replace("listen 80;", f"listen 127.0.0.1:{port};")
+        )
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(tmp_dir, name), exist_ok=True)
     conf = os.path.join(tmp_dir, "nginx.conf")
@@ -122,10 +147,14 @@ http {{
     {site}
 }}
 """)
-    process = subprocess.Popen([binary, "-c", conf, "-p", tmp_dir, "-g", "daemon off;"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [binary, "-c", conf, "-p", tmp_dir, "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             assert process.poll() is None, "nginx exited early"
             try:

@@ -15,8 +15,11 @@ from tests.servers import redis_server
 USER = {"Authorization": "Bearer user-key"}
 SOME_ID = "0" * 64
 PROBES = {"/api/health", "/api/ready"}
-ADMIN_OPS = [("POST", "/api/setup"), ("DELETE", f"/api/images/{SOME_ID}"),
-             ("POST", "/api/cache/wipe")]
+ADMIN_OPS = [
+    ("POST", "/api/setup"),
+    ("DELETE", f"/api/images/{SOME_ID}"),
+    ("POST", "/api/cache/wipe"),
+]
 
 
 def api_routes(app) -> list[tuple[str, str]]:
@@ -44,13 +47,19 @@ def keyed(config):
 
 # -- keys ---------------------------------------------------------------------------------------
 
+
 def test_every_route_but_the_probes_needs_a_key(keyed):
     client = keyed.test_client()
     routes = [(m, p) for m, p in api_routes(keyed) if p not in PROBES]
     assert ("GET", "/api/openapi.json") in routes and len(routes) >= 9
     for method, path in routes:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"},
-                        {"Authorization": "Basic dXNlci1rZXk="}, {"Authorization": "Bearer "}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"X-API-Key": "wrong"},
+            {"Authorization": "Basic dXNlci1rZXk="},
+            {"Authorization": "Bearer "},
+        ):
             answer = client.open(path, method=method, headers=headers)
             assert answer.status_code == 401, (method, path, headers)
             assert code_of(answer) == "auth.required"
@@ -63,10 +72,16 @@ def test_probes_never_need_a_key(keyed):
     assert client.get("/api/health", headers={"X-API-Key": "wrong"}).status_code == 200
 
 
-@pytest.mark.parametrize("headers", [
-    USER, {"X-API-Key": "user-key"}, ADMIN, {"X-API-Key": "admin-key"},
-    {"authorization": "bearer user-key"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        USER,
+        {"X-API-Key": "user-key"},
+        ADMIN,
+        {"X-API-Key": "admin-key"},
+        {"authorization": "bearer user-key"},
+    ],
+)
 def test_bearer_and_x_api_key_both_work(keyed, headers):
     assert keyed.test_client().get("/api/attributes", headers=headers).status_code == 200
 
@@ -103,7 +118,11 @@ def test_admin_operations_are_post_or_delete_only(keyed):
         assert "GET" not in answer.headers["Allow"]
     answer = client.put(f"/api/images/{SOME_ID}", headers=ADMIN)
     assert answer.status_code == 405 and set(answer.headers["Allow"].split(", ")) == {
-        "GET", "HEAD", "OPTIONS", "DELETE"}
+        "GET",
+        "HEAD",
+        "OPTIONS",
+        "DELETE",
+    }
 
 
 def test_keys_are_compared_in_constant_time(keyed, monkeypatch):
@@ -125,6 +144,7 @@ def test_keys_are_compared_in_constant_time(keyed, monkeypatch):
 
 
 # -- rate limits --------------------------------------------------------------------------------
+
 
 def test_the_fourth_request_in_a_minute_is_429_with_retry_after(config):
     config["RATELIMIT"] = "3 per minute"
@@ -160,10 +180,16 @@ def test_rate_limits_can_be_switched_off(config):
 def test_where_the_counts_live():
     assert rate_limit_storage_uri({"STORE_URL": "/srv/store"}) == "memory://"
     assert rate_limit_storage_uri({"STORE_URL": "redis://r:6379/2"}) == "redis://r:6379/2"
-    assert rate_limit_storage_uri({"STORE_URL": "unix:///run/redis.sock"}) == \
-        "redis+unix:///run/redis.sock"
-    assert rate_limit_storage_uri({"STORE_URL": "/srv/store",
-                                   "RATELIMIT_STORAGE_URI": "redis://other/0"}) == "redis://other/0"
+    assert (
+        rate_limit_storage_uri({"STORE_URL": "unix:///run/redis.sock"})
+        == "redis+unix:///run/redis.sock"
+    )
+    assert (
+        rate_limit_storage_uri(
+            {"STORE_URL": "/srv/store", "RATELIMIT_STORAGE_URI": "redis://other/0"}
+        )
+        == "redis://other/0"
+    )
 
 
 @pytest.mark.slow
@@ -197,6 +223,7 @@ def test_workers_without_redis_count_on_their_own(config):
 
 # -- proxies ------------------------------------------------------------------------------------
 
+
 def _whoami_app(config, hops: int):
     app = create_app({**config, "TRUSTED_PROXY_HOPS": hops, "RATELIMIT": "1 per minute"})
     app.add_url_rule("/whoami", "whoami", lambda: request.remote_addr or "")
@@ -212,8 +239,9 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(config):
     assert answer.get_data(as_text=True) == "10.0.0.2"
     # A client cannot dodge the rate limit by inventing addresses.
     for spoofed in ("203.0.113.9", "203.0.113.10"):
-        status = client.get("/api/attributes", headers={"X-Forwarded-For": spoofed},
-                            environ_base=PEER).status_code
+        status = client.get(
+            "/api/attributes", headers={"X-Forwarded-For": spoofed}, environ_base=PEER
+        ).status_code
     assert status == 429
 
 
@@ -231,6 +259,7 @@ def test_with_one_trusted_proxy_the_last_hop_is_the_client(config):
 
 
 # -- headers and failures -----------------------------------------------------------------------
+
 
 def assert_security_headers(response, *, api: bool = True) -> None:
     headers = response.headers

@@ -13,13 +13,24 @@ from faceapp import create_app
 from faceapp.attributes import DEFAULT_FILE, AttributeFileError, load_attribute_set
 from tests.conftest import ADMIN
 
-ATTRIBUTES = ["expression", "age_group", "eyewear", "facial_hair", "head_pose", "headwear",
-              "face_mask", "lighting", "image_quality"]
+ATTRIBUTES = [
+    "expression",
+    "age_group",
+    "eyewear",
+    "facial_hair",
+    "head_pose",
+    "headwear",
+    "face_mask",
+    "lighting",
+    "image_quality",
+]
 
 
 @pytest.fixture
 def stored(client, astronaut_jpeg) -> str:
-    return client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}).get_json()["image_id"]
+    return client.post(
+        "/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}
+    ).get_json()["image_id"]
 
 
 def analyze(client, **body):
@@ -44,7 +55,14 @@ def test_full_document_for_the_astronaut(client, stored):
         assert result["label"] == max(scores, key=scores.get)
         assert result["score"] == scores[result["label"]]
     assert list(face["attributes"]["expression"]["scores"]) == [
-        "neutral", "happy", "sad", "angry", "surprised", "fearful", "disgusted"]
+        "neutral",
+        "happy",
+        "sad",
+        "angry",
+        "surprised",
+        "fearful",
+        "disgusted",
+    ]
 
 
 def test_second_call_is_a_cache_hit_and_wipe_cache_recomputes(client, stored):
@@ -90,8 +108,9 @@ def test_attribute_prompts_are_encoded_once_not_per_request(client, app, stored)
     assert model.text_encoder_calls == calls
     analyze(client, image_id=stored, labels=["a smiling astronaut", "a sad astronaut"])
     assert model.text_encoder_calls == calls + 1  # the request's own labels, once
-    analyze(client, image_id=stored, labels=["a sad astronaut", "a smiling astronaut"],
-            wipe_cache=True)
+    analyze(
+        client, image_id=stored, labels=["a sad astronaut", "a smiling astronaut"], wipe_cache=True
+    )
     assert model.text_encoder_calls == calls + 1  # seen before: from the bounded cache
 
 
@@ -105,11 +124,13 @@ def test_label_embeddings_are_reused_from_disk_by_the_next_worker(config, stored
         assert model.text_encoder_calls == 0
 
 
-def test_a_changed_attribute_file_changes_the_version_and_misses_the_cache(config, tmp_path,
-                                                                          astronaut_jpeg):
+def test_a_changed_attribute_file_changes_the_version_and_misses_the_cache(
+    config, tmp_path, astronaut_jpeg
+):
     client = create_app(config).test_client()
-    image_id = client.post("/api/validate",
-                           data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}).get_json()["image_id"]
+    image_id = client.post(
+        "/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}
+    ).get_json()["image_id"]
     before = analyze(client, image_id=image_id).get_json()
     changed = tmp_path / "attributes.yaml"
     shutil.copy(DEFAULT_FILE, changed)
@@ -140,8 +161,9 @@ def test_one_shot_analyze_validates_and_stores(client, astronaut_jpeg):
 
 
 def test_invalid_image_needs_force(client, coffee_jpeg):
-    image_id = client.post("/api/validate",
-                           data={"file": (io.BytesIO(coffee_jpeg), "c.jpg")}).get_json()["image_id"]
+    image_id = client.post(
+        "/api/validate", data={"file": (io.BytesIO(coffee_jpeg), "c.jpg")}
+    ).get_json()["image_id"]
     refused = analyze(client, image_id=image_id)
     assert refused.status_code == 409
     assert refused.get_json()["error"]["code"] == "image.not_valid"
@@ -180,16 +202,23 @@ def test_unknown_attribute_is_named(client, stored):
 
 def test_model_not_ready_is_503(config, astronaut_jpeg):
     client = create_app({**config, "MODEL_NAME": "openai/clip-vit-base-patch32"}).test_client()
-    image_id = client.post("/api/validate",
-                           data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}).get_json()["image_id"]
+    image_id = client.post(
+        "/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}
+    ).get_json()["image_id"]
     answer = analyze(client, image_id=image_id)
     assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "model.not_ready"
 
 
 def test_form_posts_accept_lists_and_flags(client, stored):
-    answer = client.post("/api/analyze", data={"image_id": stored, "attributes": "eyewear,lighting",
-                                                "labels": ["a hat", "a helmet"],
-                                                "include_embedding": "on"})
+    answer = client.post(
+        "/api/analyze",
+        data={
+            "image_id": stored,
+            "attributes": "eyewear,lighting",
+            "labels": ["a hat", "a helmet"],
+            "include_embedding": "on",
+        },
+    )
     face = answer.get_json()["faces"][0]
     assert list(face["attributes"]) == ["eyewear", "lighting"]
     assert list(face["labels"]) == ["a hat", "a helmet"] and "embedding" in face
@@ -199,10 +228,15 @@ def test_form_posts_accept_lists_and_flags(client, stored):
 def test_yaml_equals_json(client, stored, how):
     as_json = analyze(client, image_id=stored, labels=["a hat", "no hat"]).get_json()
     if how == "query":
-        answer = client.post("/api/analyze?format=yaml", json={"image_id": stored, "labels": ["a hat", "no hat"]})
+        answer = client.post(
+            "/api/analyze?format=yaml", json={"image_id": stored, "labels": ["a hat", "no hat"]}
+        )
     else:
-        answer = client.post("/api/analyze", json={"image_id": stored, "labels": ["a hat", "no hat"]},
-                             headers={"Accept": "application/yaml"})
+        answer = client.post(
+            "/api/analyze",
+            json={"image_id": stored, "labels": ["a hat", "no hat"]},
+            headers={"Accept": "application/yaml"},
+        )
     assert answer.mimetype == "application/yaml"
     text = answer.get_data(as_text=True)
     assert "!!python" not in text and "!!" not in text
@@ -237,6 +271,9 @@ def test_the_example_attribute_file_loads_with_its_own_templates():
     assert example.names() == ["expression", "hair_colour"]
     hair = example.attributes["hair_colour"]
     assert hair.prompts[hair.labels.index("red")] == (
-        "a photo of a person with red hair.", "a portrait of someone with red hair.",
-        "a photo of a person with ginger hair.", "a portrait of someone with ginger hair.")
+        "a photo of a person with red hair.",
+        "a portrait of someone with red hair.",
+        "a photo of a person with ginger hair.",
+        "a portrait of someone with ginger hair.",
+    )
     assert example.digest != load_attribute_set().digest

@@ -34,8 +34,9 @@ def test_two_workers_share_the_store_and_load_the_model_after_fork(served, astro
     def post(_):
         # A new connection each time, so the requests spread over both workers.
         with requests.Session() as session:
-            response = session.post(base + "/api/validate", files={"file": ("a.jpg", astronaut_jpeg)},
-                                    timeout=30)
+            response = session.post(
+                base + "/api/validate", files={"file": ("a.jpg", astronaut_jpeg)}, timeout=30
+            )
         assert response.status_code == 200, response.text
         return response.json()["image_id"]
 
@@ -57,7 +58,9 @@ def test_two_workers_share_the_store_and_load_the_model_after_fork(served, astro
     with ThreadPoolExecutor(4) as pool:
         for _ in range(6):
             assert set(pool.map(post, range(8))) == {image_id}
-            events = requests.get(f"{base}/api/images/{image_id}/trace", timeout=10).json()["events"]
+            events = requests.get(f"{base}/api/images/{image_id}/trace", timeout=10).json()[
+                "events"
+            ]
             if len({e["worker_pid"] for e in events}) > 1:
                 break
     stored_by = [e["worker_pid"] for e in events if e["cached"] is False]
@@ -66,23 +69,28 @@ def test_two_workers_share_the_store_and_load_the_model_after_fork(served, astro
     assert process.pid not in read_by | set(stored_by)  # workers, never the master, serve
 
 
-
 def test_behind_nginx_large_bodies_get_the_json_413(served, tmp_path, astronaut_jpeg):
     from tests.servers import nginx
 
     base, _ = served
     with nginx(base.removeprefix("http://"), str(tmp_path / "nginx")) as proxy:
-        ok = requests.post(proxy + "/api/validate", files={"file": ("a.jpg", astronaut_jpeg)},
-                           headers={"X-Request-ID": "via-nginx"}, timeout=30)
+        ok = requests.post(
+            proxy + "/api/validate",
+            files={"file": ("a.jpg", astronaut_jpeg)},
+            headers={"X-Request-ID": "via-nginx"},
+            timeout=30,
+        )
         assert ok.status_code == 200 and ok.headers["X-Request-ID"] == "via-nginx"
         assert requests.get(proxy + "/api/health", timeout=5).headers["X-Request-ID"]
         # Over MAX_UPLOAD_BYTES but under nginx's cap: faceapp answers.
-        mid = requests.post(proxy + "/api/validate", files={"file": ("a.jpg", b"\xff" * 11_000_000)},
-                            timeout=30)
+        mid = requests.post(
+            proxy + "/api/validate", files={"file": ("a.jpg", b"\xff" * 11_000_000)}, timeout=30
+        )
         assert mid.status_code == 413 and mid.json()["error"]["code"] == "image.too_large"
         # Over nginx's client_max_body_size: nginx answers, in the same envelope.
-        huge = requests.post(proxy + "/api/validate", files={"file": ("a.jpg", b"\xff" * 20_000_000)},
-                             timeout=30)
+        huge = requests.post(
+            proxy + "/api/validate", files={"file": ("a.jpg", b"\xff" * 20_000_000)}, timeout=30
+        )
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "image.too_large"
     assert requests.get(base + "/api/health", timeout=5).status_code == 200
 
@@ -102,16 +110,18 @@ def test_workers_recycled_or_killed_do_not_fail_requests(tmp_path, tiny_model_di
         statuses, pids = [], set()
         for index in range(40):
             with requests.Session() as session:
-                answer = session.post(base + "/api/validate",
-                                      files={"file": ("a.jpg", astronaut_jpeg)}, timeout=30)
+                answer = session.post(
+                    base + "/api/validate", files={"file": ("a.jpg", astronaut_jpeg)}, timeout=30
+                )
             statuses.append(answer.status_code)
             if index == 20:
                 # Kill one worker outright between requests: the other keeps serving and the
                 # master starts a replacement.
                 children = _worker_pids(process.pid)
                 os.kill(children[0], signal.SIGKILL)
-        events = requests.get(base + f"/api/images/{answer.json()['image_id']}/trace",
-                              timeout=10).json()["events"]
+        events = requests.get(
+            base + f"/api/images/{answer.json()['image_id']}/trace", timeout=10
+        ).json()["events"]
         pids = {e["worker_pid"] for e in events}
     assert statuses == [200] * 40
     assert len(pids) > 2, "workers were not recycled"
@@ -157,8 +167,9 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path, tiny_model_dir, astron
 
             def fetch():
                 url = f"http://127.0.0.1:{slow.server_address[1]}/slow.jpg"
-                result["answer"] = requests.post(base + "/api/validate", json={"image_url": url},
-                                                 timeout=30)
+                result["answer"] = requests.post(
+                    base + "/api/validate", json={"image_url": url}, timeout=30
+                )
 
             client = threading.Thread(target=fetch)
             client.start()

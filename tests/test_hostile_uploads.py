@@ -21,14 +21,23 @@ def post(client, data: bytes):
 
 def png_bomb(side: int = 20_000) -> bytes:
     """A valid 1-bit PNG of side x side pixels that compresses to a few KB."""
+
     def chunk(tag: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + tag + payload
-                + struct.pack(">I", zlib.crc32(tag + payload) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(payload))
+            + tag
+            + payload
+            + struct.pack(">I", zlib.crc32(tag + payload) & 0xFFFFFFFF)
+        )
 
     rows = (b"\x00" + b"\x00" * ((side + 7) // 8)) * side
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_a_decompression_bomb_is_refused_from_its_header(client):
@@ -65,8 +74,14 @@ def test_animated_gif_uses_its_first_frame(client, astronaut_jpeg):
 
 def test_grey_cmyk_and_transparent_inputs_become_rgb(client, app, astronaut_jpeg):
     photo = Image.open(io.BytesIO(astronaut_jpeg))
-    for mode, fmt in (("L", "PNG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("LA", "PNG"), ("P", "PNG"),
-                      ("I;16", "PNG")):
+    for mode, fmt in (
+        ("L", "PNG"),
+        ("CMYK", "JPEG"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("P", "PNG"),
+        ("I;16", "PNG"),
+    ):
         buffer = io.BytesIO()
         photo.convert(mode if mode != "I;16" else "I").convert(mode).save(buffer, fmt)
         answer = post(client, buffer.getvalue())
@@ -90,7 +105,7 @@ def mutated_images(draw):
         elif action == "insert":
             data[position:position] = draw(st.binary(min_size=1, max_size=16))
         elif action == "delete" and data:
-            del data[position:position + draw(st.integers(1, 64))]
+            del data[position : position + draw(st.integers(1, 64))]
         elif action == "truncate":
             del data[position:]
     return bytes(data)
@@ -104,12 +119,22 @@ def _seed(fmt: str, **params) -> bytes:
     return buffer.getvalue()
 
 
-SEEDS = [_seed("JPEG", quality=80), _seed("JPEG", progressive=True), _seed("PNG"), _seed("GIF"),
-         _seed("WEBP", quality=80)]
+SEEDS = [
+    _seed("JPEG", quality=80),
+    _seed("JPEG", progressive=True),
+    _seed("PNG"),
+    _seed("GIF"),
+    _seed("WEBP", quality=80),
+]
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=mutated_images())
 def test_mutated_images_never_cause_a_500(client, data):
     answer = post(client, data)

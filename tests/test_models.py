@@ -21,7 +21,9 @@ def test_random_checkpoint_has_a_manifest_with_file_hashes(tiny_model_dir):
     names = {f["name"] for f in manifest["files"]}
     assert {"config.json", "model.safetensors"} <= names
     weights = next(f for f in manifest["files"] if f["name"] == "model.safetensors")
-    assert weights["sha256"] == face_models.sha256_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    assert weights["sha256"] == face_models.sha256_file(
+        os.path.join(tiny_model_dir, "model.safetensors")
+    )
     assert weights["size"] == os.path.getsize(os.path.join(tiny_model_dir, "model.safetensors"))
 
 
@@ -155,7 +157,10 @@ def test_setup_loads_warms_and_is_idempotent(client):
     second = client.post("/api/setup", headers=ADMIN).get_json()
     assert second["model"] == body["model"] and second["load_ms"] == body["load_ms"]
     ready = client.get("/api/ready")
-    assert ready.status_code == 200 and ready.get_json()["model"]["version"] == body["model"]["version"]
+    assert (
+        ready.status_code == 200
+        and ready.get_json()["model"]["version"] == body["model"]["version"]
+    )
 
 
 def test_setup_is_an_admin_operation(config):

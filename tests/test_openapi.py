@@ -32,11 +32,17 @@ USER = {"Authorization": "Bearer user-key"}
 # bearer would be ignored, as the bearer comes first) and its ignored_auth probes remove both.
 ADMIN_BOTH = {**ADMIN, "X-API-Key": "admin-key"}
 PROBES = {"/api/health", "/api/ready"}
-CONFORMANCE = [not_a_server_error, status_code_conformance, content_type_conformance,
-               response_schema_conformance, response_headers_conformance]
+CONFORMANCE = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 # schemathesis skips the operation that serves the schema itself; the rest are fuzzed.
-FUZZED = sorted(f"{method.upper()} {path}" for path, method in OPERATIONS
-                if path != "/api/openapi.json")
+FUZZED = sorted(
+    f"{method.upper()} {path}" for path, method in OPERATIONS if path != "/api/openapi.json"
+)
 FUZZ_SETTINGS = settings(
     max_examples=15,
     deadline=None,  # the first analyze may load the model
@@ -45,8 +51,11 @@ FUZZ_SETTINGS = settings(
 )
 SCHEMATHESIS_CONFIG = {
     # 413: a generated form with more than MAX_FORM_PARTS fields is refused as too large.
-    "checks": {"negative_data_rejection": {
-        "expected-statuses": [400, 401, 403, 404, 405, 409, 413, 415, 422, 429]}},
+    "checks": {
+        "negative_data_rejection": {
+            "expected-statuses": [400, 401, 403, 404, 405, 409, 413, 415, 422, 429]
+        }
+    },
 }
 
 
@@ -62,8 +71,9 @@ def keyed_app(config):
 
 def load(app, headers=None):
     config = schemathesis.Config.from_dict(SCHEMATHESIS_CONFIG)
-    return schemathesis.openapi.from_wsgi("/api/openapi.json", app, config=config,
-                                          headers=headers or ADMIN)
+    return schemathesis.openapi.from_wsgi(
+        "/api/openapi.json", app, config=config, headers=headers or ADMIN
+    )
 
 
 def document(app, headers=ADMIN) -> dict:
@@ -78,6 +88,7 @@ def openapi_path(rule: str) -> str:
 
 # -- the document -------------------------------------------------------------------------------
 
+
 def test_the_document_is_valid_openapi_3(keyed_app):
     doc = document(keyed_app)
     assert doc["openapi"].startswith("3.0")
@@ -91,11 +102,13 @@ def test_the_document_is_valid_openapi_3(keyed_app):
 def test_every_route_of_the_api_blueprint_is_documented(keyed_app):
     routes = {
         (method.lower(), openapi_path(rule.rule))
-        for rule in keyed_app.url_map.iter_rules() if rule.endpoint.startswith("api.")
+        for rule in keyed_app.url_map.iter_rules()
+        if rule.endpoint.startswith("api.")
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
-    documented = {(method, path) for path, item in document(keyed_app)["paths"].items()
-                  for method in item}
+    documented = {
+        (method, path) for path, item in document(keyed_app)["paths"].items() for method in item
+    }
     assert routes == documented
 
 
@@ -104,12 +117,22 @@ def test_security_schemes_probes_and_admin_operations(keyed_app):
     schemes = doc["components"]["securitySchemes"]
     assert schemes["bearerAuth"] == {**schemes["bearerAuth"], "type": "http", "scheme": "bearer"}
     assert {k: schemes["apiKeyAuth"][k] for k in ("type", "in", "name")} == {
-        "type": "apiKey", "in": "header", "name": "X-API-Key"}
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+    }
     keyed = [{"bearerAuth": []}, {"apiKeyAuth": []}]
-    admin = {(p, m) for p, item in doc["paths"].items() for m, op in item.items()
-             if op.get("x-faceapp-admin")}
-    assert admin == {("/api/setup", "post"), ("/api/images/{image_id}", "delete"),
-                     ("/api/cache/wipe", "post")}
+    admin = {
+        (p, m)
+        for p, item in doc["paths"].items()
+        for m, op in item.items()
+        if op.get("x-faceapp-admin")
+    }
+    assert admin == {
+        ("/api/setup", "post"),
+        ("/api/images/{image_id}", "delete"),
+        ("/api/cache/wipe", "post"),
+    }
     for path, item in doc["paths"].items():
         for method, op in item.items():
             statuses = set(op["responses"])
@@ -135,25 +158,51 @@ def test_the_document_needs_a_key_when_keys_are_set(keyed_app):
 
 # -- real answers match it ----------------------------------------------------------------------
 
+
 def test_real_answers_match_the_document(keyed_app, astronaut_jpeg, coffee_jpeg):
     schema = load(keyed_app)
 
     def call(path, method, **case):
-        answer = schema[path][method].Case(headers=dict(ADMIN), **case).call_and_validate(
-            checks=CONFORMANCE)
+        answer = (
+            schema[path][method]
+            .Case(headers=dict(ADMIN), **case)
+            .call_and_validate(checks=CONFORMANCE)
+        )
         return answer
 
-    validated = call("/api/validate", "POST", body={"file": astronaut_jpeg},
-                     media_type="multipart/form-data", query={"details": "1"})
+    validated = call(
+        "/api/validate",
+        "POST",
+        body={"file": astronaut_jpeg},
+        media_type="multipart/form-data",
+        query={"details": "1"},
+    )
     image_id = validated.json()["image_id"]
     assert validated.status_code == 200 and "details" in validated.json()
-    assert call("/api/validate", "POST", body={"file": coffee_jpeg},
-                media_type="multipart/form-data").json()["valid"] is False
-    analyzed = call("/api/analyze", "POST", media_type="application/json", body={
-        "image_id": image_id, "labels": ["a person wearing a hat"], "include_embedding": True})
+    assert (
+        call(
+            "/api/validate", "POST", body={"file": coffee_jpeg}, media_type="multipart/form-data"
+        ).json()["valid"]
+        is False
+    )
+    analyzed = call(
+        "/api/analyze",
+        "POST",
+        media_type="application/json",
+        body={
+            "image_id": image_id,
+            "labels": ["a person wearing a hat"],
+            "include_embedding": True,
+        },
+    )
     assert analyzed.status_code == 200 and analyzed.json()["faces"][0]["embedding"]
-    yaml = call("/api/analyze", "POST", media_type="application/json", query={"format": "yaml"},
-                body={"image_id": image_id})
+    yaml = call(
+        "/api/analyze",
+        "POST",
+        media_type="application/json",
+        query={"format": "yaml"},
+        body={"image_id": image_id},
+    )
     assert yaml.headers["content-type"][0].startswith("application/yaml")
     for path, method, params, status in [
         ("/api/images/{image_id}", "GET", {"image_id": image_id}, 200),
@@ -181,8 +230,10 @@ def test_a_not_ready_answer_matches_the_document(config):
 
 # -- generated requests -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
-                         ids=lambda mode: mode.value)
+
+@pytest.mark.parametrize(
+    "mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda mode: mode.value
+)
 @pytest.mark.parametrize("label", FUZZED)
 def test_generated_requests_with_a_key(keyed_app, label, mode):
     """No 5xx, and every answer is documented (status, content type, body, headers)."""

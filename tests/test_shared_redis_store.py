@@ -27,8 +27,11 @@ def test_validate_on_one_instance_analyze_on_another(config, tmp_path, redis_url
         from faceapp.store import store
 
         assert isinstance(store.backend, RedisStore)
-    image_id = first.test_client().post(
-        "/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}).get_json()["image_id"]
+    image_id = (
+        first.test_client()
+        .post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")})
+        .get_json()["image_id"]
+    )
     other = second.test_client()
     analysed = other.post("/api/analyze", json={"image_id": image_id})
     assert analysed.status_code == 200 and analysed.get_json()["cached"] is False

@@ -29,8 +29,14 @@ def _free_port() -> int:
 
 
 def _answers(port: int) -> bool:
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2,
-                         socket_timeout=0.2, retry_on_error=[], retry=None)
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_connect_timeout=0.2,
+        socket_timeout=0.2,
+        retry_on_error=[],
+        retry=None,
+    )
     try:
         return bool(client.ping())
     except redis.exceptions.RedisError:
@@ -57,9 +63,21 @@ def redis_url(tmp_path_factory):
     for _ in range(3):  # another process may take the free port before the server binds it
         port = _free_port()
         proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                REDIS_SERVER,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             deadline = time.monotonic() + 10
@@ -212,8 +230,10 @@ def test_events_from_many_threads_all_arrive_whole_and_in_order(store):
 
     def emit(thread: int) -> None:
         for seq in range(40):
-            store.append_event(image_id, {"event": "analyzed", "thread": thread, "seq": seq,
-                                          "pad": f"{thread}" * 500})
+            store.append_event(
+                image_id,
+                {"event": "analyzed", "thread": thread, "seq": seq, "pad": f"{thread}" * 500},
+            )
 
     _run_threads(8, emit)
     events = store.events(image_id)
@@ -352,14 +372,27 @@ def test_writes_racing_delete_never_leave_half_an_image(store):
 
 
 # -- image_id validation ----------------------------------------------------------------------
-BAD_IDS = ["../etc/passwd", "%2e%2e%2f", "../" + "a" * 61, "A" * 64, "a" * 63, "a" * 65,
-           "a" * 10_000, "a" * 64 + "\n", "", None, 12]
+BAD_IDS = [
+    "../etc/passwd",
+    "%2e%2e%2f",
+    "../" + "a" * 61,
+    "A" * 64,
+    "a" * 63,
+    "a" * 65,
+    "a" * 10_000,
+    "a" * 64 + "\n",
+    "",
+    None,
+    12,
+]
 
 
 def _snapshot(root) -> dict:
     return {path: os.stat(path).st_mtime_ns for path, _, _ in os.walk(root)} | {
         os.path.join(path, name): os.stat(os.path.join(path, name)).st_mtime_ns
-        for path, _, names in os.walk(root) for name in names}
+        for path, _, names in os.walk(root)
+        for name in names
+    }
 
 
 @pytest.mark.parametrize("bad", BAD_IDS, ids=lambda b: repr(b)[:20])

@@ -21,8 +21,13 @@ from tests.servers import ROOT, gunicorn, wait_until
 pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("FACEAPP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 VIEWPORT = {"width": 1280, "height": 900}
 DOCS_SCREENSHOT = Path(ROOT) / "docs" / "tester-result.png"
 
@@ -80,8 +85,9 @@ def save_docs_screenshot(source: Path) -> None:
         small.save(DOCS_SCREENSHOT, optimize=True)
 
 
-def test_upload_analyze_and_a_corrupt_file_in_chromium(served, browser, artifacts, tmp_path,
-                                                       astronaut_jpeg, coffee_jpeg):
+def test_upload_analyze_and_a_corrupt_file_in_chromium(
+    served, browser, artifacts, tmp_path, astronaut_jpeg, coffee_jpeg
+):
     from playwright.sync_api import expect
 
     base = served
@@ -108,8 +114,10 @@ def test_upload_analyze_and_a_corrupt_file_in_chromium(served, browser, artifact
     page.wait_for_url(f"{base}/app/images/{image_id}")
 
     # The preview has loaded and the overlay covers it exactly, with one face outlined.
-    page.wait_for_function("() => { const img = document.getElementById('preview');"
-                           " return img.complete && img.naturalWidth > 0; }")
+    page.wait_for_function(
+        "() => { const img = document.getElementById('preview');"
+        " return img.complete && img.naturalWidth > 0; }"
+    )
     assert page.locator("#overlay .face-line").count() == 1
     image_box = page.locator("#preview").bounding_box()
     overlay_box = page.locator("#overlay").bounding_box()

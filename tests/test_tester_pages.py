@@ -55,8 +55,11 @@ def assert_html_page(response, status: int) -> str:
 
 def test_upload_form_has_the_inputs_and_a_csrf_token(client, astronaut_jpeg):
     text = assert_html_page(client.get("/app"), 200)
-    assert re.search(r'<form class="upload-form" method="post" action="/app" '
-                     r'enctype="multipart/form-data">', text)
+    assert re.search(
+        r'<form class="upload-form" method="post" action="/app" '
+        r'enctype="multipart/form-data">',
+        text,
+    )
     for name in ("file", "image_url", "wipe_cache"):
         assert f'name="{name}"' in text
     assert CSRF_FIELD.search(text)
@@ -75,7 +78,8 @@ def test_a_post_without_the_csrf_token_is_refused_in_html(config, astronaut_jpeg
 
 
 def test_csrf_tokens_hold_across_workers_sharing_the_instance_folder(
-        config, astronaut_jpeg, tmp_path, monkeypatch):
+    config, astronaut_jpeg, tmp_path, monkeypatch
+):
     monkeypatch.setenv("FACEAPP_INSTANCE_PATH", str(tmp_path / "instance"))
     settings = {**config, "WTF_CSRF_ENABLED": True, "SECRET_KEY": None}
     first, second = (create_app(settings).test_client() for _ in range(2))
@@ -101,8 +105,12 @@ def test_image_page_before_and_after_analyze(client, astronaut_jpeg):
     page = page_of(client, astronaut_jpeg)
     text = assert_html_page(client.get(page), 200)
     validation = json.loads(element_text(text, "validation-json"))
-    assert validation == {"image_id": page.rsplit("/", 1)[1], "valid": True, "errors": [],
-                          "warnings": []}
+    assert validation == {
+        "image_id": page.rsplit("/", 1)[1],
+        "valid": True,
+        "errors": [],
+        "warnings": [],
+    }
     assert text.count('class="face-line"') == 1  # the one face, outlined
     assert re.search(r'<svg class="overlay" id="overlay" viewBox="0 0 512 512"', text)
     assert 'id="analysis-none"' in text and 'id="trace"' in text
@@ -122,19 +130,22 @@ def test_image_page_before_and_after_analyze(client, astronaut_jpeg):
     bars = text.count('class="bar-fill"')
     labels = sum(len(a["scores"]) for a in face["attributes"].values()) + len(face["labels"])
     assert bars == labels and text.count('<tr class="win">') == len(face["attributes"]) + 1
-    trace = text[text.index('id="trace"'):]
+    trace = text[text.index('id="trace"') :]
     for event in ("validated", "analyzed", "cache_hit", "cache miss", "cache hit"):
         assert event in trace
     assert "Free-text labels" in text and ">an astronaut\na clown</textarea>" in text
 
 
 def test_an_image_url_is_fetched_like_the_api_does(config, astronaut_jpeg, httpserver):
-    httpserver.expect_request("/face.jpg").respond_with_data(astronaut_jpeg,
-                                                             content_type="image/jpeg")
+    httpserver.expect_request("/face.jpg").respond_with_data(
+        astronaut_jpeg, content_type="image/jpeg"
+    )
     client = create_app({**config, "URL_ALLOW_PRIVATE_NETWORKS": True}).test_client()
     answer = client.post("/app", data={"image_url": httpserver.url_for("/face.jpg")})
     assert answer.headers["Location"].endswith(hashlib.sha256(astronaut_jpeg).hexdigest())
-    refused = create_app(config).test_client().post("/app", data={"image_url": "http://127.0.0.1/x"})
+    refused = (
+        create_app(config).test_client().post("/app", data={"image_url": "http://127.0.0.1/x"})
+    )
     text = assert_html_page(refused, 400)
     assert "url.forbidden" in text and 'value="http://127.0.0.1/x"' in text  # the form, refilled
 
@@ -158,23 +169,29 @@ def test_a_corrupt_upload_reshows_the_form_with_the_message(client, astronaut_jp
     assert "input.missing" in text and "No image was sent" in text
 
 
-@pytest.mark.parametrize("limits", [
-    {"MAX_UPLOAD_BYTES": 1000},  # over the image limit: the service refuses it
-    {"MAX_UPLOAD_BYTES": 1000, "MAX_CONTENT_LENGTH": 2000},  # over the body limit: Flask does
-])
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"MAX_UPLOAD_BYTES": 1000},  # over the image limit: the service refuses it
+        {"MAX_UPLOAD_BYTES": 1000, "MAX_CONTENT_LENGTH": 2000},  # over the body limit: Flask does
+    ],
+)
 def test_an_oversized_upload_reshows_the_form(config, astronaut_jpeg, limits):
     client = create_app({**config, **limits}).test_client()
     text = assert_html_page(upload(client, astronaut_jpeg), 413)
     assert 'id="form-error"' in text and "image.too_large" in text and "1000" in text
 
 
-@pytest.mark.parametrize("path, status, code", [
-    ("/app/images/" + "0" * 64, 404, "image_id.not_found"),
-    ("/app/images/not-an-id", 400, "image_id.invalid"),
-    ("/app/images/" + "A" * 64, 400, "image_id.invalid"),
-    ("/app/images/" + "0" * 64 + "/image.png", 404, "image_id.not_found"),
-    ("/app/images/" + "0" * 64 + "/thumbnail.jpg", 404, "image_id.not_found"),
-])
+@pytest.mark.parametrize(
+    "path, status, code",
+    [
+        ("/app/images/" + "0" * 64, 404, "image_id.not_found"),
+        ("/app/images/not-an-id", 400, "image_id.invalid"),
+        ("/app/images/" + "A" * 64, 400, "image_id.invalid"),
+        ("/app/images/" + "0" * 64 + "/image.png", 404, "image_id.not_found"),
+        ("/app/images/" + "0" * 64 + "/thumbnail.jpg", 404, "image_id.not_found"),
+    ],
+)
 def test_unknown_and_malformed_ids_are_html_pages(client, path, status, code):
     text = assert_html_page(client.get(path), status)
     assert 'id="page-error"' in text and code in text
@@ -215,7 +232,7 @@ def test_model_not_ready_banner_and_503_on_analyze(config, astronaut_jpeg):
     text = assert_html_page(client.post(page, data={}), 503)
     assert "model.not_ready" in text and "is not in the models folder" in text
     assert 'id="validation-json"' in text  # the image page again, with the message
-    assert "failed:" in text[text.index('id="banner-model-not-ready"'):]
+    assert "failed:" in text[text.index('id="banner-model-not-ready"') :]
 
 
 def test_random_weights_banner_without_loading_the_model(app, client, astronaut_jpeg):
@@ -259,9 +276,14 @@ def test_every_page_has_the_csp_and_nothing_inline(client, astronaut_jpeg, coffe
     coffee = page_of(client, coffee_jpeg)
     analyzed = client.post(page, data={"labels": "x", "include_embedding": "1"}).headers["Location"]
     responses = [
-        client.get("/app"), upload(client, b"not an image"), client.get(page),
-        client.get(analyzed), client.post(coffee, data={}), client.get("/app/images/nope"),
-        client.get("/app/images/" + "0" * 64), client.get(page + "/image.png"),
+        client.get("/app"),
+        upload(client, b"not an image"),
+        client.get(page),
+        client.get(analyzed),
+        client.post(coffee, data={}),
+        client.get("/app/images/nope"),
+        client.get("/app/images/" + "0" * 64),
+        client.get(page + "/image.png"),
     ]
     for response in responses:
         csp = response.headers["Content-Security-Policy"]

@@ -41,8 +41,9 @@ def test_the_three_input_forms_give_the_same_image_id(client, astronaut_jpeg):
     ids = {
         upload(client, astronaut_jpeg).get_json()["image_id"],
         client.post("/api/validate", json={"image_base64": encoded}).get_json()["image_id"],
-        client.post("/api/validate", data={"image_base64": "data:image/jpeg;base64," + encoded})
-        .get_json()["image_id"],
+        client.post(
+            "/api/validate", data={"image_base64": "data:image/jpeg;base64," + encoded}
+        ).get_json()["image_id"],
     }
     assert ids == {hashlib.sha256(astronaut_jpeg).hexdigest()}
 
@@ -55,8 +56,9 @@ def test_a_photo_without_a_face_is_invalid(client, coffee_jpeg):
 
 
 def test_details_describe_the_stored_upright_image(client, astronaut_jpeg):
-    body = client.post("/api/validate?details=1",
-                       data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}).get_json()
+    body = client.post(
+        "/api/validate?details=1", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}
+    ).get_json()
     details = body["details"]
     assert (details["width"], details["height"], details["format"]) == (512, 512, "JPEG")
     assert len(details["faces"]) == 1
@@ -81,8 +83,11 @@ def test_trace_records_each_validation(client, astronaut_jpeg):
     first = upload(client, astronaut_jpeg, wipe_cache="no")
     image_id = first.get_json()["image_id"]
     upload(client, astronaut_jpeg)
-    client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"),
-                                       "wipe_cache": "yes"}, headers={"X-Request-ID": "qa-123"})
+    client.post(
+        "/api/validate",
+        data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"), "wipe_cache": "yes"},
+        headers={"X-Request-ID": "qa-123"},
+    )
     events = client.get(f"/api/images/{image_id}/trace").get_json()["events"]
     assert [e["event"] for e in events] == ["validated", "validated", "wiped", "validated"]
     assert [e.get("cached") for e in events if e["event"] == "validated"] == [False, True, False]
@@ -97,8 +102,10 @@ def test_trace_records_each_validation(client, astronaut_jpeg):
     [
         ({"data": {}}, "input.missing"),
         ({"json": {}}, "input.missing"),
-        ({"json": {"image_base64": "aGVsbG8=", "image_url": "http://example.com/a.jpg"}},
-         "input.ambiguous"),
+        (
+            {"json": {"image_base64": "aGVsbG8=", "image_url": "http://example.com/a.jpg"}},
+            "input.ambiguous",
+        ),
         ({"json": {"image_base64": "not base64 at all!"}}, "input.invalid"),
         ({"json": {"image_base64": "data:text/html;base64,aGVsbG8="}}, "input.invalid"),
         ({"json": {"image_base64": 12}}, "input.invalid"),
@@ -115,8 +122,10 @@ def test_bad_requests_have_stable_codes(client, kwargs, code):
 
 
 def test_upload_and_base64_together_are_ambiguous(client, astronaut_jpeg):
-    answer = client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"),
-                                                 "image_base64": "aGVsbG8="})
+    answer = client.post(
+        "/api/validate",
+        data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"), "image_base64": "aGVsbG8="},
+    )
     assert error_of(answer) == "input.ambiguous"
 
 
@@ -148,7 +157,9 @@ def test_size_and_pixel_limits(config, astronaut_jpeg):
     answer = upload(client, astronaut_jpeg)
     assert answer.status_code == 413 and error_of(answer) == "image.too_large"
     encoded = base64.b64encode(astronaut_jpeg).decode()
-    assert error_of(client.post("/api/validate", json={"image_base64": encoded})) == "image.too_large"
+    assert (
+        error_of(client.post("/api/validate", json={"image_base64": encoded})) == "image.too_large"
+    )
     client = create_app({**config, "MAX_IMAGE_PIXELS": 100 * 100}).test_client()
     answer = upload(client, astronaut_jpeg)
     assert answer.status_code == 413 and error_of(answer) == "image.too_many_pixels"
@@ -176,8 +187,9 @@ def test_a_base64_image_in_a_multipart_form_is_accepted_up_to_the_upload_limit(c
     buffer = io.BytesIO()
     noise.save(buffer, "PNG")  # ~1 MB, so its base64 is over Flask's 500 kB text-field default
     encoded = base64.b64encode(buffer.getvalue()).decode()
-    answer = client.post("/api/validate", data={"image_base64": encoded},
-                         content_type="multipart/form-data")
+    answer = client.post(
+        "/api/validate", data={"image_base64": encoded}, content_type="multipart/form-data"
+    )
     assert answer.status_code == 200, answer.get_json()
 
 
@@ -189,7 +201,15 @@ def test_too_many_form_fields_is_request_too_large_not_an_image_size(client):
 
 @pytest.mark.parametrize(
     "bad_id",
-    ["../etc/passwd", "%2e%2e%2fetc%2fpasswd", "A" * 64, "a" * 63, "a" * 65, "g" * 64, "a" * 10_000],
+    [
+        "../etc/passwd",
+        "%2e%2e%2fetc%2fpasswd",
+        "A" * 64,
+        "a" * 63,
+        "a" * 65,
+        "g" * 64,
+        "a" * 10_000,
+    ],
 )
 def test_malformed_image_ids_are_refused(client, bad_id):
     for path in (f"/api/images/{bad_id}", f"/api/images/{bad_id}/trace"):
@@ -208,7 +228,9 @@ def test_delete_and_wipe_forget_images(client, astronaut_jpeg, coffee_jpeg):
     second = upload(client, coffee_jpeg).get_json()["image_id"]
     assert client.delete(f"/api/images/{first}").status_code == 401
     assert client.delete(f"/api/images/{first}", headers=ADMIN).get_json() == {
-        "image_id": first, "deleted": True}
+        "image_id": first,
+        "deleted": True,
+    }
     assert client.get(f"/api/images/{first}").status_code == 404
     assert client.get(f"/api/images/{first}/trace").status_code == 404
     assert client.delete(f"/api/images/{first}", headers=ADMIN).status_code == 404
@@ -222,7 +244,10 @@ def test_delete_and_wipe_forget_images(client, astronaut_jpeg, coffee_jpeg):
 def test_request_ids(client):
     generated = client.get("/api/health")
     assert len(generated.headers["X-Request-ID"]) == 32
-    assert client.get("/api/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    assert (
+        client.get("/api/health", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"]
+        == "abc-123"
+    )
     insane = client.get("/api/health", headers={"X-Request-ID": "bad id\x01" + "x" * 300})
     assert insane.headers["X-Request-ID"] != "bad id"
     assert len(insane.headers["X-Request-ID"]) == 32
@@ -256,21 +281,30 @@ def test_an_unexpected_error_is_internal_and_hides_its_text(client, monkeypatch)
 
 def test_too_many_form_parts_or_a_huge_field_is_413(config, client, astronaut_jpeg):
     parts = {f"extra{i}": "x" for i in range(50)}
-    answer = client.post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"), **parts})
+    answer = client.post(
+        "/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"), **parts}
+    )
     assert answer.status_code == 413 and error_of(answer) == "request.too_large"
     small = create_app({**config, "MAX_FORM_MEMORY_SIZE": 1000}).test_client()
-    answer = small.post("/api/validate", data={"file": (io.BytesIO(b"x"), "a.jpg"), "note": "x" * 2000})
+    answer = small.post(
+        "/api/validate", data={"file": (io.BytesIO(b"x"), "a.jpg"), "note": "x" * 2000}
+    )
     assert answer.status_code == 413 and error_of(answer) == "request.too_large"
     assert small.get("/api/health").status_code == 200
 
 
 def test_a_base64_image_fits_in_a_multipart_field_by_default(client, astronaut_jpeg):
-    big = jpeg_bytes(Image.fromarray(numpy.tile(numpy.asarray(Image.open(io.BytesIO(astronaut_jpeg))),
-                                                (3, 3, 1))))
+    big = jpeg_bytes(
+        Image.fromarray(
+            numpy.tile(numpy.asarray(Image.open(io.BytesIO(astronaut_jpeg))), (3, 3, 1))
+        )
+    )
     assert len(base64.b64encode(big)) > 512 * 1024
     # Encoded in memory: the test client would spool a body this size to an unclosed temp file.
-    boundary, body = encode_multipart({"image_base64": base64.b64encode(big).decode(),
-                                       "wipe_cache": "0"})
-    answer = client.post("/api/validate", data=body,
-                         content_type=f"multipart/form-data; boundary={boundary}")
+    boundary, body = encode_multipart(
+        {"image_base64": base64.b64encode(big).decode(), "wipe_cache": "0"}
+    )
+    answer = client.post(
+        "/api/validate", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
     assert answer.status_code == 200, answer.get_json()
