@@ -87,3 +87,19 @@ def coffee_jpeg() -> bytes:
     from skimage import data
 
     return jpeg_bytes(Image.fromarray(data.coffee()))
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> Image.Image:
+    """scikit-image's astronaut as a PIL image (one face, about x 178-271, y 67-160)."""
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def haar():
+    """OpenCV's frontal-face Haar detector, as the app builds it by default."""
+    from faceapp.faces import HaarFaceDetector
+
+    return HaarFaceDetector()

@@ -23,16 +23,6 @@ ASTRONAUT_FACE = (160, 60, 260, 200)  # left, top, right, bottom
 
 
 @pytest.fixture(scope="module")
-def haar() -> HaarFaceDetector:
-    return HaarFaceDetector()
-
-
-@pytest.fixture(scope="module")
-def astronaut() -> Image.Image:
-    return Image.fromarray(data.astronaut())
-
-
-@pytest.fixture(scope="module")
 def two_astronauts(astronaut: Image.Image) -> Image.Image:
     """The astronaut, and beside her a smaller copy (face about 95 px and 67 px)."""
     canvas = Image.new("RGB", (512 + 320, 512))

@@ -4,9 +4,6 @@ against a real redis-server started on a free loopback port."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -17,80 +14,16 @@ import redis
 from faceapp.errors import FaceappError
 from faceapp.store import FileStore, image_id_for, open_backend
 from faceapp.store_redis import RedisStore
+from tests.servers import free_port, redis_server
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # every byte value: the store is binary-safe
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers(port: int) -> bool:
-    client = redis.Redis(
-        host="127.0.0.1",
-        port=port,
-        socket_connect_timeout=0.2,
-        socket_timeout=0.2,
-        retry_on_error=[],
-        retry=None,
-    )
-    try:
-        return bool(client.ping())
-    except redis.exceptions.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
     """A private redis-server on a free loopback port (no persistence), stopped afterwards."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        pytest.skip("redis-server is not installed")
-    workdir = tmp_path_factory.mktemp("redis")
-    for _ in range(3):  # another process may take the free port before the server binds it
-        port = _free_port()
-        proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while proc.poll() is None and time.monotonic() < deadline:
-                if _answers(port):
-                    break
-                time.sleep(0.05)
-            if proc.poll() is None and _answers(port):
-                yield f"redis://127.0.0.1:{port}/0"
-                return
-        finally:
-            _stop(proc)
-    pytest.fail("redis-server did not start")
+    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
+        yield url
 
 
 @pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.slow)])
@@ -461,7 +394,7 @@ def test_redis_ping_raises_when_the_server_is_unreachable(redis_url):
     store = RedisStore(redis_url)
     store.ping()
     store.close()
-    down = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", timeout=0.5)
+    down = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
     try:
         with pytest.raises(redis.exceptions.ConnectionError):
             down.ping()

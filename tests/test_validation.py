@@ -9,20 +9,10 @@ from PIL import Image, ImageEnhance, ImageFilter
 from skimage import data
 
 from faceapp.config import DEFAULTS
-from faceapp.faces import FaceBox, HaarFaceDetector, detect_faces
+from faceapp.faces import FaceBox, detect_faces
 from faceapp.validation import Issue, QualityReport, Thresholds, assess, measure_sharpness
 
 THRESHOLDS = Thresholds.from_config(DEFAULTS)
-
-
-@pytest.fixture(scope="module")
-def haar() -> HaarFaceDetector:
-    return HaarFaceDetector()
-
-
-@pytest.fixture(scope="module")
-def astronaut() -> Image.Image:
-    return Image.fromarray(data.astronaut())
 
 
 def check(detector, image: Image.Image, thresholds: Thresholds = THRESHOLDS) -> QualityReport:
