@@ -1,0 +1,453 @@
+"""``python -m bench.run [--size base|tiny] [--quick] [--json OUT]``: where faceapp's time goes.
+
+Every figure is a comparison made within this one run: A and B interleaved (A/B/A/B...) after a
+warm-up, medians of up to --repeats rounds (fewer once a comparison's --budget is spent), and the
+ratio A/B; never an absolute threshold, since the machines are shared and noisy. The checkpoint
+has random weights (written by the code behind ``flask models random``), so timings are those of
+the real architecture while labels and scores mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from bench import photos
+from bench.memory import measure_in_subprocesses
+from bench.timing import Comparison, interleaved
+
+# The sections of a run, in order; the JSON's "sections" holds exactly these keys.
+SECTIONS = ("zero_shot", "encoder_dtype_batch1", "encoder_dtype_batch4", "decode_draft",
+            "decode_draft_half", "end_to_end_cache", "face_batching", "memory")
+STORED_MAX_SIDE = 2048  # faceapp's STORED_MAX_SIDE default
+HALF_SIDE = 2000  # half of 4000: the largest cap at which JPEG's draft can decode at 1/2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: the checkpoint size, the rounds per comparison, the torch threads."""
+
+    size: str
+    repeats: int  # timed A/B rounds per comparison, at most
+    budget_s: float | None  # no new round after this long (at least MIN_ROUNDS run)
+    warmup: int
+    threads: int | None  # torch threads; None: what a single worker would use
+
+    def compare(self, a: Callable[[], object], b: Callable[[], object]):
+        """Time `a` against `b`, interleaved, as this plan says."""
+        return interleaved(a, b, self.repeats, self.warmup, self.budget_s)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=("base", "tiny"), default=None,
+                        help="checkpoint architecture (default base; tiny with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny model and few repeats: a smoke run of every section")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed A/B rounds per comparison, at most (default 15; quick 3)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds per comparison after which no new round starts "
+                             "(default 20; none with --quick)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: as faceapp gives one worker, all cores)")
+    parser.add_argument("--json", dest="json_out", default=None, help="also write the numbers here")
+    return parser.parse_args(argv)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    size = args.size or ("tiny" if args.quick else "base")
+    repeats = args.repeats or (3 if args.quick else 15)
+    budget = args.budget if args.budget is not None else (None if args.quick else 20.0)
+    return Plan(size=size, repeats=max(1, repeats), budget_s=budget, warmup=1,
+                threads=args.threads)
+
+
+# --------------------------------------------------------------------------------------------
+# Setup: the checkpoint and the models
+# --------------------------------------------------------------------------------------------
+
+
+def bench_dir() -> str:
+    """Where checkpoints are kept between runs: $FACEAPP_BENCH_DIR or ~/.cache/faceapp-bench."""
+    return os.environ.get("FACEAPP_BENCH_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "faceapp-bench")
+
+
+def ensure_checkpoint(size: str) -> tuple[str, float | None]:
+    """The random checkpoint of `size`, written once (as `flask models random` does), then reused.
+
+    Returns its folder and the seconds spent writing it (None when it was reused).
+    """
+    from faceapp.face_models import read_manifest, write_random_checkpoint
+
+    folder = os.path.join(bench_dir(), f"random-clip-{size}")
+    manifest = read_manifest(folder) if os.path.isdir(folder) else None
+    if manifest and manifest.get("id") == f"random-clip-{size}":
+        return folder, None
+    print(f"writing a random {size} checkpoint to {folder} (once) ...", flush=True)
+    started = time.perf_counter()
+    write_random_checkpoint(folder, size=size)
+    return folder, time.perf_counter() - started
+
+
+def load_model(folder: str, dtype: str, threads: int | None):
+    """A LoadedModel as a worker would have it: loaded by `load_clip`, warmed up."""
+    from faceapp.face_models import load_clip
+
+    model = load_clip({"MODEL_NAME": folder, "MODELS_DIR": folder, "DEVICE": "cpu",
+                       "DTYPE": dtype, "MODEL_AUTO_PULL": False, "TORCH_THREADS": threads})
+    model.warm_up()
+    return model
+
+
+def face_regions(image: Image.Image) -> list:
+    """The faces faceapp's own detector finds in `image`, as analysis regions, largest first."""
+    from faceapp import faces
+    from faceapp.analysis import Region
+    from faceapp.config import DEFAULTS
+
+    found = faces.detect_faces(faces.build_detector(DEFAULTS), image, DEFAULTS["DETECT_MAX_SIDE"])
+    return [Region(face.to_dict()["box"], face.confidence, True) for face in found]
+
+
+# --------------------------------------------------------------------------------------------
+# The comparisons
+# --------------------------------------------------------------------------------------------
+
+
+def bench_zero_shot(plan: Plan, analyzer, photo: Image.Image, region) -> Comparison:
+    """Per request: re-encode every attribute prompt (naive) vs precomputed label embeddings."""
+    from faceapp.analysis import Analyzer
+
+    model, attribute_set = analyzer.model, analyzer.attributes
+    names = attribute_set.names()
+    flat = [p for a in attribute_set.attributes.values() for ps in a.prompts for p in ps]
+    prompts = len(flat)
+    tokens = model.processor(text=flat, return_tensors="pt", padding=True)["input_ids"].shape[1]
+
+    def naive() -> list[dict]:
+        # A fresh Analyzer encodes every prompt again, as transformers' zero-shot pipeline
+        # encodes its candidate labels on every call.
+        return Analyzer(model, attribute_set, None).analyze(photo, [region], names, None, False)
+
+    def precomputed() -> list[dict]:
+        return analyzer.analyze(photo, [region], names, None, False)
+
+    a_ms, b_ms = plan.compare(naive, precomputed)
+    same = naive()[0]["attributes"] == precomputed()[0]["attributes"]
+    return Comparison(
+        "zero_shot", "zero-shot, 1 face", f"encode {prompts} prompts", "precomputed", a_ms, b_ms,
+        f"per request, encoding the {prompts} attribute prompts (as a zero-shot pipeline does) "
+        "costs this many times faceapp's image encoder + matmul",
+        sanity={"prompts": prompts, "attributes": len(names), "padded_tokens": tokens,
+                "same_scores": same},
+    )
+
+
+def bench_encoder_dtype(plan: Plan, fp32, bf16, crops: list[Image.Image], key: str) -> Comparison:
+    """The image encoder with float32 weights vs bfloat16 weights on the same crops."""
+    a_ms, b_ms = plan.compare(lambda: fp32.encode_images(crops),
+                              lambda: bf16.encode_images(crops))
+    difference = (fp32.encode_images(crops) - bf16.encode_images(crops)).abs().max().item()
+    return Comparison(
+        key, f"image encoder, batch {len(crops)}", "float32", "bfloat16", a_ms, b_ms,
+        f"bfloat16 weights encode {len(crops)} face crop(s) this many times faster than float32",
+        sanity={"max_abs_diff_normalised_embedding": difference},
+    )
+
+
+def label_agreement(fp32_analyzer, bf16_analyzer, image: Image.Image, regions: list,
+                    names: list[str]) -> dict:
+    """How many (face, attribute) argmax labels bfloat16 shares with float32."""
+    ours = fp32_analyzer.analyze(image, regions, names, None, False)
+    theirs = bf16_analyzer.analyze(image, regions, names, None, False)
+    pairs = [(a["attributes"][n]["label"], b["attributes"][n]["label"])
+             for a, b in zip(ours, theirs, strict=True) for n in names]
+    return {"argmax_labels_agree": sum(x == y for x, y in pairs), "argmax_labels_total": len(pairs)}
+
+
+def bench_face_batching(plan: Plan, analyzer, image: Image.Image, regions: list,
+                        names: list[str]) -> Comparison:
+    """All faces of an image in one forward pass vs one forward pass per face."""
+    def per_face() -> list[dict]:
+        return [face for region in regions
+                for face in analyzer.analyze(image, [region], names, None, False)]
+
+    def batched() -> list[dict]:
+        return analyzer.analyze(image, regions, names, None, False)
+
+    a_ms, b_ms = plan.compare(per_face, batched)
+    return Comparison(
+        "face_batching", f"{len(regions)} faces, analysis", "pass per face", "one batch",
+        a_ms, b_ms,
+        f"scoring {len(regions)} faces in one batch is this many times faster than one by one",
+        sanity={"faces": len(regions)},
+    )
+
+
+def bench_decode(plan: Plan, large: bytes, max_side: int, key: str) -> Comparison:
+    """A 4000x3000 JPEG to `max_side`: full-size decode then resize vs `decode_image`'s draft."""
+    import io
+
+    import numpy as np
+
+    from faceapp.decoding import decode_image
+
+    limits = {"max_bytes": len(large) + 1, "max_pixels": 40_000_000}
+
+    def full() -> Image.Image:
+        # Same resize as decode_image's own; the only difference is the JPEG draft.
+        image = decode_image(large, **limits).image
+        width, height = image.size
+        scale = max_side / max(width, height)
+        return image.resize((round(width * scale), round(height * scale)),
+                            Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+    def draft() -> Image.Image:
+        return decode_image(large, max_side=max_side, **limits).image
+
+    a_ms, b_ms = plan.compare(full, draft)
+    reduced = draft()
+    diff = float(np.abs(np.asarray(full(), dtype=np.float64) - np.asarray(reduced)).mean())
+    with Image.open(io.BytesIO(large)) as probe:
+        # JPEG decodes at 1/1, 1/2, 1/4 or 1/8 scale, never below the requested size.
+        probe.draft("RGB", reduced.size)
+        decoded_at = list(probe.size)
+    return Comparison(
+        key, f"JPEG 4000x3000 -> {max_side}", "full + resize", "decode_image draft", a_ms, b_ms,
+        f"decode_image(max_side={max_side}) is this many times faster than decoding every "
+        "pixel and resizing",
+        sanity={"jpeg_bytes": len(large), "jpeg_decoded_at": decoded_at,
+                "output_size": list(reduced.size), "mean_abs_pixel_diff_levels": diff,
+                "mean_abs_pixel_diff_fraction": diff / 255},
+    )
+
+
+def bench_end_to_end(plan: Plan, folder: str, jpeg: bytes) -> Comparison:
+    """Through Flask's test client: validate + analyze (cache miss) vs analyze again (cache hit)."""
+    import io
+
+    from faceapp import create_app
+    from faceapp.face_models import models
+
+    with tempfile.TemporaryDirectory(prefix="faceapp-bench-") as scratch:
+        app = create_app({
+            "TESTING": True, "MODEL_NAME": folder, "MODELS_DIR": os.path.join(scratch, "models"),
+            "STORE_URL": os.path.join(scratch, "store"), "LOAD_MODEL_ON_START": False,
+            "MODEL_AUTO_PULL": False, "LOG_LEVEL": "WARNING", "TORCH_THREADS": plan.threads,
+        })
+        with app.app_context():
+            if models.load(app) is None:
+                raise RuntimeError(f"the benchmark app's model is not ready: {models.reason()}")
+        client = app.test_client()
+        state: dict[str, Any] = {}
+
+        def post(path: str, **kwargs) -> dict:
+            answer = client.post(path, **kwargs)
+            if answer.status_code != 200:
+                raise RuntimeError(f"{path} answered {answer.status_code}: {answer.get_data()!r}")
+            return answer.get_json()
+
+        def miss() -> None:
+            files = {"file": (io.BytesIO(jpeg), "astronaut.jpg"), "wipe_cache": "true"}
+            state["image_id"] = post("/api/validate", data=files)["image_id"]
+            if post("/api/analyze", json={"image_id": state["image_id"]})["cached"]:
+                raise RuntimeError("analyze after wipe_cache was a cache hit")
+
+        def hit() -> None:
+            if not post("/api/analyze", json={"image_id": state["image_id"]})["cached"]:
+                raise RuntimeError("a repeated analyze was not a cache hit")
+
+        a_ms, b_ms = plan.compare(miss, hit)
+    return Comparison(
+        "end_to_end_cache", "Flask: astronaut", "validate+analyze", "cached analyze", a_ms, b_ms,
+        "a repeated analyze answered from the store is this many times faster than validating "
+        "and analysing the upload",
+        sanity={"jpeg_bytes": len(jpeg)},
+    )
+
+
+def bench_memory(folder: str, threads: int | None) -> Comparison:
+    """RSS of a fresh process after loading and warming the model, float32 vs bfloat16."""
+    probes = measure_in_subprocesses(folder, ["float32", "bfloat16"], threads)
+    fp32, bf16 = probes["float32"], probes["bfloat16"]
+    sanity = {
+        probe["dtype"]: {
+            "private_MB": probe["warm"]["anon"],  # this worker's own pages
+            "file_backed_MB": probe["warm"]["file"],  # mapped files: shared between workers
+            "peak_MB": probe["warm"]["peak"],
+            "load_s": probe["load_ms"] / 1000,
+        }
+        for probe in (fp32, bf16)
+    }
+    sanity["stages"] = {probe["dtype"]: {stage: probe[stage] for stage in
+                                         ("imported", "loaded", "warm")} for probe in (fp32, bf16)}
+    return Comparison(
+        "memory", "RSS, loaded + warm", "float32", "bfloat16",
+        [fp32["warm"]["rss"]], [bf16["warm"]["rss"]],
+        "a worker holding bfloat16 weights is this many times smaller in resident memory "
+        "(one fresh process per dtype)",
+        unit="MB", sanity=sanity,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def machine_facts() -> dict:
+    """What the numbers were measured on."""
+    import torch
+    import transformers
+
+    from faceapp.face_models import available_cores
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores_available": available_cores(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+        "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def format_table(results: Sequence[Comparison]) -> str:
+    """The readable table: one row per comparison, then what each ratio means."""
+    header = (f"{'comparison':24} {'A':18} {'B':18} {'n':>2} {'A median':>9} {'B median':>9} "
+              f"{'A/B':>8} {'best/best':>9}  pair ratios p25-p75")
+    lines = [header, "-" * len(header)]
+    for item in results:
+        low, high = item.pair_ratio_quartiles()
+        spread = f"{low:.2f}-{high:.2f}x" if len(item.a_samples) > 1 else "(one sample each)"
+        lines.append(
+            f"{item.title:24} {item.a_label:18} {item.b_label:18} {len(item.a_samples):>2} "
+            f"{item.a:>6.1f} {item.unit:2} {item.b:>6.1f} {item.unit:2} {item.ratio:>7.2f}x "
+            f"{item.best_ratio:>8.2f}x  {spread}")
+    lines.append("")
+    lines.append("A/B is the ratio of the medians, best/best that of the fastest rounds (less "
+                 "sensitive to other processes); A/B > 1: B is faster or smaller.")
+    for item in results:
+        lines.append(f"  {item.key}: {item.meaning}.")
+        shown = {k: v for k, v in item.sanity.items() if k != "stages"}  # stages: JSON only
+        if shown:
+            lines.append(f"      {_sanity_text(shown)}")
+    return "\n".join(lines)
+
+
+def _loads(loads: Sequence[float] | None) -> str:
+    return ", ".join(f"{x:.2f}" for x in loads) if loads else "n/a"
+
+
+def _sanity_text(sanity: dict) -> str:
+    def show(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
+        return str(value)
+
+    return "; ".join(f"{key} = {show(value)}" for key, value in sanity.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def run(plan: Plan) -> tuple[dict, list[Comparison]]:
+    """Run every section in order; returns the settings and the comparisons."""
+    from faceapp.analysis import Analyzer, crop_square
+    from faceapp.attributes import load_attribute_set
+
+    started = time.perf_counter()
+    folder, written_s = ensure_checkpoint(plan.size)
+    photo = photos.astronaut()
+    mosaic = photos.four_faces(photo)
+    single, four = face_regions(photo), face_regions(mosaic)
+    if len(single) != 1 or len(four) != 4:
+        raise RuntimeError(f"the detector found {len(single)} face(s) in the astronaut and "
+                           f"{len(four)} in the mosaic; expected 1 and 4")
+    attribute_set = load_attribute_set(None)
+    names = attribute_set.names()
+
+    fp32 = load_model(folder, "float32", plan.threads)
+    bf16 = load_model(folder, "bfloat16", plan.threads)
+    fp32_analyzer = Analyzer(fp32, attribute_set, None)  # what a worker builds once, when ready
+    crops = [crop_square(mosaic, region.box) for region in four]
+    results = [bench_zero_shot(plan, fp32_analyzer, photo, single[0])]
+    results.append(bench_encoder_dtype(plan, fp32, bf16, crops[:1], "encoder_dtype_batch1"))
+    results.append(bench_encoder_dtype(plan, fp32, bf16, crops, "encoder_dtype_batch4"))
+    results[-1].sanity.update(label_agreement(
+        fp32_analyzer, Analyzer(bf16, attribute_set, None), mosaic, four, names))
+    face_batching = bench_face_batching(plan, fp32_analyzer, mosaic, four, names)
+    del fp32, bf16, fp32_analyzer
+
+    large = photos.large_jpeg(photo)
+    results.append(bench_decode(plan, large, STORED_MAX_SIDE, "decode_draft"))
+    # 4000 // 2048 is 1, so JPEG's draft cannot reduce that one; a 2000 px cap halves it.
+    results.append(bench_decode(plan, large, HALF_SIDE, "decode_draft_half"))
+    results.append(bench_end_to_end(plan, folder, photos.jpeg_bytes(photo)))
+    results.append(face_batching)
+    results.append(bench_memory(folder, plan.threads))
+    settings = {"size": plan.size, "repeats": plan.repeats, "budget_s": plan.budget_s,
+                "warmup": plan.warmup, "threads": plan.threads, "checkpoint": folder,
+                "checkpoint_written_s": written_s,
+                "total_s": time.perf_counter() - started}
+    return settings, results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print the table, and write the JSON when asked."""
+    args = parse_args(argv)
+    plan = make_plan(args)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random checkpoints only: never the hub
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    settings, results = run(plan)
+    facts = {**machine_facts(), "load_average_before": load_before}
+    print()
+    budget = f", {plan.budget_s:g} s each" if plan.budget_s is not None else ""
+    print(f"faceapp benchmark: random-weights CLIP '{plan.size}', medians of up to "
+          f"{plan.repeats} interleaved A/B rounds{budget} (n: how many ran) after {plan.warmup} "
+          f"warm-up, {settings['total_s']:.0f} s in all")
+    print(f"machine: {facts['cpu']}; {facts['cores_available']} cores available, torch "
+          f"{facts['torch']} with {facts['torch_threads']} threads, transformers "
+          f"{facts['transformers']}, Python {facts['python']}")
+    print(f"load average (1, 5, 15 min) before: {_loads(facts['load_average_before'])}, after: "
+          f"{_loads(facts['load_average_after'])}")
+    one_minute = [loads[0] for loads in (load_before, facts["load_average_after"]) if loads]
+    if one_minute and max(one_minute) > facts["cores_available"]:
+        print(f"BUSY MACHINE: a load average above {facts['cores_available']} means other "
+              "processes shared the cores; absolute times are inflated, and model timings with "
+              "several torch threads worst (threads wait on each other); --threads 1 is steadier")
+    print()
+    print(format_table(results))
+    if args.json_out:
+        document = {"machine": facts, "settings": settings,
+                    "sections": {item.key: item.to_dict() for item in results}}
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(document, fh, indent=2)
+            fh.write("\n")
+        print(f"\nwrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
