@@ -36,8 +36,12 @@ def rss_mb() -> dict[str, float]:
         figures["VmRSS"] = psutil.Process().memory_info().rss / MB
     if "VmRSS" not in figures:
         raise RuntimeError("no way to read RSS here: install psutil")
-    return {"rss": figures["VmRSS"], "peak": figures.get("VmHWM", 0.0),
-            "anon": figures.get("RssAnon", 0.0), "file": figures.get("RssFile", 0.0)}
+    return {
+        "rss": figures["VmRSS"],
+        "peak": figures.get("VmHWM", 0.0),
+        "anon": figures.get("RssAnon", 0.0),
+        "file": figures.get("RssFile", 0.0),
+    }
 
 
 def measure(folder: str, dtype: str, threads: int | None = None) -> dict:
@@ -50,13 +54,28 @@ def measure(folder: str, dtype: str, threads: int | None = None) -> dict:
 
     imported = rss_mb()
     import_ms = (time.perf_counter() - started) * 1000
-    model = load_clip({"MODEL_NAME": folder, "MODELS_DIR": folder, "DEVICE": "cpu",
-                       "DTYPE": dtype, "MODEL_AUTO_PULL": False, "TORCH_THREADS": threads})
+    model = load_clip(
+        {
+            "MODEL_NAME": folder,
+            "MODELS_DIR": folder,
+            "DEVICE": "cpu",
+            "DTYPE": dtype,
+            "MODEL_AUTO_PULL": False,
+            "TORCH_THREADS": threads,
+        }
+    )
     loaded = rss_mb()
     model.warm_up()
     warm = rss_mb()
-    return {"dtype": dtype, "imported": imported, "loaded": loaded, "warm": warm,
-            "import_ms": import_ms, "load_ms": model.load_ms, "warmup_ms": model.warmup_ms}
+    return {
+        "dtype": dtype,
+        "imported": imported,
+        "loaded": loaded,
+        "warm": warm,
+        "import_ms": import_ms,
+        "load_ms": model.load_ms,
+        "warmup_ms": model.warmup_ms,
+    }
 
 
 def measure_in_subprocesses(folder: str, dtypes: list[str], threads: int | None = None) -> dict:
@@ -66,7 +85,11 @@ def measure_in_subprocesses(folder: str, dtypes: list[str], threads: int | None 
     probes = {
         dtype: subprocess.Popen(  # noqa: S603 - fixed arguments: this interpreter, this module
             [sys.executable, "-m", "bench.memory", folder, dtype, str(threads or 0)],
-            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for dtype in dtypes
     }

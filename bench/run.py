@@ -27,10 +27,15 @@ from bench.memory import measure_in_subprocesses
 from bench.timing import Comparison, interleaved
 
 # The sections of a run, in order; the JSON's "sections" holds exactly these keys.
-SECTIONS = ("zero_shot", "encoder_dtype_batch1", "encoder_dtype_batch4", "decode_draft",
-            "decode_draft_half", "end_to_end_cache", "face_batching", "memory")
-STORED_MAX_SIDE = 2048  # faceapp's STORED_MAX_SIDE default
-HALF_SIDE = 2000  # half of 4000: the largest cap at which JPEG's draft can decode at 1/2
+SECTIONS = (
+    "zero_shot",
+    "encoder_dtype_batch1",
+    "encoder_dtype_batch4",
+    "decode_draft",
+    "end_to_end_cache",
+    "face_batching",
+    "memory",
+)
 
 
 @dataclass(frozen=True)
@@ -50,17 +55,36 @@ class Plan:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=("base", "tiny"), default=None,
-                        help="checkpoint architecture (default base; tiny with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny model and few repeats: a smoke run of every section")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed A/B rounds per comparison, at most (default 15; quick 3)")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="seconds per comparison after which no new round starts "
-                             "(default 20; none with --quick)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: as faceapp gives one worker, all cores)")
+    parser.add_argument(
+        "--size",
+        choices=("base", "tiny"),
+        default=None,
+        help="checkpoint architecture (default base; tiny with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny model and few repeats: a smoke run of every section",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed A/B rounds per comparison, at most (default 15; quick 3)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds per comparison after which no new round starts "
+        "(default 20; none with --quick)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: as faceapp gives one worker, all cores)",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="also write the numbers here")
     return parser.parse_args(argv)
 
@@ -69,8 +93,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     size = args.size or ("tiny" if args.quick else "base")
     repeats = args.repeats or (3 if args.quick else 15)
     budget = args.budget if args.budget is not None else (None if args.quick else 20.0)
-    return Plan(size=size, repeats=max(1, repeats), budget_s=budget, warmup=1,
-                threads=args.threads)
+    return Plan(size=size, repeats=max(1, repeats), budget_s=budget, warmup=1, threads=args.threads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +104,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
 def bench_dir() -> str:
     """Where checkpoints are kept between runs: $FACEAPP_BENCH_DIR or ~/.cache/faceapp-bench."""
     return os.environ.get("FACEAPP_BENCH_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "faceapp-bench")
+        os.path.expanduser("~"), ".cache", "faceapp-bench"
+    )
 
 
 def ensure_checkpoint(size: str) -> tuple[str, float | None]:
@@ -89,7 +113,8 @@ def ensure_checkpoint(size: str) -> tuple[str, float | None]:
 
     Returns its folder and the seconds spent writing it (None when it was reused).
     """
-    from faceapp.face_models import read_manifest, write_random_checkpoint
+    from faceapp.face_models import write_random_checkpoint
+    from faceapp.model_files import read_manifest
 
     folder = os.path.join(bench_dir(), f"random-clip-{size}")
     manifest = read_manifest(folder) if os.path.isdir(folder) else None
@@ -105,8 +130,16 @@ def load_model(folder: str, dtype: str, threads: int | None):
     """A LoadedModel as a worker would have it: loaded by `load_clip`, warmed up."""
     from faceapp.face_models import load_clip
 
-    model = load_clip({"MODEL_NAME": folder, "MODELS_DIR": folder, "DEVICE": "cpu",
-                       "DTYPE": dtype, "MODEL_AUTO_PULL": False, "TORCH_THREADS": threads})
+    model = load_clip(
+        {
+            "MODEL_NAME": folder,
+            "MODELS_DIR": folder,
+            "DEVICE": "cpu",
+            "DTYPE": dtype,
+            "MODEL_AUTO_PULL": False,
+            "TORCH_THREADS": threads,
+        }
+    )
     model.warm_up()
     return model
 
@@ -147,50 +180,76 @@ def bench_zero_shot(plan: Plan, analyzer, photo: Image.Image, region) -> Compari
     a_ms, b_ms = plan.compare(naive, precomputed)
     same = naive()[0]["attributes"] == precomputed()[0]["attributes"]
     return Comparison(
-        "zero_shot", "zero-shot, 1 face", f"encode {prompts} prompts", "precomputed", a_ms, b_ms,
+        "zero_shot",
+        "zero-shot, 1 face",
+        f"encode {prompts} prompts",
+        "precomputed",
+        a_ms,
+        b_ms,
         f"per request, encoding the {prompts} attribute prompts (as a zero-shot pipeline does) "
         "costs this many times faceapp's image encoder + matmul",
-        sanity={"prompts": prompts, "attributes": len(names), "padded_tokens": tokens,
-                "same_scores": same},
+        sanity={
+            "prompts": prompts,
+            "attributes": len(names),
+            "padded_tokens": tokens,
+            "same_scores": same,
+        },
     )
 
 
 def bench_encoder_dtype(plan: Plan, fp32, bf16, crops: list[Image.Image], key: str) -> Comparison:
     """The image encoder with float32 weights vs bfloat16 weights on the same crops."""
-    a_ms, b_ms = plan.compare(lambda: fp32.encode_images(crops),
-                              lambda: bf16.encode_images(crops))
+    a_ms, b_ms = plan.compare(lambda: fp32.encode_images(crops), lambda: bf16.encode_images(crops))
     difference = (fp32.encode_images(crops) - bf16.encode_images(crops)).abs().max().item()
     return Comparison(
-        key, f"image encoder, batch {len(crops)}", "float32", "bfloat16", a_ms, b_ms,
+        key,
+        f"image encoder, batch {len(crops)}",
+        "float32",
+        "bfloat16",
+        a_ms,
+        b_ms,
         f"bfloat16 weights encode {len(crops)} face crop(s) this many times faster than float32",
         sanity={"max_abs_diff_normalised_embedding": difference},
     )
 
 
-def label_agreement(fp32_analyzer, bf16_analyzer, image: Image.Image, regions: list,
-                    names: list[str]) -> dict:
+def label_agreement(
+    fp32_analyzer, bf16_analyzer, image: Image.Image, regions: list, names: list[str]
+) -> dict:
     """How many (face, attribute) argmax labels bfloat16 shares with float32."""
     ours = fp32_analyzer.analyze(image, regions, names, None, False)
     theirs = bf16_analyzer.analyze(image, regions, names, None, False)
-    pairs = [(a["attributes"][n]["label"], b["attributes"][n]["label"])
-             for a, b in zip(ours, theirs, strict=True) for n in names]
+    pairs = [
+        (a["attributes"][n]["label"], b["attributes"][n]["label"])
+        for a, b in zip(ours, theirs, strict=True)
+        for n in names
+    ]
     return {"argmax_labels_agree": sum(x == y for x, y in pairs), "argmax_labels_total": len(pairs)}
 
 
-def bench_face_batching(plan: Plan, analyzer, image: Image.Image, regions: list,
-                        names: list[str]) -> Comparison:
+def bench_face_batching(
+    plan: Plan, analyzer, image: Image.Image, regions: list, names: list[str]
+) -> Comparison:
     """All faces of an image in one forward pass vs one forward pass per face."""
+
     def per_face() -> list[dict]:
-        return [face for region in regions
-                for face in analyzer.analyze(image, [region], names, None, False)]
+        return [
+            face
+            for region in regions
+            for face in analyzer.analyze(image, [region], names, None, False)
+        ]
 
     def batched() -> list[dict]:
         return analyzer.analyze(image, regions, names, None, False)
 
     a_ms, b_ms = plan.compare(per_face, batched)
     return Comparison(
-        "face_batching", f"{len(regions)} faces, analysis", "pass per face", "one batch",
-        a_ms, b_ms,
+        "face_batching",
+        f"{len(regions)} faces, analysis",
+        "pass per face",
+        "one batch",
+        a_ms,
+        b_ms,
         f"scoring {len(regions)} faces in one batch is this many times faster than one by one",
         sanity={"faces": len(regions)},
     )
@@ -211,8 +270,11 @@ def bench_decode(plan: Plan, large: bytes, max_side: int, key: str) -> Compariso
         image = decode_image(large, **limits).image
         width, height = image.size
         scale = max_side / max(width, height)
-        return image.resize((round(width * scale), round(height * scale)),
-                            Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return image.resize(
+            (round(width * scale), round(height * scale)),
+            Image.Resampling.LANCZOS,
+            reducing_gap=3.0,
+        )
 
     def draft() -> Image.Image:
         return decode_image(large, max_side=max_side, **limits).image
@@ -225,12 +287,21 @@ def bench_decode(plan: Plan, large: bytes, max_side: int, key: str) -> Compariso
         probe.draft("RGB", reduced.size)
         decoded_at = list(probe.size)
     return Comparison(
-        key, f"JPEG 4000x3000 -> {max_side}", "full + resize", "decode_image draft", a_ms, b_ms,
+        key,
+        f"JPEG 4000x3000 -> {max_side}",
+        "full + resize",
+        "decode_image draft",
+        a_ms,
+        b_ms,
         f"decode_image(max_side={max_side}) is this many times faster than decoding every "
         "pixel and resizing",
-        sanity={"jpeg_bytes": len(large), "jpeg_decoded_at": decoded_at,
-                "output_size": list(reduced.size), "mean_abs_pixel_diff_levels": diff,
-                "mean_abs_pixel_diff_fraction": diff / 255},
+        sanity={
+            "jpeg_bytes": len(large),
+            "jpeg_decoded_at": decoded_at,
+            "output_size": list(reduced.size),
+            "mean_abs_pixel_diff_levels": diff,
+            "mean_abs_pixel_diff_fraction": diff / 255,
+        },
     )
 
 
@@ -242,11 +313,18 @@ def bench_end_to_end(plan: Plan, folder: str, jpeg: bytes) -> Comparison:
     from faceapp.face_models import models
 
     with tempfile.TemporaryDirectory(prefix="faceapp-bench-") as scratch:
-        app = create_app({
-            "TESTING": True, "MODEL_NAME": folder, "MODELS_DIR": os.path.join(scratch, "models"),
-            "STORE_URL": os.path.join(scratch, "store"), "LOAD_MODEL_ON_START": False,
-            "MODEL_AUTO_PULL": False, "LOG_LEVEL": "WARNING", "TORCH_THREADS": plan.threads,
-        })
+        app = create_app(
+            {
+                "TESTING": True,
+                "MODEL_NAME": folder,
+                "MODELS_DIR": os.path.join(scratch, "models"),
+                "STORE_URL": os.path.join(scratch, "store"),
+                "LOAD_MODEL_ON_START": False,
+                "MODEL_AUTO_PULL": False,
+                "LOG_LEVEL": "WARNING",
+                "TORCH_THREADS": plan.threads,
+            }
+        )
         with app.app_context():
             if models.load(app) is None:
                 raise RuntimeError(f"the benchmark app's model is not ready: {models.reason()}")
@@ -271,7 +349,12 @@ def bench_end_to_end(plan: Plan, folder: str, jpeg: bytes) -> Comparison:
 
         a_ms, b_ms = plan.compare(miss, hit)
     return Comparison(
-        "end_to_end_cache", "Flask: astronaut", "validate+analyze", "cached analyze", a_ms, b_ms,
+        "end_to_end_cache",
+        "Flask: astronaut",
+        "validate+analyze",
+        "cached analyze",
+        a_ms,
+        b_ms,
         "a repeated analyze answered from the store is this many times faster than validating "
         "and analysing the upload",
         sanity={"jpeg_bytes": len(jpeg)},
@@ -291,14 +374,21 @@ def bench_memory(folder: str, threads: int | None) -> Comparison:
         }
         for probe in (fp32, bf16)
     }
-    sanity["stages"] = {probe["dtype"]: {stage: probe[stage] for stage in
-                                         ("imported", "loaded", "warm")} for probe in (fp32, bf16)}
+    sanity["stages"] = {
+        probe["dtype"]: {stage: probe[stage] for stage in ("imported", "loaded", "warm")}
+        for probe in (fp32, bf16)
+    }
     return Comparison(
-        "memory", "RSS, loaded + warm", "float32", "bfloat16",
-        [fp32["warm"]["rss"]], [bf16["warm"]["rss"]],
+        "memory",
+        "RSS, loaded + warm",
+        "float32",
+        "bfloat16",
+        [fp32["warm"]["rss"]],
+        [bf16["warm"]["rss"]],
         "a worker holding bfloat16 weights is this many times smaller in resident memory "
         "(one fresh process per dtype)",
-        unit="MB", sanity=sanity,
+        unit="MB",
+        sanity=sanity,
     )
 
 
@@ -317,22 +407,29 @@ def machine_facts() -> dict:
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh
-                        if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu
+            )
     except OSError:
         pass
     return {
-        "cpu": cpu, "cores_available": available_cores(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "python": platform.python_version(),
+        "cpu": cpu,
+        "cores_available": available_cores(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
         "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
 
 def format_table(results: Sequence[Comparison]) -> str:
     """The readable table: one row per comparison, then what each ratio means."""
-    header = (f"{'comparison':24} {'A':18} {'B':18} {'n':>2} {'A median':>9} {'B median':>9} "
-              f"{'A/B':>8} {'best/best':>9}  pair ratios p25-p75")
+    header = (
+        f"{'comparison':24} {'A':18} {'B':18} {'n':>2} {'A median':>9} {'B median':>9} "
+        f"{'A/B':>8} {'best/best':>9}  pair ratios p25-p75"
+    )
     lines = [header, "-" * len(header)]
     for item in results:
         low, high = item.pair_ratio_quartiles()
@@ -340,10 +437,13 @@ def format_table(results: Sequence[Comparison]) -> str:
         lines.append(
             f"{item.title:24} {item.a_label:18} {item.b_label:18} {len(item.a_samples):>2} "
             f"{item.a:>6.1f} {item.unit:2} {item.b:>6.1f} {item.unit:2} {item.ratio:>7.2f}x "
-            f"{item.best_ratio:>8.2f}x  {spread}")
+            f"{item.best_ratio:>8.2f}x  {spread}"
+        )
     lines.append("")
-    lines.append("A/B is the ratio of the medians, best/best that of the fastest rounds (less "
-                 "sensitive to other processes); A/B > 1: B is faster or smaller.")
+    lines.append(
+        "A/B is the ratio of the medians, best/best that of the fastest rounds (less "
+        "sensitive to other processes); A/B > 1: B is faster or smaller."
+    )
     for item in results:
         lines.append(f"  {item.key}: {item.meaning}.")
         shown = {k: v for k, v in item.sanity.items() if k != "stages"}  # stages: JSON only
@@ -383,8 +483,10 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     mosaic = photos.four_faces(photo)
     single, four = face_regions(photo), face_regions(mosaic)
     if len(single) != 1 or len(four) != 4:
-        raise RuntimeError(f"the detector found {len(single)} face(s) in the astronaut and "
-                           f"{len(four)} in the mosaic; expected 1 and 4")
+        raise RuntimeError(
+            f"the detector found {len(single)} face(s) in the astronaut and "
+            f"{len(four)} in the mosaic; expected 1 and 4"
+        )
     attribute_set = load_attribute_set(None)
     names = attribute_set.names()
 
@@ -395,22 +497,29 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results = [bench_zero_shot(plan, fp32_analyzer, photo, single[0])]
     results.append(bench_encoder_dtype(plan, fp32, bf16, crops[:1], "encoder_dtype_batch1"))
     results.append(bench_encoder_dtype(plan, fp32, bf16, crops, "encoder_dtype_batch4"))
-    results[-1].sanity.update(label_agreement(
-        fp32_analyzer, Analyzer(bf16, attribute_set, None), mosaic, four, names))
+    results[-1].sanity.update(
+        label_agreement(fp32_analyzer, Analyzer(bf16, attribute_set, None), mosaic, four, names)
+    )
     face_batching = bench_face_batching(plan, fp32_analyzer, mosaic, four, names)
     del fp32, bf16, fp32_analyzer
 
+    from faceapp.config import DEFAULTS
+
     large = photos.large_jpeg(photo)
-    results.append(bench_decode(plan, large, STORED_MAX_SIDE, "decode_draft"))
-    # 4000 // 2048 is 1, so JPEG's draft cannot reduce that one; a 2000 px cap halves it.
-    results.append(bench_decode(plan, large, HALF_SIDE, "decode_draft_half"))
+    results.append(bench_decode(plan, large, DEFAULTS["STORED_MAX_SIDE"], "decode_draft"))
     results.append(bench_end_to_end(plan, folder, photos.jpeg_bytes(photo)))
     results.append(face_batching)
     results.append(bench_memory(folder, plan.threads))
-    settings = {"size": plan.size, "repeats": plan.repeats, "budget_s": plan.budget_s,
-                "warmup": plan.warmup, "threads": plan.threads, "checkpoint": folder,
-                "checkpoint_written_s": written_s,
-                "total_s": time.perf_counter() - started}
+    settings = {
+        "size": plan.size,
+        "repeats": plan.repeats,
+        "budget_s": plan.budget_s,
+        "warmup": plan.warmup,
+        "threads": plan.threads,
+        "checkpoint": folder,
+        "checkpoint_written_s": written_s,
+        "total_s": time.perf_counter() - started,
+    }
     return settings, results
 
 
@@ -424,24 +533,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts = {**machine_facts(), "load_average_before": load_before}
     print()
     budget = f", {plan.budget_s:g} s each" if plan.budget_s is not None else ""
-    print(f"faceapp benchmark: random-weights CLIP '{plan.size}', medians of up to "
-          f"{plan.repeats} interleaved A/B rounds{budget} (n: how many ran) after {plan.warmup} "
-          f"warm-up, {settings['total_s']:.0f} s in all")
-    print(f"machine: {facts['cpu']}; {facts['cores_available']} cores available, torch "
-          f"{facts['torch']} with {facts['torch_threads']} threads, transformers "
-          f"{facts['transformers']}, Python {facts['python']}")
-    print(f"load average (1, 5, 15 min) before: {_loads(facts['load_average_before'])}, after: "
-          f"{_loads(facts['load_average_after'])}")
+    print(
+        f"faceapp benchmark: random-weights CLIP '{plan.size}', medians of up to "
+        f"{plan.repeats} interleaved A/B rounds{budget} (n: how many ran) after {plan.warmup} "
+        f"warm-up, {settings['total_s']:.0f} s in all"
+    )
+    print(
+        f"machine: {facts['cpu']}; {facts['cores_available']} cores available, torch "
+        f"{facts['torch']} with {facts['torch_threads']} threads, transformers "
+        f"{facts['transformers']}, Python {facts['python']}"
+    )
+    print(
+        f"load average (1, 5, 15 min) before: {_loads(facts['load_average_before'])}, after: "
+        f"{_loads(facts['load_average_after'])}"
+    )
     one_minute = [loads[0] for loads in (load_before, facts["load_average_after"]) if loads]
     if one_minute and max(one_minute) > facts["cores_available"]:
-        print(f"BUSY MACHINE: a load average above {facts['cores_available']} means other "
-              "processes shared the cores; absolute times are inflated, and model timings with "
-              "several torch threads worst (threads wait on each other); --threads 1 is steadier")
+        print(
+            f"BUSY MACHINE: a load average above {facts['cores_available']} means other "
+            "processes shared the cores; absolute times are inflated, and model timings with "
+            "several torch threads worst (threads wait on each other); --threads 1 is steadier"
+        )
     print()
     print(format_table(results))
     if args.json_out:
-        document = {"machine": facts, "settings": settings,
-                    "sections": {item.key: item.to_dict() for item in results}}
+        document = {
+            "machine": facts,
+            "settings": settings,
+            "sections": {item.key: item.to_dict() for item in results},
+        }
         with open(args.json_out, "w", encoding="utf-8") as fh:
             json.dump(document, fh, indent=2)
             fh.write("\n")

@@ -54,20 +54,33 @@ class Comparison:
         """The comparison as JSON-ready data (medians, ratio, every sample)."""
         low, high = self.pair_ratio_quartiles()
         return {
-            "title": self.title, "a_label": self.a_label, "b_label": self.b_label,
-            "unit": self.unit, "a": self.a, "b": self.b, "ratio": self.ratio,
+            "title": self.title,
+            "a_label": self.a_label,
+            "b_label": self.b_label,
+            "unit": self.unit,
+            "a": self.a,
+            "b": self.b,
+            "ratio": self.ratio,
             "best_ratio": self.best_ratio,
-            "pair_ratio_p25": low, "pair_ratio_p75": high,
-            "a_samples": self.a_samples, "b_samples": self.b_samples,
-            "meaning": self.meaning, "sanity": self.sanity,
+            "pair_ratio_p25": low,
+            "pair_ratio_p75": high,
+            "a_samples": self.a_samples,
+            "b_samples": self.b_samples,
+            "meaning": self.meaning,
+            "sanity": self.sanity,
         }
 
 
 MIN_ROUNDS = 3
 
 
-def interleaved(a: Callable[[], object], b: Callable[[], object], repeats: int,
-                warmup: int = 1, budget_s: float | None = None) -> tuple[list[float], list[float]]:
+def interleaved(
+    a: Callable[[], object],
+    b: Callable[[], object],
+    repeats: int,
+    warmup: int = 1,
+    budget_s: float | None = None,
+) -> tuple[list[float], list[float]]:
     """Milliseconds of `a` and `b` run A/B/A/B..., after `warmup` untimed rounds of each.
 
     Up to `repeats` rounds; with a `budget_s`, no new round starts once the timed rounds have
@@ -81,8 +94,11 @@ def interleaved(a: Callable[[], object], b: Callable[[], object], repeats: int,
     b_ms: list[float] = []
     started = time.perf_counter()
     for _ in range(repeats):
-        if (budget_s is not None and len(a_ms) >= MIN_ROUNDS
-                and time.perf_counter() - started > budget_s):
+        if (
+            budget_s is not None
+            and len(a_ms) >= MIN_ROUNDS
+            and time.perf_counter() - started > budget_s
+        ):
             break
         a_ms.append(_time_ms(a))
         b_ms.append(_time_ms(b))

@@ -8,7 +8,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from faceapp import face_models
+from faceapp import face_models, model_files
 
 models_cli = AppGroup("models", help="Manage the models folder (MODELS_DIR).")
 
@@ -22,15 +22,15 @@ def pull(name: str | None, revision: str | None) -> None:
     models_dir = current_app.config["MODELS_DIR"]
     click.echo(f"Pulling {name} into {models_dir} ...")
     try:
-        folder = face_models.pull_model(name, models_dir, revision=revision, progress=True)
+        folder = model_files.pull_model(name, models_dir, revision=revision, progress=True)
     except Exception as exc:  # noqa: BLE001 - the hub's errors are many; report, don't trace
         raise click.ClickException(
             f"could not pull {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         ) from exc
-    manifest = face_models.read_manifest(folder)
+    manifest = model_files.read_manifest(folder)
     click.echo(
         f"Stored in {folder}: revision {manifest['revision']}, "
-        f"version {face_models.weights_version(manifest)}, {len(manifest['files'])} files."
+        f"version {model_files.weights_version(manifest)}, {len(manifest['files'])} files."
     )
 
 
@@ -47,10 +47,10 @@ def pull(name: str | None, revision: str | None) -> None:
 def random_model(folder: str, size: str, seed: int) -> None:
     """Write a CLIP checkpoint with random weights to FOLDER (use it as FACEAPP_MODEL_NAME)."""
     face_models.write_random_checkpoint(folder, size=size, seed=seed)
-    manifest = face_models.read_manifest(folder)
+    manifest = model_files.read_manifest(folder)
     click.echo(
         f"Wrote a random-weights {size} CLIP to {folder} "
-        f"(version {face_models.weights_version(manifest)}). Serve it with "
+        f"(version {model_files.weights_version(manifest)}). Serve it with "
         f"FACEAPP_MODEL_NAME={folder}"
     )
 
@@ -59,7 +59,7 @@ def random_model(folder: str, size: str, seed: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
 def list_models(as_json: bool) -> None:
     """List the models in the models folder with their versions."""
-    found = face_models.list_models(current_app.config["MODELS_DIR"])
+    found = model_files.list_models(current_app.config["MODELS_DIR"])
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return

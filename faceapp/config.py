@@ -32,7 +32,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_UPLOAD_BYTES": 10 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 40_000_000,
     "MAX_IMAGE_FRAMES": 1000,
-    "STORED_MAX_SIDE": 2048,  # the stored, normalised image is at most this wide and tall
+    # The stored, normalised image is at most this wide and tall. 2000, not 2048: a 4000 px JPEG
+    # then decodes at half scale (JPEG's draft mode never goes below the size asked for).
+    "STORED_MAX_SIDE": 2000,
     "MAX_FORM_PARTS": 20,
     "MAX_FORM_MEMORY_SIZE": None,  # None: room for an image_base64 form field of MAX_UPLOAD_BYTES
     # image_url

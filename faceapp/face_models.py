@@ -3,15 +3,11 @@
 This is the only module that imports transformers' model classes. Analysis code asks the
 :data:`models` extension for a :class:`LoadedModel` and calls its ``encode_*`` methods.
 
-Model folders live in MODELS_DIR, one per model (``openai--clip-vit-base-patch32``), each with a
-``faceapp-manifest.json`` (id, revision, files with sizes and SHA-256). ``model.version`` is derived
-from that manifest, so it changes whenever the weights do.
+Where a model's files are, their manifest and the version derived from it: faceapp/model_files.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -20,125 +16,25 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app
 
 from faceapp.errors import FaceappError
+from faceapp.model_files import (
+    build_manifest,
+    pull_model,
+    read_manifest,
+    replace_folder,
+    resolve_model_folder,
+    weights_version,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "faceapp-manifest.json"
 EXTENSION_KEY = "faceapp.models"
-# Files a CLIP checkpoint needs; `models pull` fetches only these.
-PULL_PATTERNS = ["*.json", "*.txt", "model.safetensors"]
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-# --------------------------------------------------------------------------------------------
-# Model folders and manifests
-# --------------------------------------------------------------------------------------------
-
-
-def folder_name(model_id: str) -> str:
-    """The folder a hub model id is stored under in MODELS_DIR (``org/name`` -> ``org--name``)."""
-    return model_id.strip("/").replace("/", "--")
-
-
-def sha256_file(path: str) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def build_manifest(folder: str, model_id: str, revision: str | None, **extra: Any) -> dict:
-    """Describe every file of a model folder (name, size, SHA-256) for the manifest."""
-    files = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name == MANIFEST_NAME or not os.path.isfile(path):
-            continue
-        files.append({"name": name, "size": os.path.getsize(path), "sha256": sha256_file(path)})
-    return {
-        "id": model_id,
-        "revision": revision,
-        "files": files,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        **extra,
-    }
-
-
-def write_manifest(folder: str, manifest: dict) -> None:
-    """Write the manifest beside the model files (temporary file, then rename)."""
-    _write_json_atomic(os.path.join(folder, MANIFEST_NAME), manifest)
-
-
-def read_manifest(folder: str) -> dict | None:
-    """The folder's manifest, or None when it has none."""
-    path = os.path.join(folder, MANIFEST_NAME)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def weights_version(manifest: Mapping[str, Any]) -> str:
-    """12 hex characters that change whenever the model's files do."""
-    digest = hashlib.sha256(str(manifest.get("id")).encode())
-    for item in sorted(manifest["files"], key=lambda f: f["name"]):
-        digest.update(f"\n{item['name']}:{item['sha256']}".encode())
-    return digest.hexdigest()[:12]
-
-
-def list_models(models_dir: str) -> list[dict]:
-    """The manifests of the models in MODELS_DIR, with the folder each lives in."""
-    found = []
-    if os.path.isdir(models_dir):
-        for name in sorted(os.listdir(models_dir)):
-            folder = os.path.join(models_dir, name)
-            manifest = read_manifest(folder) if os.path.isdir(folder) else None
-            if manifest:
-                found.append({**manifest, "folder": folder, "version": weights_version(manifest)})
-    return found
-
-
-def resolve_model_folder(model_name: str, models_dir: str) -> str | None:
-    """Where MODEL_NAME's files are: the folder it names, else its entry in MODELS_DIR."""
-    if os.path.isdir(model_name):
-        return os.path.abspath(model_name)
-    candidate = os.path.join(models_dir, folder_name(model_name))
-    return candidate if read_manifest(candidate) else None
-
-
-def pull_model(
-    model_id: str,
-    models_dir: str,
-    revision: str | None = None,
-    progress: bool = True,
-) -> str:
-    """Download a hub model into MODELS_DIR with a progress bar and record its manifest."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-    os.makedirs(models_dir, exist_ok=True)
-    final = os.path.join(models_dir, folder_name(model_id))
-    staging = tempfile.mkdtemp(prefix=".pull-", dir=models_dir)
-    try:
-        (enable_progress_bars if progress else disable_progress_bars)()
-        snapshot_download(
-            repo_id=model_id, revision=revision, local_dir=staging, allow_patterns=PULL_PATTERNS
-        )
-        shutil.rmtree(os.path.join(staging, ".cache"), ignore_errors=True)
-        info = HfApi().model_info(model_id, revision=revision)
-        write_manifest(staging, build_manifest(staging, model_id, info.sha, source="hub"))
-        _replace_folder(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +146,7 @@ def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> s
             staging, f"random-clip-{size}", None, source="random", random_weights=True, seed=seed
         )
         write_manifest(staging, manifest)
-        _replace_folder(staging, folder)
+        replace_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
@@ -580,27 +476,3 @@ class ModelHolder:
 
 
 models = ModelHolder()
-
-
-def _replace_folder(staging: str, final: str) -> None:
-    """Move a finished staging folder into place, replacing an older copy by rename."""
-    if os.path.isdir(final):
-        retired = f"{final}.old-{os.getpid()}-{time.monotonic_ns()}"
-        os.rename(final, retired)
-        os.rename(staging, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, final)
-
-
-def _write_json_atomic(path: str, document: Any) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

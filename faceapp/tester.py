@@ -32,8 +32,9 @@ from werkzeug.exceptions import HTTPException
 from faceapp import services
 from faceapp.config import instance_secret_key
 from faceapp.errors import FaceappError
-from faceapp.face_models import models, read_manifest, resolve_model_folder
+from faceapp.face_models import models
 from faceapp.inputs import pick_source
+from faceapp.model_files import read_manifest, resolve_model_folder
 from faceapp.output import dump_yaml, to_plain
 from faceapp.schemas import Flag, parse
 from faceapp.store import store

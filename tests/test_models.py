@@ -10,18 +10,18 @@ import time
 import pytest
 import torch
 
-from faceapp import create_app, face_models
+from faceapp import create_app, face_models, model_files
 from faceapp.face_models import ModelHolder
 from tests.conftest import ADMIN
 
 
 def test_random_checkpoint_has_a_manifest_with_file_hashes(tiny_model_dir):
-    manifest = face_models.read_manifest(tiny_model_dir)
+    manifest = model_files.read_manifest(tiny_model_dir)
     assert manifest["random_weights"] is True
     names = {f["name"] for f in manifest["files"]}
     assert {"config.json", "model.safetensors"} <= names
     weights = next(f for f in manifest["files"] if f["name"] == "model.safetensors")
-    assert weights["sha256"] == face_models.sha256_file(
+    assert weights["sha256"] == model_files.sha256_file(
         os.path.join(tiny_model_dir, "model.safetensors")
     )
     assert weights["size"] == os.path.getsize(os.path.join(tiny_model_dir, "model.safetensors"))
@@ -30,10 +30,10 @@ def test_random_checkpoint_has_a_manifest_with_file_hashes(tiny_model_dir):
 def test_version_changes_with_the_weights(tmp_path, tiny_model_dir):
     other = face_models.write_random_checkpoint(str(tmp_path / "other"), "tiny", seed=1)
     same = face_models.write_random_checkpoint(str(tmp_path / "same"), "tiny", seed=0)
-    version = face_models.weights_version(face_models.read_manifest(tiny_model_dir))
+    version = model_files.weights_version(model_files.read_manifest(tiny_model_dir))
     assert len(version) == 12 and int(version, 16) >= 0
-    assert face_models.weights_version(face_models.read_manifest(other)) != version
-    assert face_models.weights_version(face_models.read_manifest(same)) == version
+    assert model_files.weights_version(model_files.read_manifest(other)) != version
+    assert model_files.weights_version(model_files.read_manifest(same)) == version
 
 
 def test_models_list_shows_pulled_and_random_models(tmp_path, runner, app):
