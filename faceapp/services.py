@@ -99,8 +99,8 @@ def validation_answer(meta: Mapping[str, Any], details: bool = False) -> dict:
     return answer
 
 
-def ingest(source: ImageSource, *, wipe_cache: bool = False) -> tuple[dict, bool]:
-    """Store and validate an image source; returns (stored metadata, whether it was already known).
+def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
+    """Store and validate an image source; returns its stored metadata (validation included).
 
     The same bytes always give the same image_id; a stored image is validated once and reused,
     unless `wipe_cache` asks for its cached validation and results to be dropped and redone.
@@ -109,8 +109,6 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> tuple[dict, bool
     backend = store.backend
     started = time.perf_counter()
     data = source_bytes(source, config)
-    if not data:
-        raise FaceappError("image.empty", "The image has zero bytes.")
     image_id = image_id_for(data)
     g.image_id = image_id
     timings = {"receive": (time.perf_counter() - started) * 1000}
@@ -126,7 +124,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> tuple[dict, bool
             valid=meta["validation"]["valid"],
             source=source.kind,
         )
-        return meta, True
+        return meta
     if meta is not None:  # wipe_cache: results go, the image is validated afresh, the trace stays
         backend.drop_results(image_id)
         record_event(image_id, "wiped", {}, reason="wipe_cache")
@@ -181,12 +179,12 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> tuple[dict, bool
         warnings=[i.code for i in report.warnings],
     )
     log.info("validated %s: valid=%s faces=%d", image_id[:12], report.valid, len(found))
-    return meta, False
+    return meta
 
 
 def validate(source: ImageSource, *, wipe_cache: bool = False, details: bool = False) -> dict:
     """POST /api/validate: store, validate and answer API.md's minimal schema."""
-    meta, _ = ingest(source, wipe_cache=wipe_cache)
+    meta = ingest(source, wipe_cache=wipe_cache)
     return validation_answer(meta, details=details)
 
 
@@ -205,7 +203,7 @@ def analyze(
     names = analysis.check_attribute_names(attributes)
     timings: dict[str, float] = {}
     if source is not None:
-        meta, _ = ingest(source, wipe_cache=wipe_cache)
+        meta = ingest(source, wipe_cache=wipe_cache)
         image_id = meta["image_id"]
         timings["validate"] = (time.perf_counter() - started) * 1000
     else:

@@ -112,7 +112,7 @@ def upload() -> Response | tuple[str, int]:
     """Validate an upload or image_url (as /api/validate does), then show its page."""
     try:
         source = pick_source(request.form, request.files)
-        meta, _ = services.ingest(source, **upload_options(request.form))
+        meta = services.ingest(source, **upload_options(request.form))
     except FaceappError as error:
         return render_index(error), error.status
     return redirect(url_for(".image_page", image_id=meta["image_id"]))

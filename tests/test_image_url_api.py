@@ -107,3 +107,10 @@ def test_allow_list_matches_whole_host_names(config):
         assert (
             answer.status_code == 400 and answer.get_json()["error"]["code"] == "url.forbidden"
         ), url
+
+
+def test_an_empty_body_from_a_url_is_not_an_image(open_client, httpserver):
+    httpserver.expect_request("/empty.jpg").respond_with_data(b"", content_type="image/jpeg")
+    answer = open_client.post("/api/validate", json={"image_url": httpserver.url_for("/empty.jpg")})
+    assert answer.status_code == 422
+    assert answer.get_json()["error"]["code"] == "url.not_image"
