@@ -316,6 +316,7 @@ def bench_end_to_end(plan: Plan, folder: str, jpeg: bytes) -> Comparison:
         app = create_app(
             {
                 "TESTING": True,
+                "TESTER_ENABLED": False,  # no secret key file in the project's instance folder
                 "MODEL_NAME": folder,
                 "MODELS_DIR": os.path.join(scratch, "models"),
                 "STORE_URL": os.path.join(scratch, "store"),
