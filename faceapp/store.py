@@ -103,6 +103,28 @@ class FileStore:
         self._evict_lock = threading.Lock()
         os.makedirs(self.images, exist_ok=True)
         os.makedirs(self.scratch, exist_ok=True)
+        self.sweep_scratch()
+
+    SCRATCH_MAX_AGE = 3600.0  # far longer than any write takes
+
+    def sweep_scratch(self) -> int:
+        """Remove what a killed process left in the scratch folder (older than an hour)."""
+        removed, cutoff = 0, time.time() - self.SCRATCH_MAX_AGE
+        for name in os.listdir(self.scratch):
+            path = os.path.join(self.scratch, name)
+            try:
+                if os.lstat(path).st_mtime >= cutoff:
+                    continue  # may belong to a write in progress
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("store: removed %d leftover(s) of interrupted writes", removed)
+        return removed
 
     # -- paths ---------------------------------------------------------------------------------
     def _dir(self, image_id: str) -> str:

@@ -412,3 +412,21 @@ def test_open_backend_picks_the_backend_from_the_url(redis_url, tmp_path):
         backend.close()
     assert isinstance(open_backend(str(tmp_path / "files")), FileStore)
     assert isinstance(open_backend(f"file://{tmp_path / 'files'}"), FileStore)
+
+
+def test_filestore_sweeps_what_killed_writers_left_behind(tmp_path):
+    store = FileStore(str(tmp_path))
+    stale_dir = os.path.join(store.scratch, ".new-stale")
+    stale_file = os.path.join(store.scratch, ".tmp-stale")
+    fresh = os.path.join(store.scratch, ".new-in-progress")
+    for folder in (stale_dir, fresh):
+        os.makedirs(folder)
+        with open(os.path.join(folder, "image.png"), "wb") as fh:
+            fh.write(PNG)
+    with open(stale_file, "wb") as fh:
+        fh.write(b"half a meta.json")
+    two_hours_ago = time.time() - 7200
+    for path in (stale_dir, stale_file):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    FileStore(str(tmp_path))  # a worker (re)starting on the same folder
+    assert sorted(os.listdir(store.scratch)) == [".new-in-progress"]
