@@ -45,7 +45,8 @@ def pick_source(
     """
     given = []
     upload = files.get("file")
-    if upload is not None and (upload.filename or upload.content_length or upload.mimetype):
+    # A browser sends an empty file input as a part with no file name: that is no upload.
+    if upload is not None and upload.filename:
         given.append(ImageSource("file", upload))
     for name in ("image_url", "image_base64"):
         value = fields.get(name)

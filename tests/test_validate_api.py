@@ -308,3 +308,21 @@ def test_a_base64_image_fits_in_a_multipart_field_by_default(client, astronaut_j
         "/api/validate", data=body, content_type=f"multipart/form-data; boundary={boundary}"
     )
     assert answer.status_code == 200, answer.get_json()
+
+
+def test_an_empty_file_input_beside_a_url_is_not_ambiguous(client):
+    # What a browser posts when the file input is left empty and image_url is filled in.
+    boundary = "b0undary"
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename=""\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n\r\n"
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="image_url"\r\n\r\n'
+        "ftp://example.com/a.jpg\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+    answer = client.post(
+        "/api/validate", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    assert error_of(answer) == "url.invalid"  # the URL was taken as the one source
