@@ -44,6 +44,18 @@ def rss_mb() -> dict[str, float]:
     }
 
 
+def cpu_model_config(folder: str, dtype: str, threads: int | None) -> dict:
+    """The configuration `load_clip` gets for a benchmark model: that folder, on the CPU."""
+    return {
+        "MODEL_NAME": folder,
+        "MODELS_DIR": folder,
+        "DEVICE": "cpu",
+        "DTYPE": dtype,
+        "MODEL_AUTO_PULL": False,
+        "TORCH_THREADS": threads,
+    }
+
+
 def measure(folder: str, dtype: str, threads: int | None = None) -> dict:
     """Load and warm the model in this process; RSS after imports, after load, after warm-up."""
     started = time.perf_counter()
@@ -54,16 +66,7 @@ def measure(folder: str, dtype: str, threads: int | None = None) -> dict:
 
     imported = rss_mb()
     import_ms = (time.perf_counter() - started) * 1000
-    model = load_clip(
-        {
-            "MODEL_NAME": folder,
-            "MODELS_DIR": folder,
-            "DEVICE": "cpu",
-            "DTYPE": dtype,
-            "MODEL_AUTO_PULL": False,
-            "TORCH_THREADS": threads,
-        }
-    )
+    model = load_clip(cpu_model_config(folder, dtype, threads))
     loaded = rss_mb()
     model.warm_up()
     warm = rss_mb()

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from bench import photos
-from bench.memory import measure_in_subprocesses
+from bench.memory import cpu_model_config, measure_in_subprocesses
 from bench.timing import Comparison, interleaved
 
 # The sections of a run, in order; the JSON's "sections" holds exactly these keys.
@@ -130,16 +130,7 @@ def load_model(folder: str, dtype: str, threads: int | None):
     """A LoadedModel as a worker would have it: loaded by `load_clip`, warmed up."""
     from faceapp.face_models import load_clip
 
-    model = load_clip(
-        {
-            "MODEL_NAME": folder,
-            "MODELS_DIR": folder,
-            "DEVICE": "cpu",
-            "DTYPE": dtype,
-            "MODEL_AUTO_PULL": False,
-            "TORCH_THREADS": threads,
-        }
-    )
+    model = load_clip(cpu_model_config(folder, dtype, threads))
     model.warm_up()
     return model
 

@@ -328,13 +328,7 @@ class FileStore:
                 if self.delete(image_id):
                     evicted += 1
                     total -= size
-            if evicted:
-                log.info(
-                    "store evicted %d image(s) (limits: %s bytes, %s s)",
-                    evicted,
-                    self.max_bytes,
-                    self.max_age,
-                )
+            log_evicted(evicted, self.max_bytes, self.max_age)
             return evicted
         finally:
             self._evict_lock.release()
@@ -342,6 +336,12 @@ class FileStore:
     def ping(self) -> None:
         if not os.access(self.images, os.W_OK):
             raise OSError(f"store folder {self.images} is not writable")
+
+
+def log_evicted(count: int, max_bytes: int, max_age: float) -> None:
+    """One log line for an eviction pass that removed anything (both backends)."""
+    if count:
+        log.info("store evicted %d image(s) (limits: %s bytes, %s s)", count, max_bytes, max_age)
 
 
 def _read_json(path: str) -> dict | None:

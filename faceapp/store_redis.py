@@ -28,7 +28,6 @@ Redis evicts by itself would leave ids in the index, which :meth:`RedisStore.rec
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import uuid
@@ -36,9 +35,8 @@ from collections.abc import Iterator
 
 import redis
 
-from faceapp.store import IMAGE_ID_RE, check_image_id, not_found
+from faceapp.store import IMAGE_ID_RE, check_image_id, log_evicted, not_found
 
-log = logging.getLogger(__name__)
 
 # KEYS: image, results, trace, created, bytes. ARGV: image_id, image bytes, meta JSON, score.
 _PUT_IMAGE = """
@@ -280,13 +278,7 @@ class RedisStore:
                 evicted = self._evict()
             finally:
                 self._unlock(keys=[self._evicting], args=[token])
-            if evicted:
-                log.info(
-                    "store evicted %d image(s) (limits: %s bytes, %s s)",
-                    evicted,
-                    self.max_bytes,
-                    self.max_age,
-                )
+            log_evicted(evicted, self.max_bytes, self.max_age)
             return evicted
         finally:
             self._evict_lock.release()
