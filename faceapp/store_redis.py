@@ -37,7 +37,6 @@ import redis
 
 from faceapp.store import IMAGE_ID_RE, check_image_id, log_evicted, not_found
 
-
 # KEYS: image, results, trace, created, bytes. ARGV: image_id, image bytes, meta JSON, score.
 _PUT_IMAGE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
