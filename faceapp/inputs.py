@@ -13,7 +13,6 @@ from werkzeug.datastructures import FileStorage
 
 from faceapp.errors import FaceappError
 
-SOURCE_FIELDS = ("file", "image_url", "image_base64")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+/-]*)(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 _URLSAFE = str.maketrans("-_", "+/")
@@ -25,14 +24,6 @@ class ImageSource:
 
     kind: str  # "file", "image_url" or "image_base64"
     value: Any  # a FileStorage, a URL string or a base64 string
-
-    def describe(self) -> str:
-        """A short log-safe description (never the data itself)."""
-        if self.kind == "image_url":
-            return f"image_url {str(self.value)[:200]}"
-        if self.kind == "file":
-            return f"upload {getattr(self.value, 'filename', '') or '-'}"
-        return "base64 image"
 
 
 def pick_source(

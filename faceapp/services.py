@@ -25,7 +25,6 @@ from faceapp.store import check_image_id, image_id_for, not_found, store
 log = logging.getLogger(__name__)
 
 DETECTOR_KEY = "faceapp.detector"
-VALIDATION_KEYS = ("image_id", "valid", "errors", "warnings")
 
 
 def init_app(app: Flask) -> None:
