@@ -22,6 +22,7 @@ from typing import Any
 from flask import Flask, current_app
 from PIL import Image
 
+from faceapp import scoring
 from faceapp.attributes import AttributeSet, load_attribute_set
 from faceapp.errors import FaceappError
 from faceapp.face_models import LoadedModel, models
@@ -164,20 +165,20 @@ class Analyzer:
         include_embedding: bool,
     ) -> list[dict]:
         """Score every region in one batch; faces come back in the order of `regions`."""
-        import torch
-
         if not regions:
             return []
         crops = [crop_square(image, region.box) for region in regions]
         faces = self.model.encode_images(crops)
         scale = self.model.logit_scale
         per_attribute = {
-            name: torch.softmax(scale * faces @ self.label_embeddings[name].T, dim=-1)
+            name: scoring.attribute_answers(
+                faces @ self.label_embeddings[name].T, self.attributes.attributes[name], scale
+            )
             for name in attribute_names
         }
         label_probs = None
         if labels:
-            label_probs = torch.softmax(scale * faces @ self.free_text_embeddings(labels).T, dim=-1)
+            label_probs = scoring.probabilities(faces @ self.free_text_embeddings(labels).T, scale)
         results = []
         for index, region in enumerate(regions):
             face: dict[str, Any] = {
@@ -187,14 +188,7 @@ class Analyzer:
                 "attributes": {},
             }
             for name in attribute_names:
-                probs = per_attribute[name][index].tolist()
-                names = self.attributes.attributes[name].labels
-                best = max(range(len(probs)), key=probs.__getitem__)
-                face["attributes"][name] = {
-                    "label": names[best],
-                    "score": probs[best],
-                    "scores": dict(zip(names, probs, strict=True)),
-                }
+                face["attributes"][name] = per_attribute[name][index]
             if label_probs is not None:
                 face["labels"] = dict(zip(labels, label_probs[index].tolist(), strict=True))
             if include_embedding:

@@ -2,6 +2,10 @@
 
 Loaded from YAML (``faceapp/attributes.yaml`` or ATTRIBUTES_FILE) with ruamel.yaml and checked
 with a marshmallow schema; a broken file stops the start with a message naming the file and line.
+Besides prompts, an attribute may set ``abstain_below`` (a margin), and the file may carry a
+``calibration`` section of per-attribute temperatures that ``flask eval --fit`` writes
+(:func:`write_calibration`, a round trip that keeps the file's comments). Both are part of the
+digest, hence of ``attributes_version``.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +24,7 @@ from ruamel.yaml.error import YAMLError
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attributes.yaml")
 NAME = validate.Regexp(r"^[a-z][a-z0-9_]{0,63}$", error="names are lower-case words joined by _")
 PROMPT = validate.Length(min=1, max=200)
+TEMPERATURE = validate.Range(min=0.01, max=100, error="a temperature is between 0.01 and 100")
 
 
 class AttributeFileError(ValueError):
@@ -50,6 +56,25 @@ class _AttributeSchema(Schema):
         required=True,
         validate=validate.Length(min=2, max=64, error="an attribute needs 2 to 64 labels"),
     )
+    abstain_below = fields.Float(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=0, max=1, error="abstain_below is a margin between 0 and 1"),
+    )
+
+
+class _CalibrationSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    model = fields.String(load_default=None, allow_none=True)
+    fitted_on = fields.String(load_default=None, allow_none=True)
+    images = fields.Integer(load_default=None, allow_none=True)
+    temperatures = fields.Dict(
+        keys=fields.String(),
+        values=fields.Float(validate=TEMPERATURE),
+        required=True,
+    )
 
 
 class _FileSchema(Schema):
@@ -66,6 +91,17 @@ class _FileSchema(Schema):
         required=True,
         validate=validate.Length(min=1, max=64),
     )
+    calibration = fields.Nested(_CalibrationSchema, load_default=None, allow_none=True)
+
+    @validates_schema
+    def _calibrated_attributes_exist(self, data, **kwargs):
+        known = data.get("attributes", {})
+        for name in (data.get("calibration") or {}).get("temperatures") or {}:
+            if name not in known:
+                raise ValidationError(
+                    f"a temperature for {name!r}, which is not an attribute of this file",
+                    "calibration",
+                )
 
     @validates_schema
     def _templates_have_a_slot(self, data, **kwargs):
@@ -87,6 +123,8 @@ class Attribute:
     description: str
     labels: tuple[str, ...]
     prompts: tuple[tuple[str, ...], ...]
+    temperature: float = 1.0  # softmax temperature (calibration); 1 is the model's own scale
+    abstain_below: float | None = None  # margin below which the answer is "uncertain"
 
     def to_dict(self) -> dict:
         return {
@@ -94,6 +132,8 @@ class Attribute:
             "description": self.description,
             "labels": list(self.labels),
             "prompts": {label: list(p) for label, p in zip(self.labels, self.prompts, strict=True)},
+            "temperature": self.temperature,
+            "abstain_below": self.abstain_below,
         }
 
 
@@ -105,6 +145,7 @@ class AttributeSet:
     digest: str
     source: str
     prompt_version: Any
+    calibration_model: str | None = None  # the weights version the temperatures were fitted on
 
     def names(self) -> list[str]:
         return list(self.attributes)
@@ -145,6 +186,7 @@ def load_attribute_set(path: str | None = None) -> AttributeSet:
             f"attribute file {path}{where}: {'.'.join(map(str, field_path))}: {message}"
         ) from None
 
+    temperatures = (data["calibration"] or {}).get("temperatures") or {}
     attributes = {}
     for name, spec in data["attributes"].items():
         templates = spec.get("templates") or data["templates"]
@@ -157,10 +199,70 @@ def load_attribute_set(path: str | None = None) -> AttributeSet:
             )
             for label in labels
         )
-        attributes[name] = Attribute(name, spec["description"], labels, prompts)
-    canonical = json.dumps({n: [a.labels, a.prompts] for n, a in attributes.items()})
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-    return AttributeSet(attributes, digest, os.path.abspath(path), data["version"])
+        attributes[name] = Attribute(
+            name,
+            spec["description"],
+            labels,
+            prompts,
+            float(temperatures.get(name, 1.0)),
+            spec["abstain_below"],
+        )
+    canonical: dict[str, Any] = {n: [a.labels, a.prompts] for n, a in attributes.items()}
+    scoring = {
+        n: [a.temperature, a.abstain_below]
+        for n, a in attributes.items()
+        if a.temperature != 1.0 or a.abstain_below is not None
+    }
+    if scoring:  # a set without either keeps the digest it had before they existed
+        canonical["scoring"] = scoring
+    digest = hashlib.sha256(json.dumps(canonical).encode()).hexdigest()[:12]
+    return AttributeSet(
+        attributes,
+        digest,
+        os.path.abspath(path),
+        data["version"],
+        (data["calibration"] or {}).get("model"),
+    )
+
+
+def write_calibration(
+    path: str, temperatures: dict[str, float], *, model: str, fitted_on: str, images: int
+) -> None:
+    """Write (or replace) the file's ``calibration`` section, keeping its comments and layout."""
+    from ruamel.yaml.comments import CommentedMap
+
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.indent(mapping=2, sequence=4, offset=2)  # the bundled files' layout
+    yaml.width = 100
+    with open(path, encoding="utf-8") as fh:
+        document = yaml.load(fh)
+    section = CommentedMap()
+    section["model"] = model
+    section["fitted_on"] = fitted_on
+    section["images"] = images
+    section["temperatures"] = CommentedMap(
+        (name, round(float(value), 4)) for name, value in temperatures.items()
+    )
+    if "calibration" in document:
+        document["calibration"] = section
+    else:  # before `attributes`: comments trailing the last attribute stay where they are
+        document.insert(list(document).index("attributes"), "calibration", section)
+        document.yaml_set_comment_before_after_key(
+            "calibration",
+            before="Written by `flask --app wsgi eval --fit`: a softmax temperature per\n"
+            "attribute, fitted (lowest NLL) on a labelled folder for the model named here.",
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as fh:
+            yaml.dump(document, fh)
+        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    load_attribute_set(path)  # what was written must load
 
 
 def _plain(node: Any) -> Any:
