@@ -68,3 +68,4 @@ def register_commands(app: Flask) -> None:
     from faceapp import cli
 
     app.cli.add_command(cli.models_cli)
+    app.cli.add_command(cli.eval_command)
