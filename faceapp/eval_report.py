@@ -92,13 +92,14 @@ def _attribute_lines(result: AttributeResult) -> list[str]:
         f"{label} {'-' if value is None else f'{value:.3f}'}"
         for label, value in result.recall.items()
     )
-    width = max(8, *(len(label) + 2 for label in result.labels))
+    first = max(len(label) for label in result.labels)
+    widths = [max(5, len(label)) + 2 for label in result.labels]
     lines = [f"  recall: {recall}", "  confusion (rows: true label, columns: answer):"]
-    lines.append(
-        "    " + " " * width + "".join(f"{label[:width]:>{width}}" for label in result.labels)
-    )
+    header = "".join(f"{label:>{w}}" for label, w in zip(result.labels, widths, strict=True))
+    lines.append(f"    {'':<{first}}{header}")
     for label, row in zip(result.labels, result.confusion, strict=True):
-        lines.append(f"    {label:<{width}}" + "".join(f"{count:>{width}}" for count in row))
+        counts = "".join(f"{count:>{w}}" for count, w in zip(row, widths, strict=True))
+        lines.append(f"    {label:<{first}}{counts}")
     points = [p for p in result.coverage if p["abstain_below"] in TABLE_THRESHOLDS]
     lines.append(
         "  withheld below margin: "
@@ -131,7 +132,8 @@ STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:62rem;color:#222;padding:0 1rem}
 table{border-collapse:collapse;margin:.5rem 0}td,th{padding:.2rem .6rem;text-align:right}
 th:first-child,td:first-child{text-align:left}tr:nth-child(even){background:#f4f4f4}
-.plots{display:flex;flex-wrap:wrap;gap:1.5rem}figure{margin:0}figcaption{color:#555}
+.plots{display:flex;flex-wrap:wrap;gap:1.5rem;align-items:flex-end}
+figure{margin:0;max-width:18rem}figcaption{color:#555}
 .warn{background:#fff3cd;padding:.5rem 1rem}code{background:#f4f4f4}
 """
 
@@ -167,7 +169,8 @@ def to_html(report: Report) -> str:
             f"<figure>{confusion_svg(result)}<figcaption>Confusion matrix (rows: true label; "
             "shade: share of the row)</figcaption></figure>"
             f"<figure>{reliability_svg(result)}<figcaption>Reliability: accuracy per "
-            "confidence bin (the diagonal is perfect calibration)</figcaption></figure>"
+            "confidence bin; red: its mean confidence (the diagonal is perfect calibration)"
+            "</figcaption></figure>"
             f"<figure>{coverage_svg(result)}<figcaption>Accuracy of the answers kept when "
             "low-margin answers are withheld, against the share kept</figcaption></figure>"
             "</div>"
@@ -222,8 +225,9 @@ def _text(x: float, y: float, text: str, **attrs: str) -> str:
 def confusion_svg(result: AttributeResult, cell: int = 34) -> str:
     """The confusion matrix as a grid of counts, each shaded by its share of the true row."""
     k = len(result.labels)
-    pad = 12 + 6 * max(len(label) for label in result.labels)
-    size = pad + k * cell + 10
+    longest = max(len(label) for label in result.labels)
+    pad = 12 + 6 * longest  # room for the row labels, and the column labels turned 45 degrees
+    width, height = pad + k * cell + 5 * longest, pad + k * cell + 4
     body = []
     for i, row in enumerate(result.confusion):
         total = sum(row) or 1
@@ -243,12 +247,12 @@ def confusion_svg(result: AttributeResult, cell: int = 34) -> str:
         body.append(_text(pad - 4, pad + i * cell + cell / 2 + 4, label, text_anchor="end"))
         x, y = pad + i * cell + cell / 2, pad - 4
         body.append(_text(x, y, label, transform=f"rotate(-45 {x:.1f} {y:.1f})"))
-    return _svg(size, size, body, "confusion matrix")
+    return _svg(width, height, body, "confusion matrix")
 
 
 def reliability_svg(result: AttributeResult, size: int = 220) -> str:
     """Accuracy per confidence bin as bars, the diagonal, and each bin's count."""
-    m, inner = 30, size - 40
+    m, inner = 30, size - 48
     body = [_axes(m, inner, "confidence", "accuracy")]
     body.append(
         f"<line x1='{m}' y1='{m + inner}' x2='{m + inner}' y2='{m}' stroke='#999' "
@@ -275,7 +279,7 @@ def reliability_svg(result: AttributeResult, size: int = 220) -> str:
 
 def coverage_svg(result: AttributeResult, size: int = 220) -> str:
     """Accuracy of the answered against the share answered, one point per threshold."""
-    m, inner = 30, size - 40
+    m, inner = 30, size - 48
     body = [_axes(m, inner, "answered", "accuracy")]
     points = [
         (m + p["coverage"] * inner, m + inner - p["accuracy"] * inner)
