@@ -139,9 +139,27 @@ class ModelInfo(Open):
 
 
 class AttributeScore(Open):
-    label = fields.String(required=True)
-    score = fields.Float(required=True, allow_none=True)
+    label = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The top label; null when the answer is uncertain."},
+    )
+    score = fields.Float(
+        required=True, allow_none=True, metadata={"description": "The top label's score."}
+    )
     scores = fields.Dict(keys=fields.String(), values=fields.Float(allow_none=True), required=True)
+    margin = fields.Float(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The top score minus the second: how clear the answer is."},
+    )
+    uncertain = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "True when the margin is below the attribute's abstain_below; "
+            "label is then null (scores are still given)."
+        },
+    )
 
 
 class AnalyzedFace(Face):
@@ -187,6 +205,13 @@ class AttributeInfo(Open):
     description = fields.String()
     labels = fields.List(fields.String(), required=True)
     prompts = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    temperature = fields.Float(
+        metadata={"description": "Softmax temperature (1, or fitted by `flask eval --fit`)."}
+    )
+    abstain_below = fields.Float(
+        allow_none=True,
+        metadata={"description": "Margin below which answers are uncertain (null: never)."},
+    )
 
 
 class AttributesResponse(Open):

@@ -9,16 +9,18 @@ computable by hand; the tiny random CLIP runs the same thing end to end through 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from faceapp import evaluation
-from faceapp.attributes import load_attribute_set
+from faceapp import create_app, evaluation
+from faceapp.attributes import DEFAULT_FILE, load_attribute_set
 from faceapp.faces import HaarFaceDetector
 from tests.conftest import jpeg_bytes
 
@@ -344,3 +346,47 @@ def test_eval_cli_errors_are_messages_not_tracebacks(runner, tmp_path, attribute
     assert result.exit_code == 1 and "needs the columns path, attribute, label" in result.output
     result = runner.invoke(args=["eval", str(tmp_path), "--fit"])
     assert result.exit_code == 2 and "does not write into the bundled" in result.output
+
+
+def analyze_once(config, jpeg, attributes_file=None):
+    """Analyse `jpeg` in a fresh app (with `attributes_file`): the answer, and the client."""
+    if attributes_file:
+        config = {**config, "ATTRIBUTES_FILE": str(attributes_file)}
+    client = create_app(config).test_client()
+    answer = client.post("/api/analyze", data={"file": (io.BytesIO(jpeg), "a.jpg")})
+    assert answer.status_code == 200, answer.get_json()
+    return answer.get_json(), client
+
+
+def test_eval_fit_writes_temperatures_that_the_service_then_uses(
+    config, tmp_path, astronaut_jpeg, labelled
+):
+    path = tmp_path / "attributes.yaml"
+    shutil.copy(DEFAULT_FILE, path)
+    original = path.read_text()
+    before, _ = analyze_once(config, astronaut_jpeg, path)
+    app = create_app({**config, "ATTRIBUTES_FILE": str(path)})
+    result = app.test_cli_runner().invoke(args=["eval", str(labelled), "--fit"])
+    assert result.exit_code == 0, result.output
+    assert "Wrote temperatures into" in result.output
+    written = path.read_text()
+    assert written.startswith(original.split("version: 1")[0])  # the header comments are kept
+    assert "# Gender and ethnicity are deliberately absent" in written
+    fitted = load_attribute_set(str(path))
+    temperatures = {n: a.temperature for n, a in fitted.attributes.items() if a.temperature != 1}
+    assert set(temperatures) == {"lighting", "image_quality"}  # the folder's attributes
+    assert fitted.calibration_model == before["model"]["weights_version"]
+
+    after, _ = analyze_once(config, astronaut_jpeg, path)
+    assert after["model"]["attributes_version"] == fitted.digest
+    assert after["model"]["attributes_version"] != before["model"]["attributes_version"]
+    assert after["cached"] is False
+    for name, temperature in temperatures.items():
+        old = before["faces"][0]["attributes"][name]["scores"]
+        new = after["faces"][0]["attributes"][name]["scores"]
+        powered = {label: score ** (1 / temperature) for label, score in old.items()}
+        expected = {label: value / sum(powered.values()) for label, value in powered.items()}
+        # softmax(z / T) from softmax(z); the API rounds to 4 places and 1 / T amplifies that
+        assert new == pytest.approx(expected, abs=1e-4 + 1e-4 / temperature), temperature
+    untouched = before["faces"][0]["attributes"]["expression"]["scores"]
+    assert after["faces"][0]["attributes"]["expression"]["scores"] == pytest.approx(untouched)
