@@ -8,8 +8,11 @@ WORKERS   ?= 2
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
+# make eval DATA=DIR (or a CSV manifest) [EVAL_ARGS="--json out.json --html out.html"]
+DATA      ?=
+EVAL_ARGS ?=
 
-.PHONY: install system-packages run dev test lint bench clean
+.PHONY: install system-packages run dev test lint bench eval clean
 
 install: $(STAMP)
 
@@ -38,6 +41,10 @@ lint: install
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run
+
+eval: install
+	@test -n "$(DATA)" || { echo 'usage: make eval DATA=DIR [EVAL_ARGS="--json r.json --html r.html"]'; exit 2; }
+	$(VENV)/bin/flask --app wsgi eval "$(DATA)" $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
