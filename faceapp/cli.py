@@ -11,6 +11,8 @@ from flask.cli import AppGroup, with_appcontext
 
 from faceapp import face_models, model_files
 
+FIT_FEW_IMAGES = 50  # below this many images per attribute, --fit says the fit is unreliable
+
 models_cli = AppGroup("models", help="Manage the models folder (MODELS_DIR).")
 
 
@@ -192,9 +194,18 @@ def _fit(report, attributes_file: str, weights_version: str):
     )
     report.model = {**report.model, "attributes_version": fitted.digest}
     click.echo(f"Wrote temperatures into {attributes_file} (attributes version {fitted.digest}):")
+    low, high = evaluation.TEMPERATURE_RANGE
     for name, temperature in temperatures.items():
-        after = report.result.attributes[name].ece
-        click.echo(f"  {name:<16} T={temperature:.3f}  ECE {before[name]:.3f} -> {after:.3f}")
+        result = report.result.attributes[name]
+        notes = []
+        if result.n < FIT_FEW_IMAGES:
+            notes.append(f"only {result.n} images: not a reliable fit")
+        if not low * 1.01 < temperature < high * 0.99:
+            notes.append("at the edge of the range the file accepts")
+        click.echo(
+            f"  {name:<16} T={temperature:.3f}  ECE {before[name]:.3f} -> {result.ece:.3f}"
+            + (f"  ({'; '.join(notes)})" if notes else "")
+        )
     return report
 
 

@@ -180,6 +180,16 @@ def test_metrics_from_the_stub_are_the_hand_computed_ones(labelled, attribute_fi
     assert "image.unsupported_format" in reasons["lighting/good/notes.txt"]
 
 
+def test_the_progress_bar_counts_images(labelled, capsys):
+    samples, _ = evaluation.read_dataset(str(labelled / "image_quality"))  # no <attribute> level
+    assert samples == []
+    samples, _ = evaluation.read_dataset(str(labelled))
+    evaluation.encode_samples(
+        samples[:3], model=StubModel(), detector=HaarFaceDetector(), config=CONFIG, progress=True
+    )
+    assert "3/3" in capsys.readouterr().err
+
+
 def test_a_csv_manifest_gives_the_same_figures(labelled, attribute_file, tmp_path):
     manifest = tmp_path / "manifest.csv"
     rows = [
@@ -369,6 +379,7 @@ def test_eval_fit_writes_temperatures_that_the_service_then_uses(
     result = app.test_cli_runner().invoke(args=["eval", str(labelled), "--fit"])
     assert result.exit_code == 0, result.output
     assert "Wrote temperatures into" in result.output
+    assert "only 5 images: not a reliable fit" in result.output
     written = path.read_text()
     assert written.startswith(original.split("version: 1")[0])  # the header comments are kept
     assert "# Gender and ethnicity are deliberately absent" in written
