@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from faceapp import scoring
+from faceapp import schemas, scoring
 from faceapp.attributes import AttributeFileError, load_attribute_set
 from tests.test_evaluation import ATTRIBUTES_YAML, analyze_once
 
@@ -80,6 +80,7 @@ def test_an_abstaining_attribute_is_served_uncertain_with_its_scores(
     assert set(lighting["scores"]) == {"good", "dim"}
     # the API rounds every float to 4 places, each on its own
     assert lighting["margin"] == pytest.approx(abs(lighting["scores"]["good"] - 0.5) * 2, abs=2e-4)
+    assert schemas.AnalyzeResponse().validate(answer) == {}  # the OpenAPI document allows it
     quality = answer["faces"][0]["attributes"]["image_quality"]
     assert quality["label"] in ("sharp", "blurry") and quality["uncertain"] is False
     info = {a["name"]: a for a in client.get("/api/attributes").get_json()["attributes"]}
