@@ -44,7 +44,7 @@ def register_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from faceapp import security, services
+    from faceapp import metrics, security, services, versioning
     from faceapp.face_models import models
     from faceapp.store import store
 
@@ -52,6 +52,8 @@ def register_extensions(app: Flask) -> None:
     store.init_app(app)
     models.init_app(app)
     services.init_app(app)
+    metrics.init_app(app)  # after models: it hooks their readiness
+    versioning.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:
