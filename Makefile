@@ -9,7 +9,7 @@ WORKERS   ?= 2
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install system-packages run dev test lint bench clean
+.PHONY: install system-packages run dev test lint bench api-snapshot clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ lint: install
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run
+
+# docs/openapi.json from the live document; refuses a removal docs/MIGRATION.md does not explain.
+api-snapshot: install
+	HF_HUB_OFFLINE=1 $(PY) -m faceapp.contract snapshot
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -21,6 +21,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from faceapp import __version__
+from faceapp.errors import STATUS_BY_CODE
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def annotate_document(document: dict[str, Any]) -> dict[str, Any]:
         "description": "faceapp's version (package and API are one version; docs/MIGRATION.md).",
         "schema": {"type": "string", "example": __version__},
     }
+    document["x-faceapp-error-codes"] = dict(STATUS_BY_CODE)  # the contract: code -> status
     schemas = document.get("components", {}).get("schemas", {})
     for status_or_ref in document.get("components", {}).get("responses", {}).values():
         status_or_ref.setdefault("headers", {})[VERSION_HEADER] = header
