@@ -57,9 +57,10 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from faceapp import api
+    from faceapp import api, api_docs
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(api_docs.bp)  # Swagger UI at /api/docs
     if app.config["TESTER_ENABLED"]:  # otherwise /app does not exist at all (404)
         from faceapp import tester
 
