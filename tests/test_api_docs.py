@@ -1,4 +1,4 @@
-"""Swagger UI at /api/docs: packaged files, no inline script, the strict CSP, offline in a browser."""
+"""Swagger UI at /api/docs: packaged files, no inline script, strict CSP, offline in chromium."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import re
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 
 from tests.servers import gunicorn
 
@@ -40,9 +39,9 @@ def test_the_page_and_its_files(config):
 
 @pytest.mark.slow
 def test_swagger_ui_renders_offline_in_chromium(tmp_path, tiny_model_dir):
-    from tests.test_tester_browser import CHROMIUM, CHROMIUM_ARGS
-
     from playwright.sync_api import sync_playwright
+
+    from tests.test_tester_browser import CHROMIUM, CHROMIUM_ARGS
 
     env = {
         "FACEAPP_INSTANCE_PATH": str(tmp_path / "instance"),
