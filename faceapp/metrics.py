@@ -173,8 +173,12 @@ def init_app(app: Flask) -> None:
     """Serve /metrics and observe requests and the model, when METRICS_ENABLED."""
     if not app.config["METRICS_ENABLED"]:
         return  # /metrics does not exist (404) and every hook is a no-op
+    import prometheus_client
+
     from faceapp.face_models import models
 
+    # The *_created series are the same in every worker and not added up in multiprocess mode.
+    prometheus_client.disable_created_metrics()
     metrics = Metrics(multiprocess=bool(os.environ.get(MULTIPROC_ENV)))
     if not metrics.multiprocess and int(app.config.get("WORKERS") or 1) > 1:
         log.warning("metrics: %s is not set, so each worker reports only itself", MULTIPROC_ENV)
