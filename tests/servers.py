@@ -31,6 +31,17 @@ def wait_until(check, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} did not happen within {timeout} s")
 
 
+def app_env(instance: str, model_dir: str, **settings: str) -> dict[str, str]:
+    """The environment of a served faceapp on the tiny model: FACEAPP_<KEY> for each setting."""
+    env = {
+        "FACEAPP_INSTANCE_PATH": instance,
+        "FACEAPP_MODEL_NAME": model_dir,
+        "FACEAPP_MODEL_AUTO_PULL": "false",
+    }
+    env.update({f"FACEAPP_{key}": value for key, value in settings.items()})
+    return env
+
+
 @contextmanager
 def gunicorn(env: dict[str, str], workers: int = 2, log_path: str | None = None):
     """Run `gunicorn -c gunicorn.conf.py wsgi:app` as `make run` does; yield its base URL."""

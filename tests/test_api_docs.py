@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.servers import gunicorn
+from tests.servers import app_env, gunicorn
 
 
 def test_the_page_and_its_files(config):
@@ -43,13 +43,9 @@ def test_swagger_ui_renders_offline_in_chromium(tmp_path, tiny_model_dir):
 
     from tests.test_tester_browser import CHROMIUM, CHROMIUM_ARGS
 
-    env = {
-        "FACEAPP_INSTANCE_PATH": str(tmp_path / "instance"),
-        "FACEAPP_MODEL_NAME": tiny_model_dir,
-        "FACEAPP_MODEL_AUTO_PULL": "false",
-        "FACEAPP_LOAD_MODEL_ON_START": "false",
-        "FACEAPP_API_KEYS": "user-key",
-    }
+    env = app_env(
+        str(tmp_path / "instance"), tiny_model_dir, LOAD_MODEL_ON_START="false", API_KEYS="user-key"
+    )
     with gunicorn(env, workers=1, log_path=str(tmp_path / "g.log")) as (base, _):
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

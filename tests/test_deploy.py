@@ -18,6 +18,7 @@ from faceapp import create_app
 from tests.conftest import ADMIN
 from tests.servers import (
     ROOT,
+    app_env,
     free_port,
     gunicorn,
     nginx,
@@ -139,14 +140,13 @@ def test_scrape_config_and_dashboard_use_metrics_the_service_has(config, astrona
 
 @pytest.mark.slow
 def test_nginx_keeps_metrics_internal(tmp_path, tiny_model_dir):
-    env = {
-        "FACEAPP_INSTANCE_PATH": str(tmp_path / "instance"),
-        "FACEAPP_MODEL_NAME": tiny_model_dir,
-        "FACEAPP_MODEL_AUTO_PULL": "false",
-        "FACEAPP_LOAD_MODEL_ON_START": "false",
-        "FACEAPP_ADMIN_KEYS": "admin-key",
-        "FACEAPP_METRICS_ENABLED": "true",
-    }
+    env = app_env(
+        str(tmp_path / "instance"),
+        tiny_model_dir,
+        LOAD_MODEL_ON_START="false",
+        ADMIN_KEYS="admin-key",
+        METRICS_ENABLED="true",
+    )
     with gunicorn(env, workers=1, log_path=str(tmp_path / "g.log")) as (base, _):
         upstream = base.removeprefix("http://")
         with nginx(upstream, str(tmp_path / "allowed")) as proxy:

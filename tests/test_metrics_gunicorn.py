@@ -6,7 +6,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import gunicorn, wait_until
+from tests.servers import app_env, gunicorn, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,12 @@ def test_counts_add_up_across_recycled_workers(tmp_path, tiny_model_dir, astrona
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"left over from an earlier run")
     env = {
-        "FACEAPP_INSTANCE_PATH": str(tmp_path / "instance"),
-        "FACEAPP_MODEL_NAME": tiny_model_dir,
-        "FACEAPP_MODEL_AUTO_PULL": "false",
-        "FACEAPP_ADMIN_KEYS": "admin-key",
-        "FACEAPP_METRICS_ENABLED": "true",
+        **app_env(
+            str(tmp_path / "instance"),
+            tiny_model_dir,
+            ADMIN_KEYS="admin-key",
+            METRICS_ENABLED="true",
+        ),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "MAX_REQUESTS": "6",  # each worker is recycled after 6 or so requests (with jitter)
         "WORKER_CLASS": "sync",  # one connection at a time: requests spread over both workers
