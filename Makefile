@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 DATA      ?=
 EVAL_ARGS ?=
 
-.PHONY: install system-packages run dev test lint bench eval clean
+.PHONY: install system-packages run dev test lint bench eval api-snapshot clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ bench: install
 eval: install
 	@test -n "$(DATA)" || { echo 'usage: make eval DATA=DIR [EVAL_ARGS="--json r.json --html r.html"]'; exit 2; }
 	$(VENV)/bin/flask --app wsgi eval "$(DATA)" $(EVAL_ARGS)
+
+# docs/openapi.json from the live document; refuses a removal docs/MIGRATION.md does not explain.
+api-snapshot: install
+	HF_HUB_OFFLINE=1 $(PY) -m faceapp.contract snapshot
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -32,3 +32,29 @@ def post_worker_init(worker):
     from faceapp.face_models import models
 
     models.load_in_background(worker.wsgi)
+
+
+# Prometheus metrics (faceapp/metrics.py): the workers write their figures to files in one
+# folder, which must be empty before the first worker starts; a dead worker's gauges go.
+_metrics_dir = None
+
+
+def on_starting(server):
+    """Give the workers an empty PROMETHEUS_MULTIPROC_DIR (a temporary one unless it is set)."""
+    global _metrics_dir
+    from faceapp.metrics import prepare_multiprocess_dir
+
+    _metrics_dir = prepare_multiprocess_dir()
+
+
+def child_exit(server, worker):
+    """A worker exited (recycled or killed): its per-worker gauges go, its counts stay."""
+    from faceapp.metrics import worker_exited
+
+    worker_exited(worker.pid)
+
+
+def on_exit(server):
+    from faceapp.metrics import remove_multiprocess_dir
+
+    remove_multiprocess_dir(_metrics_dir)

@@ -44,7 +44,7 @@ def register_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from faceapp import security, services
+    from faceapp import metrics, security, services, versioning
     from faceapp.face_models import models
     from faceapp.store import store
 
@@ -52,12 +52,15 @@ def register_extensions(app: Flask) -> None:
     store.init_app(app)
     models.init_app(app)
     services.init_app(app)
+    metrics.init_app(app)  # after models: it hooks their readiness
+    versioning.init_app(app)
 
 
 def register_blueprints(app: Flask) -> None:
-    from faceapp import api
+    from faceapp import api, api_docs
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(api_docs.bp)  # Swagger UI at /api/docs
     if app.config["TESTER_ENABLED"]:  # otherwise /app does not exist at all (404)
         from faceapp import tester
 

@@ -75,6 +75,10 @@ DEFAULTS: dict[str, Any] = {
     # Where the counts live: None = the STORE_URL's Redis when STORE_URL is redis://, else the
     # worker's memory (each worker then counts on its own); or any limits storage URI.
     "RATELIMIT_STORAGE_URI": None,
+    # GET /metrics (faceapp/metrics.py): off unless enabled; an admin key when ADMIN_KEYS is set,
+    # unless METRICS_PUBLIC (then keep it internal at the proxy, deploy/nginx-faceapp.conf).
+    "METRICS_ENABLED": False,
+    "METRICS_PUBLIC": False,
 }
 
 

@@ -13,7 +13,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask, current_app
 
-from faceapp import __version__, schemas
+from faceapp import __version__, schemas, versioning
 from faceapp.errors import STATUS_BY_CODE
 from faceapp.output import YAML_MIMETYPE
 
@@ -159,7 +159,7 @@ def build_document(app: Flask) -> dict:
         paths.setdefault(path, {})[method] = _operation(path, method, spec_op, keys_required)
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
-    return spec.to_dict()
+    return versioning.annotate_document(spec.to_dict())
 
 
 def _description(keys_required: bool, admin_enabled: bool) -> str:

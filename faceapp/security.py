@@ -19,6 +19,7 @@ from flask_limiter.util import get_remote_address
 from limits import parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from faceapp import metrics
 from faceapp.access import PUBLIC_ENDPOINTS
 from faceapp.errors import FaceappError, error_response
 
@@ -115,4 +116,5 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
         )
     )
     response.headers["Retry-After"] = str(wait)
+    metrics.count_rate_limited()
     return response

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, current_app, g
 from PIL import Image
 
-from faceapp import analysis, decoding, faces, validation
+from faceapp import analysis, decoding, faces, metrics, validation
 from faceapp.errors import FaceappError
 from faceapp.inputs import ImageSource, source_bytes
 from faceapp.store import check_image_id, image_id_for, not_found, store
@@ -51,6 +51,7 @@ def record_event(
         **extra,
     }
     store.backend.append_event(image_id, entry)
+    metrics.observe_event(event, entry["timings_ms"], extra)
     return entry
 
 

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from flask import Flask, current_app
 
+from faceapp import metrics
 from faceapp.errors import FaceappError
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Backend(Protocol):
     def wipe(self) -> int: ...
     def recent(self, limit: int) -> list[dict]: ...
     def evict(self) -> int: ...
+    def usage(self) -> tuple[int, int]: ...
     def ping(self) -> None: ...
 
 
@@ -333,6 +335,11 @@ class FileStore:
         finally:
             self._evict_lock.release()
 
+    def usage(self) -> tuple[int, int]:
+        """How many images the store holds, and their bytes (with metadata and results)."""
+        folders = self._all()
+        return len(folders), sum(_folder_size(folder) for _, folder in folders)
+
     def ping(self) -> None:
         if not os.access(self.images, os.W_OK):
             raise OSError(f"store folder {self.images} is not writable")
@@ -340,6 +347,7 @@ class FileStore:
 
 def log_evicted(count: int, max_bytes: int, max_age: float) -> None:
     """One log line for an eviction pass that removed anything (both backends)."""
+    metrics.count_evicted(count)
     if count:
         log.info("store evicted %d image(s) (limits: %s bytes, %s s)", count, max_bytes, max_age)
 

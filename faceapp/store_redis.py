@@ -303,6 +303,10 @@ class RedisStore:
                     total -= freed
         return evicted
 
+    def usage(self) -> tuple[int, int]:
+        """How many images the store holds, and their bytes (with metadata and results)."""
+        return self.client.hlen(self._bytes), sum(int(n) for n in self.client.hvals(self._bytes))
+
     def ping(self) -> None:
         """Raise (redis.exceptions.ConnectionError) unless the server answers."""
         self.client.ping()

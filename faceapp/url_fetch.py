@@ -23,7 +23,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import ReadTimeoutError
 
-from faceapp import __version__
+from faceapp import __version__, metrics
 from faceapp.config import split_list
 from faceapp.errors import FaceappError
 
@@ -289,6 +289,7 @@ class PinnedAddressAdapter(HTTPAdapter):
         return super().send(request, **kwargs)
 
 
+@metrics.count_url_fetch
 def fetch_url(url: str, policy: FetchPolicy) -> bytes:
     """Download `url` under the remote-fetch rules and return its body (raises url.* errors)."""
     give_up_at = time.monotonic() + policy.deadline

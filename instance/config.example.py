@@ -14,3 +14,5 @@
 # TRUSTED_PROXY_HOPS = 1                        # behind one nginx (docs/SECURITY.md); default 0
 # RATELIMIT = "120 per minute"                  # per client address on /api; Redis-shared when
 #                                               # STORE_URL is redis:// (or RATELIMIT_STORAGE_URI)
+# METRICS_ENABLED = True                        # GET /metrics for Prometheus (README, "Metrics")
+# METRICS_PUBLIC = False                        # True: no admin key needed (keep it internal)

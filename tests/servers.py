@@ -31,6 +31,17 @@ def wait_until(check, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} did not happen within {timeout} s")
 
 
+def app_env(instance: str, model_dir: str, **settings: str) -> dict[str, str]:
+    """The environment of a served faceapp on the tiny model: FACEAPP_<KEY> for each setting."""
+    env = {
+        "FACEAPP_INSTANCE_PATH": instance,
+        "FACEAPP_MODEL_NAME": model_dir,
+        "FACEAPP_MODEL_AUTO_PULL": "false",
+    }
+    env.update({f"FACEAPP_{key}": value for key, value in settings.items()})
+    return env
+
+
 @contextmanager
 def gunicorn(env: dict[str, str], workers: int = 2, log_path: str | None = None):
     """Run `gunicorn -c gunicorn.conf.py wsgi:app` as `make run` does; yield its base URL."""
@@ -114,17 +125,18 @@ def redis_server(tmp_dir: str):
         process.wait(timeout=10)
 
 
-@contextmanager
-def nginx(upstream: str, tmp_dir: str):
-    """nginx with deploy/nginx-faceapp.conf in front of `upstream` (host:port); yields its URL."""
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    port = free_port()
+def write_nginx_config(upstream: str, tmp_dir: str, port: int, edit=None) -> str:
+    """deploy/nginx-faceapp.conf in a whole nginx.conf under `tmp_dir`; returns its path.
+
+    `edit(site) -> site` may change the server block first (a test of one of its rules)."""
     with open(os.path.join(ROOT, "deploy", "nginx-faceapp.conf"), encoding="utf-8") as fh:
         site = (
             fh.read()
             .replace("127.0.0.1:8000", upstream)
             .replace("listen 80;", f"listen 127.0.0.1:{port};")
         )
+    if edit is not None:
+        site = edit(site)
     for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(tmp_dir, name), exist_ok=True)
     conf = os.path.join(tmp_dir, "nginx.conf")
@@ -147,6 +159,19 @@ http {{
     {site}
 }}
 """)
+    return conf
+
+
+def nginx_binary() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@contextmanager
+def nginx(upstream: str, tmp_dir: str, edit=None):
+    """nginx with deploy/nginx-faceapp.conf in front of `upstream` (host:port); yields its URL."""
+    binary = nginx_binary()
+    port = free_port()
+    conf = write_nginx_config(upstream, tmp_dir, port, edit)
     process = subprocess.Popen(
         [binary, "-c", conf, "-p", tmp_dir, "-g", "daemon off;"],
         stdout=subprocess.DEVNULL,
@@ -159,7 +184,7 @@ http {{
             assert process.poll() is None, "nginx exited early"
             try:
                 return requests.get(base + "/api/health", timeout=1).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a busy machine: ask again
                 return False
 
         wait_until(up, 20, "nginx answering")

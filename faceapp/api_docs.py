@@ -1,0 +1,49 @@
+"""Swagger UI at /api/docs, for trying requests in a browser, served offline.
+
+Swagger UI's files come from the flask-swagger-ui package (its ``dist`` folder, a packaged copy
+of npm's swagger-ui-dist), never from a CDN. The page has no inline script, so it runs under a
+strict Content-Security-Policy: ``static/api-docs.js`` starts Swagger UI on ``/api/openapi.json``.
+The page needs no key; the document does when API_KEYS is set, so the page takes one (kept in
+the tab's sessionStorage) and sends it with every request it makes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Blueprint, Response, abort, render_template, send_from_directory
+
+bp = Blueprint("api_docs", __name__, url_prefix="/api/docs")
+
+# Swagger UI's own icons are data: URLs in its stylesheet; nothing else is loosened.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
+)
+ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE", "VERSION"}
+
+
+def swagger_ui_folder() -> str:
+    """The packaged Swagger UI files (flask-swagger-ui's dist folder)."""
+    import flask_swagger_ui
+
+    return os.path.join(os.path.dirname(flask_swagger_ui.__file__), "dist")
+
+
+@bp.get("")
+def page() -> Response:
+    """The Swagger UI page for this service's OpenAPI document."""
+    response = Response(render_template("api_docs/index.html"))
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return response
+
+
+@bp.get("/<name>")
+def asset(name: str) -> Response:
+    """One of Swagger UI's own files (a fixed list; anything else is 404)."""
+    if name not in ASSETS:
+        abort(404)
+    response = send_from_directory(swagger_ui_folder(), name, max_age=3600)
+    if name in ("LICENSE", "VERSION"):
+        response.mimetype = "text/plain"
+    return response
