@@ -228,6 +228,8 @@ def init_app(app: Flask) -> None:
     active = build_detector(app.config)
     app.extensions[EXTENSION_KEY] = active
     log.info("face detector: %s", active.info)
+    # Pages show a banner when the detector is a fallback (templates/tester/base.html).
+    app.context_processor(lambda: {"detector_info": describe()})
 
 
 def _active() -> ActiveDetector:
