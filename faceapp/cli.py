@@ -43,12 +43,11 @@ def pull_clip(name: str, models_dir: str, revision: str | None) -> None:
 
 
 def pull_detector(models_dir: str) -> None:
-    config = current_app.config
-    url = config.get("DETECTOR_URL") or model_files.YUNET["url"]
-    click.echo(f"Pulling the YuNet face detector from {url} into {models_dir} ...")
+    source = model_files.detector_source(current_app.config)
+    click.echo(f"Pulling the YuNet face detector from {source['url']} into {models_dir} ...")
     try:
         path = model_files.pull_file(
-            url, config.get("DETECTOR_SHA256") or model_files.YUNET["sha256"], models_dir
+            source["url"], source["sha256"], models_dir, size=source["size"]
         )
     except model_files.DownloadError as exc:
         raise click.ClickException(f"could not pull the face detector: {exc}") from exc

@@ -286,11 +286,9 @@ def _yunet(config: Mapping[str, Any]) -> ActiveDetector:
         path = model_files.detector_path(models_dir)
         if not os.path.isfile(path) and _auto_pull(config):
             log.info("the YuNet face detector is not in %s; pulling it", models_dir)
+            source = model_files.detector_source(config)
             model_files.pull_file(
-                config.get("DETECTOR_URL") or model_files.YUNET["url"],
-                config.get("DETECTOR_SHA256") or model_files.YUNET["sha256"],
-                models_dir,
-                progress=False,
+                source["url"], source["sha256"], models_dir, size=source["size"], progress=False
             )
         if not os.path.isfile(path):
             raise ValueError(

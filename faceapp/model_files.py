@@ -187,13 +187,14 @@ def pull_file(
     model_id: str = YUNET["id"],
     filename: str = YUNET["file"],
     revision: str | None = YUNET["revision"],
+    size: int | None = None,
     progress: bool = True,
     timeout: float = 10.0,
 ) -> str:
     """Download one model file into its folder in MODELS_DIR, check its SHA-256, write a manifest.
 
     Nothing is left behind on failure; an older copy stays until the new one is complete.
-    Returns the file's path.
+    `size`, when known, tells a truncated download from a different file. Returns the path.
     """
     import requests
     from tqdm import tqdm
@@ -229,16 +230,30 @@ def pull_file(
                         bar.update(len(chunk))
         except requests.RequestException as exc:
             raise DownloadError(f"could not download {url}: {type(exc).__name__}") from exc
+        if size is not None and received != size:
+            raise DownloadError(
+                f"{url} sent {received} of the expected {size} bytes (truncated or a different "
+                "file); nothing was stored"
+            )
         if digest.hexdigest() != expected:
             raise DownloadError(
                 f"{url} sent {received} bytes with SHA-256 {digest.hexdigest()}, not the expected "
-                f"{expected} (a truncated or different file); nothing was stored"
+                f"{expected}; nothing was stored"
             )
         write_manifest(staging, build_manifest(staging, model_id, revision, source="url", url=url))
         replace_folder(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return os.path.join(final, filename)
+
+
+def detector_source(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the detector is pulled from: DETECTOR_URL / DETECTOR_SHA256, else the pinned file
+    (whose size is known too)."""
+    url = config.get("DETECTOR_URL") or YUNET["url"]
+    sha256 = config.get("DETECTOR_SHA256") or YUNET["sha256"]
+    size = YUNET["size"] if (url, sha256) == (YUNET["url"], YUNET["sha256"]) else None
+    return {"url": url, "sha256": sha256, "size": size}
 
 
 def check_against_manifest(path: str) -> dict | None:
