@@ -252,6 +252,14 @@ def describe() -> dict[str, Any]:
     return dict(_active().info)
 
 
+def trace_fields(info: Mapping[str, Any]) -> dict[str, str]:
+    """The detector in a trace event: name and version, and which detector it stands in for."""
+    fields = {"detector": info["name"], "detector_version": info["version"]}
+    if "fallback" in info:
+        fields["detector_fallback_from"] = info["fallback"]["from"]
+    return fields
+
+
 def same_detector(meta: Mapping[str, Any], info: Mapping[str, Any]) -> bool:
     """Whether a stored validation was made by the detector `info` describes (same version)."""
     stored = meta.get("detector")

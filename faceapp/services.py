@@ -175,7 +175,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         source=source.kind,
         errors=[i.code for i in report.errors],
         warnings=[i.code for i in report.warnings],
-        detector=detector,
+        **faces.trace_fields(detector),
     )
     log.info("validated %s: valid=%s faces=%d", image_id[:12], report.valid, len(found))
     return meta

@@ -70,7 +70,8 @@ def test_a_missing_model_falls_back_to_haar_and_says_so_everywhere(config, astro
     assert body["valid"] is True  # Haar still finds her
 
     (event,) = client.get(f"/api/images/{body['image_id']}/trace").get_json()["events"]
-    assert event["detector"]["fallback"]["from"] == "yunet"
+    assert event["detector"] == "haar" and event["detector_fallback_from"] == "yunet"
+    assert event["detector_version"] == detector["version"]
     assert client.post("/api/setup", headers=ADMIN).status_code == 200
     ready = client.get("/api/ready").get_json()
     assert ready["model"]["detector"]["name"] == "haar"
