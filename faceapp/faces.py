@@ -23,7 +23,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import cv2
@@ -222,23 +222,56 @@ class ActiveDetector:
     info: dict[str, Any]
 
 
+@dataclass
+class _DetectorState:
+    config: dict[str, Any]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    active: ActiveDetector | None = None
+
+
+DETECTOR_KEYS = (
+    "DETECTOR",
+    "DETECTOR_MODEL",
+    "DETECTOR_AUTO_PULL",
+    "DETECTOR_URL",
+    "DETECTOR_SHA256",
+    "YUNET_SCORE_THRESHOLD",
+    "HAAR_MIN_CONFIDENCE",
+    "DETECT_MAX_SIDE",
+    "MODELS_DIR",
+    "MODEL_AUTO_PULL",
+)
+
+
 def init_app(app: Flask) -> None:
-    """Build the configured detector; when YuNet cannot be had, Haar, saying why (logged, and in
-    :func:`describe`). An unknown DETECTOR fails the start."""
-    active = build_detector(app.config)
-    app.extensions[EXTENSION_KEY] = active
-    log.info("face detector: %s", active.info)
+    """Register the detector; an unknown DETECTOR fails the start.
+
+    The detector is built on first use, like the CLIP model is loaded: a missing YuNet is pulled
+    then (with auto-pull on), in the process that serves, not in every `flask` command. When
+    YuNet cannot be had, Haar is used and :func:`describe` says why.
+    """
+    name = str(app.config.get("DETECTOR") or "yunet").strip().lower()
+    if name not in ("yunet", "haar"):
+        raise ValueError(f"Unknown DETECTOR {name!r}: use 'yunet' or 'haar'.")
+    config = {key: app.config.get(key) for key in DETECTOR_KEYS}
+    app.extensions[EXTENSION_KEY] = _DetectorState(config=config)
     # Pages show a banner when the detector is a fallback (templates/tester/base.html).
     app.context_processor(lambda: {"detector_info": describe()})
 
 
 def _active() -> ActiveDetector:
     try:
-        return current_app.extensions[EXTENSION_KEY]
+        state = current_app.extensions[EXTENSION_KEY]
     except KeyError:
         raise RuntimeError(
             "faces.detector() is used before faces.init_app(app) was called"
         ) from None
+    if state.active is None:
+        with state.lock:
+            if state.active is None:
+                state.active = build_detector(state.config)
+                log.info("face detector: %s", state.active.info)
+    return state.active
 
 
 def detector() -> FaceDetector:

@@ -95,13 +95,15 @@ def test_an_unreachable_server_is_a_download_error(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_cli_pull_yunet_fetches_only_the_detector(config, served):
+def test_cli_pull_yunet_fetches_only_the_detector_once(config, served, httpserver):
     url, sha = served
-    config.update(DETECTOR_URL=url, DETECTOR_SHA256=sha)
+    # Auto-pull on, as in production: building the app must not fetch it a second time.
+    config.update(DETECTOR="yunet", DETECTOR_URL=url, DETECTOR_SHA256=sha, MODEL_AUTO_PULL=True)
     result = create_app(config).test_cli_runner().invoke(args=["models", "pull", "yunet"])
     assert result.exit_code == 0, result.output
     assert f"SHA-256 {sha}" in result.output
     assert leftovers(config["MODELS_DIR"]) == ["opencv--face_detection_yunet"]
+    assert len(httpserver.log) == 1
 
 
 def test_cli_pull_reports_a_bad_file_without_a_traceback(config, served):
