@@ -168,3 +168,11 @@ def test_a_face_cut_by_the_border_is_background(yunet, astronaut):
     assert len(found) == 2
     assert report.roles == ["main", "background"]
     assert report.valid
+
+
+def test_the_detector_benchmark_runs(yunet_model, capsys):
+    from bench import detector as bench_detector
+
+    assert bench_detector.main([yunet_model, "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "yunet  fastest" in out and "haar / yunet: median ratio" in out
