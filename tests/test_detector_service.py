@@ -158,6 +158,9 @@ def test_background_faces_are_listed_and_analysed(yunet_config, crowd_jpeg):
     assert roles == ["main", "comparable", "background"]
     assert [issue["code"] for issue in body["errors"]] == ["face.multiple"]
     assert [issue["code"] for issue in body["warnings"]] == ["face.background"]
+    page = client.get(f"/app/images/{body['image_id']}").get_data(as_text=True)
+    assert page.count('data-role="background"') == 1 and page.count('data-role="main"') == 1
+    assert page.count('class="face-landmark"') == 15  # five per face
 
     forced = {"image_id": body["image_id"], "force": True}
     analysed = client.post("/api/analyze", json=forced).get_json()
