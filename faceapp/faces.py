@@ -328,9 +328,15 @@ def _yunet(config: Mapping[str, Any]) -> ActiveDetector:
         if not os.path.isfile(path) and _auto_pull(config):
             log.info("the YuNet face detector is not in %s; pulling it", models_dir)
             source = model_files.detector_source(config)
-            model_files.pull_file(
-                source["url"], source["sha256"], models_dir, size=source["size"], progress=False
-            )
+            try:
+                model_files.pull_file(
+                    source["url"], source["sha256"], models_dir, size=source["size"], progress=False
+                )
+            except model_files.DownloadError as exc:
+                raise ValueError(
+                    f"{exc}; run `flask --app wsgi models pull yunet` where the network is "
+                    "reachable, or set FACEAPP_DETECTOR_MODEL to a YuNet ONNX file"
+                ) from exc
         if not os.path.isfile(path):
             raise ValueError(
                 f"the YuNet model is not in the models folder ({path}); run "

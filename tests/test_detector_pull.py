@@ -132,3 +132,4 @@ def test_a_failed_auto_pull_falls_back_to_haar_with_the_reason(config, httpserve
         info = faces.describe()
     assert info["name"] == "haar"
     assert "HTTP 404" in info["fallback"]["reason"]
+    assert "flask --app wsgi models pull yunet" in info["fallback"]["reason"]
