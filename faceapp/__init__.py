@@ -44,13 +44,14 @@ def register_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from faceapp import metrics, security, services, versioning
+    from faceapp import faces, metrics, security, services, versioning
     from faceapp.face_models import models
     from faceapp.store import store
 
     security.init_app(app)
     store.init_app(app)
     models.init_app(app)
+    faces.init_app(app)
     services.init_app(app)
     metrics.init_app(app)  # after models: it hooks their readiness
     versioning.init_app(app)

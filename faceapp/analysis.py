@@ -26,21 +26,23 @@ from faceapp import scoring
 from faceapp.attributes import AttributeSet, load_attribute_set
 from faceapp.errors import FaceappError
 from faceapp.face_models import LoadedModel, models
+from faceapp.faces import aligned_crop
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTES_KEY = "faceapp.attributes"
-CROP_MARGIN = 0.25  # of the box's longer side, on every side: CLIP sees hair, ears and chin
 FREE_TEXT_CACHE_SIZE = 512
 
 
 @dataclass(frozen=True)
 class Region:
-    """A region to analyse: its box, the detector's confidence, and whether a detector found it."""
+    """A region to analyse: its box, the detector's confidence, and whether a detector found it;
+    ``face`` is the detected face as stored (landmarks, pose, role), shown in the answer."""
 
     box: dict
     confidence: float
     detected: bool
+    face: dict | None = None
 
 
 def init_app(app: Flask) -> None:
@@ -167,7 +169,12 @@ class Analyzer:
         """Score every region in one batch; faces come back in the order of `regions`."""
         if not regions:
             return []
-        crops = [crop_square(image, region.box) for region in regions]
+        crops = [
+            aligned_crop(image, region.box, (region.face or {}).get("landmarks"))
+            if region.detected
+            else aligned_crop(image, region.box, None, margin=0.0)
+            for region in regions
+        ]
         faces = self.model.encode_images(crops)
         scale = self.model.logit_scale
         per_attribute = {
@@ -185,6 +192,7 @@ class Analyzer:
                 "box": region.box,
                 "confidence": region.confidence,
                 "detected": region.detected,
+                **_face_geometry(region.face),
                 "attributes": {},
             }
             for name in attribute_names:
@@ -197,19 +205,16 @@ class Analyzer:
         return results
 
 
-def crop_square(image: Image.Image, box: dict, margin: float = CROP_MARGIN) -> Image.Image:
-    """The face box grown by `margin` and made square around its centre, clipped to the image."""
-    side = max(box["width"], box["height"]) * (1 + 2 * margin)
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    side = min(side, image.width, image.height)
-    left = min(max(0, cx - side / 2), image.width - side)
-    top = min(max(0, cy - side / 2), image.height - side)
-    return image.crop((round(left), round(top), round(left + side), round(top + side)))
+def _face_geometry(face: dict | None) -> dict:
+    """The detector's landmarks, geometric pose and role of a face, for the answer."""
+    return {key: face[key] for key in ("landmarks", "pose", "role") if face and key in face}
 
 
-def regions_for(meta: dict, force: bool) -> list[Region]:
-    """The regions to analyse: the detected faces, or (forced, none found) the whole image."""
-    regions = [Region(face["box"], face["confidence"], True) for face in meta["faces"]]
+def regions_for(meta: dict, force: bool, max_faces: int | None = None) -> list[Region]:
+    """The regions to analyse: the detected faces (the `max_faces` largest; stored largest
+    first), or (forced, none found) the whole image."""
+    found = meta["faces"][:max_faces] if max_faces else meta["faces"]
+    regions = [Region(face["box"], face["confidence"], True, face) for face in found]
     if not regions and force:
         whole = {"x": 0, "y": 0, "width": meta["width"], "height": meta["height"]}
         regions = [Region(whole, 0.0, False)]

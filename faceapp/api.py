@@ -6,7 +6,7 @@ import os
 
 from flask import Blueprint, Response, request
 
-from faceapp import analysis, openapi, services
+from faceapp import analysis, faces, openapi, services
 from faceapp.access import admin_required, check_api_key
 from faceapp.errors import FaceappError
 from faceapp.face_models import models
@@ -44,6 +44,7 @@ def analyze() -> Response:
         include_embedding=options["include_embedding"],
         wipe_cache=options["wipe_cache"],
         force=options["force"],
+        max_faces=options.get("max_faces"),
     )
     return render(answer)
 
@@ -84,9 +85,9 @@ def ready() -> Response:
     model = models.peek()
     if model is None:  # never loads: a probe must answer at once
         raise FaceappError("model.not_ready", f"The model is not ready ({models.reason()}).")
-    return render(
-        {"ready": True, "model": model.analyzer.describe(), "worker": {"pid": os.getpid()}}
-    )
+    # The detector is in the answer: a Haar fallback (YuNet missing) is ready, but says so.
+    described = {**model.analyzer.describe(), "detector": faces.describe()}
+    return render({"ready": True, "model": described, "worker": {"pid": os.getpid()}})
 
 
 @bp.get("/images/<path:image_id>/trace")

@@ -20,9 +20,16 @@ models_cli = AppGroup("models", help="Manage the models folder (MODELS_DIR).")
 @click.argument("name", required=False)
 @click.option("--revision", default=None, help="A branch, tag or commit of the hub repository.")
 def pull(name: str | None, revision: str | None) -> None:
-    """Download NAME (default MODEL_NAME) from the Hugging Face hub into the models folder."""
-    name = name or current_app.config["MODEL_NAME"]
+    """Download the models into the models folder: CLIP (NAME, default MODEL_NAME) from the
+    Hugging Face hub and the YuNet face detector; `pull yunet` fetches the detector alone."""
     models_dir = current_app.config["MODELS_DIR"]
+    if name != "yunet":
+        pull_clip(name or current_app.config["MODEL_NAME"], models_dir, revision)
+    if name in (None, "yunet"):
+        pull_detector(models_dir)
+
+
+def pull_clip(name: str, models_dir: str, revision: str | None) -> None:
     click.echo(f"Pulling {name} into {models_dir} ...")
     try:
         folder = model_files.pull_model(name, models_dir, revision=revision, progress=True)
@@ -34,6 +41,23 @@ def pull(name: str | None, revision: str | None) -> None:
     click.echo(
         f"Stored in {folder}: revision {manifest['revision']}, "
         f"version {model_files.weights_version(manifest)}, {len(manifest['files'])} files."
+    )
+
+
+def pull_detector(models_dir: str) -> None:
+    source = model_files.detector_source(current_app.config)
+    click.echo(f"Pulling the YuNet face detector from {source['url']} into {models_dir} ...")
+    try:
+        path = model_files.pull_file(
+            source["url"], source["sha256"], models_dir, size=source["size"]
+        )
+    except model_files.DownloadError as exc:
+        raise click.ClickException(f"could not pull the face detector: {exc}") from exc
+    manifest = model_files.read_manifest(os.path.dirname(path))
+    click.echo(
+        f"Stored {path}: revision {manifest['revision']}, "
+        f"version {model_files.weights_version(manifest)}, "
+        f"SHA-256 {manifest['files'][0]['sha256']}."
     )
 
 

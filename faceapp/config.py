@@ -45,9 +45,20 @@ DEFAULTS: dict[str, Any] = {
     "URL_DEADLINE": 15.0,
     "URL_MAX_REDIRECTS": 3,
     # Faces and validation
-    "DETECTOR": "haar",  # haar, or yunet with YUNET_MODEL_PATH
-    "YUNET_MODEL_PATH": None,
+    # yunet (OpenCV Zoo's YuNet, pulled into MODELS_DIR), or haar (OpenCV's cascade, no file).
+    # When YuNet cannot be had the service runs on Haar and says so (faceapp/faces.py).
+    "DETECTOR": "yunet",
+    "DETECTOR_MODEL": None,  # a YuNet ONNX file; None: the one `models pull` put in MODELS_DIR
+    "DETECTOR_AUTO_PULL": None,  # None: as MODEL_AUTO_PULL
+    "DETECTOR_URL": None,  # None: OpenCV's published file (faceapp/model_files.py YUNET)
+    "DETECTOR_SHA256": None,  # the SHA-256 DETECTOR_URL's file must have; None: the pinned one
+    "YUNET_SCORE_THRESHOLD": None,  # None: 0.75, calibrated on real photos (docs/DETECTOR.md)
+    "HAAR_MIN_CONFIDENCE": None,  # None: 0.85, calibrated on real photos
     "DETECT_MAX_SIDE": 640,
+    # Another face counts toward face.multiple only when its side is at least this fraction of
+    # the main (largest) face's and it is not cut by the image border; else face.background.
+    "COMPARABLE_FACE_RATIO": 0.5,
+    "MAX_FACES": 5,  # faces analysed per image (largest first) unless a request says max_faces
     "REQUIRE_SINGLE_FACE": True,
     "MIN_FACE_PX": 48,
     "MIN_IMAGE_PX": 64,

@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image
 
 from faceapp import decoding, faces, scoring
-from faceapp.analysis import crop_square
 from faceapp.attributes import AttributeSet
 from faceapp.errors import FaceappError
+from faceapp.faces import aligned_crop
 
 ECE_BINS = 10  # equal-width confidence bins, as in Guo et al. 2017 ("On calibration ...")
 # Margins below which answers are withheld, for the coverage-vs-accuracy table.
@@ -144,7 +144,7 @@ def encode_samples(
     config: Mapping[str, Any],
     batch_size: int = 32,
     progress: bool | None = None,
-    crop: Callable[[Image.Image, dict], Image.Image] = crop_square,
+    crop: Callable[[Image.Image, dict, list | None], Image.Image] = aligned_crop,
 ) -> Encoded:
     """Decode, detect and crop each distinct image once, and encode the crops in batches."""
     from tqdm import tqdm
@@ -178,7 +178,8 @@ def encode_samples(
         if not found:
             result.no_face.append(name)
             continue
-        pending.append((path, crop(image, found[0].to_dict()["box"])))  # the largest face
+        largest = found[0].to_dict()  # the largest face, aligned as the service aligns it
+        pending.append((path, crop(image, largest["box"], largest.get("landmarks"))))
         if len(pending) >= batch_size:
             flush()
     flush()

@@ -1,10 +1,15 @@
-"""Face detection: find the faces in an image, as boxes in that image's coordinates.
+"""Face detection: find the faces in an image, as boxes (and landmarks) in its coordinates.
 
-Two detectors share one small interface (:class:`FaceDetector`): OpenCV's frontal-face Haar
-cascade, which ships with ``opencv-python-headless<5`` and needs no download, and YuNet
-(``cv2.FaceDetectorYN``), a small CNN whose ONNX file the operator supplies. Detectors see a copy
-of the image scaled down to ``DETECT_MAX_SIDE`` (:func:`detect_faces`): cost stays bounded and
-both detectors are tuned for faces tens to a few hundred pixels tall.
+Two detectors share one small interface (:class:`FaceDetector`): YuNet (``cv2.FaceDetectorYN``),
+a small CNN with five landmarks per face whose ONNX file ``flask --app wsgi models pull`` fetches
+(the default), and OpenCV's frontal-face Haar cascade, which ships with
+``opencv-python-headless<5`` and needs no download (the fallback when YuNet cannot be had).
+Detectors see a copy of the image scaled down to ``DETECT_MAX_SIDE`` (:func:`detect_faces`): cost
+stays bounded and both detectors are tuned for faces tens to a few hundred pixels tall.
+
+The detector is a Flask extension like the model: :func:`init_app` builds it (or the fallback,
+saying why) and :func:`detector` hands it to requests. The crop CLIP sees comes from
+:func:`aligned_crop` (faceapp/face_geometry.py).
 
 OpenCV's cascade and DNN objects are not documented as safe to share between threads, so each
 detector keeps one native object per thread.
@@ -12,18 +17,30 @@ detector keeps one native object per thread.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import cv2
 import numpy as np
+from flask import Flask, current_app
 from PIL import Image
 
+from faceapp import model_files
+from faceapp.face_geometry import aligned_crop, head_pose
+
+__all__ = ["FaceBox", "aligned_crop", "detect_faces", "detector", "describe", "init_app"]
+
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+EXTENSION_KEY = "faceapp.detector"
+Landmarks = tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -35,17 +52,24 @@ class FaceBox:
     width: int
     height: int
     confidence: float  # 0..1; how each detector derives it is documented on the detector
+    # YuNet's five points (faceapp/face_geometry.py gives their order); None from Haar.
+    landmarks: Landmarks | None = None
 
     @property
     def area(self) -> int:
         return self.width * self.height
 
     def to_dict(self) -> dict[str, Any]:
-        """The face as the API shows it: ``{"box": {...}, "confidence": ...}``."""
-        return {
+        """The face as the API shows it: box and confidence, plus landmarks and a geometric pose
+        when the detector gives landmarks."""
+        face: dict[str, Any] = {
             "box": {"x": self.x, "y": self.y, "width": self.width, "height": self.height},
             "confidence": round(float(self.confidence), 4),
         }
+        if self.landmarks:
+            face["landmarks"] = [[round(x, 1), round(y, 1)] for x, y in self.landmarks]
+            face["pose"] = head_pose(self.landmarks)
+        return face
 
 
 class FaceDetector(Protocol):
@@ -70,6 +94,14 @@ class _PerThread(Generic[T]):
         return obj
 
 
+#: Haar's cutoff (its docstring says how it was chosen).
+HAAR_MIN_CONFIDENCE = 0.85
+#: YuNet's score threshold, calibrated on real photos (docs/DETECTOR.md): false faces scored
+#: 0.31..0.60, real faces 30 px or larger 0.86..0.95. OpenCV's demo uses 0.9, which loses
+#: skimage's cameraman (0.87..0.90).
+YUNET_SCORE_THRESHOLD = 0.75
+
+
 class HaarFaceDetector:
     """OpenCV's frontal-face Haar cascade (scale 1.1, 5 neighbours, faces of 30 px and more).
 
@@ -81,11 +113,13 @@ class HaarFaceDetector:
     Confidence: ``detectMultiScale3(outputRejectLevels=True)`` gives, for each face, the sum of the
     cascade's last-stage weak classifiers (a boosting score, not a probability). It is squashed
     with a logistic: ``confidence = 1 / (1 + exp(-(weight - 1.5)))``, and faces below
-    ``min_confidence`` (default 0.5, i.e. weight 1.5) are dropped. Measured on skimage's astronaut
-    at 46 scales (faces 32..120 px) x 5 variants (flipped, blurred, darkened, washed out): her face
-    scored 1.9..11 (median 5.5, confidence 0.6..1.0), while the 12 false faces found beside her
-    scored 0.4..2.8 (9 below 1.5). The cutoff drops most such faces; the coin "faces" in skimage's
-    ``coins`` (2..5) it cannot. The mapping orders faces sensibly; it is not calibrated.
+    ``min_confidence`` are dropped. The default, :data:`HAAR_MIN_CONFIDENCE` (0.85, weight 3.2),
+    was calibrated on real photos: the false faces Haar found on 65 real portraits (a window
+    frame, a checked shirt, a tuxedo front) scored 0.53..0.64, their real faces 0.99..1.00;
+    skimage's astronaut at 6 scales (faces 30..290 px) x 6 variants (blurred, darkened, flipped,
+    turned 20 degrees) scored 0.895..0.999 wherever Haar found her, and 98 of skimage's 100 LFW
+    faces scored 0.85 or more. What it cannot drop: three of the coin "faces" in skimage's
+    ``coins`` score 0.88..0.93. The mapping orders faces sensibly; it is not calibrated.
     """
 
     name = "haar"
@@ -95,7 +129,9 @@ class HaarFaceDetector:
     min_size = 30
     confidence_centre = 1.5
 
-    def __init__(self, cascade_path: str | None = None, min_confidence: float = 0.5) -> None:
+    def __init__(
+        self, cascade_path: str | None = None, min_confidence: float = HAAR_MIN_CONFIDENCE
+    ) -> None:
         self.min_confidence = float(min_confidence)
         self.cascade_path = cascade_path or os.path.join(cv2.data.haarcascades, self.cascade_file)
         self._cascades = _PerThread(self._load_cascade)
@@ -133,7 +169,7 @@ class YuNetFaceDetector:
 
     name = "yunet"
 
-    def __init__(self, model_path: str, score_threshold: float = 0.6) -> None:
+    def __init__(self, model_path: str, score_threshold: float = YUNET_SCORE_THRESHOLD) -> None:
         self.model_path = os.fspath(model_path)
         self.score_threshold = float(score_threshold)
         if not os.path.isfile(self.model_path):
@@ -151,7 +187,7 @@ class YuNetFaceDetector:
             ) from exc
 
     def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        """Find faces in an RGB uint8 array."""
+        """Find faces, with their five landmarks, in an RGB uint8 array."""
         bgr = cv2.cvtColor(_check_rgb(rgb), cv2.COLOR_RGB2BGR)
         height, width = bgr.shape[:2]
         net = self._nets.get()
@@ -167,22 +203,176 @@ class YuNetFaceDetector:
                 round(float(row[2])),
                 round(float(row[3])),
                 min(1.0, max(0.0, float(row[-1]))),
+                tuple((float(row[i]), float(row[i + 1])) for i in range(4, 14, 2)),
             )
             for row in rows
         ]
 
 
-def build_detector(config: Mapping[str, Any]) -> FaceDetector:
-    """Make the detector the configuration names (``DETECTOR``: haar, or yunet + its model)."""
-    name = str(config.get("DETECTOR") or "haar").strip().lower()
+# --------------------------------------------------------------------------------------------
+# The Flask extension: which detector this app uses, and why
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActiveDetector:
+    """The detector an app uses and how answers describe it (name, version, any fallback)."""
+
+    detector: FaceDetector
+    info: dict[str, Any]
+
+
+@dataclass
+class _DetectorState:
+    config: dict[str, Any]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    active: ActiveDetector | None = None
+
+
+DETECTOR_KEYS = (
+    "DETECTOR",
+    "DETECTOR_MODEL",
+    "DETECTOR_AUTO_PULL",
+    "DETECTOR_URL",
+    "DETECTOR_SHA256",
+    "YUNET_SCORE_THRESHOLD",
+    "HAAR_MIN_CONFIDENCE",
+    "DETECT_MAX_SIDE",
+    "MODELS_DIR",
+    "MODEL_AUTO_PULL",
+)
+
+
+def init_app(app: Flask) -> None:
+    """Register the detector; an unknown DETECTOR fails the start.
+
+    The detector is built on first use, like the CLIP model is loaded: a missing YuNet is pulled
+    then (with auto-pull on), in the process that serves, not in every `flask` command. When
+    YuNet cannot be had, Haar is used and :func:`describe` says why.
+    """
+    name = str(app.config.get("DETECTOR") or "yunet").strip().lower()
+    if name not in ("yunet", "haar"):
+        raise ValueError(f"Unknown DETECTOR {name!r}: use 'yunet' or 'haar'.")
+    config = {key: app.config.get(key) for key in DETECTOR_KEYS}
+    app.extensions[EXTENSION_KEY] = _DetectorState(config=config)
+    # Pages show a banner when the detector is a fallback (templates/tester/base.html).
+    app.context_processor(lambda: {"detector_info": describe()})
+
+
+def _active() -> ActiveDetector:
+    try:
+        state = current_app.extensions[EXTENSION_KEY]
+    except KeyError:
+        raise RuntimeError(
+            "faces.detector() is used before faces.init_app(app) was called"
+        ) from None
+    if state.active is None:
+        with state.lock:
+            if state.active is None:
+                state.active = build_detector(state.config)
+                log.info("face detector: %s", state.active.info)
+    return state.active
+
+
+def detector() -> FaceDetector:
+    """This app's face detector (RuntimeError before :func:`init_app`)."""
+    return _active().detector
+
+
+def describe() -> dict[str, Any]:
+    """The detector as answers show it: name, version, score threshold, and ``fallback`` (from
+    which detector, and why) when YuNet was configured but could not be used."""
+    return dict(_active().info)
+
+
+def trace_fields(info: Mapping[str, Any]) -> dict[str, str]:
+    """The detector in a trace event: name and version, and which detector it stands in for."""
+    fields = {"detector": info["name"], "detector_version": info["version"]}
+    if "fallback" in info:
+        fields["detector_fallback_from"] = info["fallback"]["from"]
+    return fields
+
+
+def same_detector(meta: Mapping[str, Any], info: Mapping[str, Any]) -> bool:
+    """Whether a stored validation was made by the detector `info` describes (same version)."""
+    stored = meta.get("detector")
+    return isinstance(stored, Mapping) and stored.get("version") == info["version"]
+
+
+def detect(image: Image.Image) -> list[FaceBox]:
+    """The faces in `image` by this app's detector on a DETECT_MAX_SIDE copy, largest first."""
+    return detect_faces(detector(), image, int(current_app.config["DETECT_MAX_SIDE"]))
+
+
+def build_detector(config: Mapping[str, Any]) -> ActiveDetector:
+    """The detector DETECTOR names (``yunet`` or ``haar``); Haar when YuNet's file is missing,
+    cannot be pulled or does not load."""
+    name = str(config.get("DETECTOR") or "yunet").strip().lower()
     if name == "haar":
-        return HaarFaceDetector()
-    if name == "yunet":
-        path = config.get("YUNET_MODEL_PATH")
-        if not path:
-            raise ValueError("DETECTOR is 'yunet' but YUNET_MODEL_PATH is not set.")
-        return YuNetFaceDetector(path)
-    raise ValueError(f"Unknown DETECTOR {name!r}: use 'haar' or 'yunet'.")
+        return _haar(config)
+    if name != "yunet":
+        raise ValueError(f"Unknown DETECTOR {name!r}: use 'yunet' or 'haar'.")
+    try:
+        return _yunet(config)
+    except (ValueError, OSError, model_files.DownloadError) as exc:
+        reason = str(exc)
+        log.error("YuNet is not available (%s); falling back to OpenCV's Haar cascade", reason)
+        return _haar(config, fallback={"from": "yunet", "reason": reason})
+
+
+def _yunet(config: Mapping[str, Any]) -> ActiveDetector:
+    path = config.get("DETECTOR_MODEL")
+    if not path:
+        models_dir = config["MODELS_DIR"]
+        path = model_files.detector_path(models_dir)
+        if not os.path.isfile(path) and _auto_pull(config):
+            log.info("the YuNet face detector is not in %s; pulling it", models_dir)
+            source = model_files.detector_source(config)
+            try:
+                model_files.pull_file(
+                    source["url"], source["sha256"], models_dir, size=source["size"], progress=False
+                )
+            except model_files.DownloadError as exc:
+                raise ValueError(
+                    f"{exc}; run `flask --app wsgi models pull yunet` where the network is "
+                    "reachable, or set FACEAPP_DETECTOR_MODEL to a YuNet ONNX file"
+                ) from exc
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"the YuNet model is not in the models folder ({path}); run "
+                "`flask --app wsgi models pull` where the network is reachable, or set "
+                "FACEAPP_DETECTOR_MODEL to a YuNet ONNX file"
+            )
+    elif not os.path.isfile(path):
+        raise ValueError(f"FACEAPP_DETECTOR_MODEL {path!r} is not a file")
+    model_files.check_against_manifest(path)
+    threshold = float(config.get("YUNET_SCORE_THRESHOLD") or YUNET_SCORE_THRESHOLD)
+    found = YuNetFaceDetector(path, threshold)
+    version = _version("yunet", model_files.sha256_file(path), threshold, config)
+    return ActiveDetector(
+        found, {"name": "yunet", "version": version, "score_threshold": threshold}
+    )
+
+
+def _haar(config: Mapping[str, Any], fallback: dict | None = None) -> ActiveDetector:
+    threshold = float(config.get("HAAR_MIN_CONFIDENCE") or HAAR_MIN_CONFIDENCE)
+    found = HaarFaceDetector(min_confidence=threshold)
+    version = _version("haar", model_files.sha256_file(found.cascade_path), threshold, config)
+    info: dict[str, Any] = {"name": "haar", "version": version, "score_threshold": threshold}
+    if fallback:
+        info["fallback"] = fallback
+    return ActiveDetector(found, info)
+
+
+def _auto_pull(config: Mapping[str, Any]) -> bool:
+    value = config.get("DETECTOR_AUTO_PULL")
+    return bool(config.get("MODEL_AUTO_PULL") if value is None else value)
+
+
+def _version(name: str, file_sha256: str, threshold: float, config: Mapping[str, Any]) -> str:
+    """12 hex characters that change with the detector, its weights, threshold or input size."""
+    max_side = config.get("DETECT_MAX_SIDE", 640)
+    return hashlib.sha256(f"{name}:{file_sha256}:{threshold}:{max_side}".encode()).hexdigest()[:12]
 
 
 def detect_faces(detector: FaceDetector, image: Image.Image, max_side: int) -> list[FaceBox]:
@@ -208,7 +398,10 @@ def detect_faces(detector: FaceDetector, image: Image.Image, max_side: int) -> l
         right = min(width, round((face.x + face.width) * sx))
         bottom = min(height, round((face.y + face.height) * sy))
         if right > left and bottom > top:
-            faces.append(FaceBox(left, top, right - left, bottom - top, face.confidence))
+            landmarks = None
+            if face.landmarks:
+                landmarks = tuple((x * sx, y * sy) for x, y in face.landmarks)
+            faces.append(FaceBox(left, top, right - left, bottom - top, face.confidence, landmarks))
     faces.sort(key=lambda face: (face.area, face.confidence), reverse=True)
     return faces
 

@@ -145,3 +145,133 @@ def write_json_atomic(path: str, document: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# --------------------------------------------------------------------------------------------
+# The face detector: one ONNX file, fetched by URL and pinned by its SHA-256
+# --------------------------------------------------------------------------------------------
+
+#: OpenCV Zoo's YuNet (MIT), as OpenCV publishes it on the Hugging Face hub. The hub's copy is the
+#: same file as ``models/face_detection_yunet/face_detection_yunet_2023mar.onnx`` in the
+#: opencv/opencv_zoo repository (its Git LFS object: this SHA-256 and size). docs/DETECTOR.md
+#: says why this source was chosen.
+YUNET = {
+    "id": "opencv/face_detection_yunet",
+    "file": "face_detection_yunet_2023mar.onnx",
+    "revision": "2023mar",
+    "url": (
+        "https://huggingface.co/opencv/face_detection_yunet/resolve/main/"
+        "face_detection_yunet_2023mar.onnx"
+    ),
+    "sha256": "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+    "size": 232_589,
+}
+#: A detector file is a few hundred kB; a server that sends far more is not sending it.
+MAX_DETECTOR_BYTES = 64 * 1024 * 1024
+
+
+class DownloadError(RuntimeError):
+    """A model file could not be fetched, or what came was not the expected file."""
+
+
+def detector_path(models_dir: str) -> str:
+    """Where `models pull` puts the YuNet file: <MODELS_DIR>/opencv--face_detection_yunet/."""
+    return os.path.join(models_dir, folder_name(YUNET["id"]), YUNET["file"])
+
+
+def pull_file(
+    url: str,
+    sha256: str,
+    models_dir: str,
+    *,
+    model_id: str = YUNET["id"],
+    filename: str = YUNET["file"],
+    revision: str | None = YUNET["revision"],
+    size: int | None = None,
+    progress: bool = True,
+    timeout: float = 10.0,
+) -> str:
+    """Download one model file into its folder in MODELS_DIR, check its SHA-256, write a manifest.
+
+    Nothing is left behind on failure; an older copy stays until the new one is complete.
+    `size`, when known, tells a truncated download from a different file. Returns the path.
+    """
+    import requests
+    from tqdm import tqdm
+
+    expected = sha256.strip().lower()
+    os.makedirs(models_dir, exist_ok=True)
+    final = os.path.join(models_dir, folder_name(model_id))
+    staging = tempfile.mkdtemp(prefix=".pull-", dir=models_dir)
+    try:
+        target = os.path.join(staging, filename)
+        digest, received = hashlib.sha256(), 0
+        try:
+            with requests.get(url, stream=True, timeout=timeout) as response:
+                if response.status_code != 200:
+                    raise DownloadError(f"{url} answered HTTP {response.status_code}")
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with (
+                    open(target, "wb") as fh,
+                    tqdm(
+                        total=total,
+                        unit="B",
+                        unit_scale=True,
+                        desc=filename,
+                        disable=not progress,
+                    ) as bar,
+                ):
+                    for chunk in response.iter_content(chunk_size=64 * 1024):
+                        received += len(chunk)
+                        if received > MAX_DETECTOR_BYTES:
+                            raise DownloadError(f"{url} sent more than {MAX_DETECTOR_BYTES} bytes")
+                        digest.update(chunk)
+                        fh.write(chunk)
+                        bar.update(len(chunk))
+        except requests.RequestException as exc:
+            raise DownloadError(f"could not download {url}: {type(exc).__name__}") from exc
+        if size is not None and received != size:
+            raise DownloadError(
+                f"{url} sent {received} of the expected {size} bytes (truncated or a different "
+                "file); nothing was stored"
+            )
+        if digest.hexdigest() != expected:
+            raise DownloadError(
+                f"{url} sent {received} bytes with SHA-256 {digest.hexdigest()}, not the expected "
+                f"{expected}; nothing was stored"
+            )
+        write_manifest(staging, build_manifest(staging, model_id, revision, source="url", url=url))
+        replace_folder(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return os.path.join(final, filename)
+
+
+def detector_source(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the detector is pulled from: DETECTOR_URL / DETECTOR_SHA256, else the pinned file
+    (whose size is known too)."""
+    url = config.get("DETECTOR_URL") or YUNET["url"]
+    sha256 = config.get("DETECTOR_SHA256") or YUNET["sha256"]
+    size = YUNET["size"] if (url, sha256) == (YUNET["url"], YUNET["sha256"]) else None
+    return {"url": url, "sha256": sha256, "size": size}
+
+
+def check_against_manifest(path: str) -> dict | None:
+    """The manifest of the folder `path` lies in, after checking the file's SHA-256 against it.
+
+    None when the folder has no manifest (a file the operator placed); ValueError when the file
+    is not the one the manifest lists (damaged, or replaced by hand).
+    """
+    manifest = read_manifest(os.path.dirname(os.path.abspath(path)))
+    if manifest is None:
+        return None
+    name = os.path.basename(path)
+    listed = {item["name"]: item for item in manifest["files"]}
+    if name not in listed:
+        return None
+    if sha256_file(path) != listed[name]["sha256"]:
+        raise ValueError(
+            f"{path} does not match its manifest's SHA-256 (damaged or replaced); "
+            "run `flask --app wsgi models pull` to fetch it again"
+        )
+    return manifest

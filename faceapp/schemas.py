@@ -48,6 +48,10 @@ class AnalyzeRequest(SourceSchema):
     )
     include_embedding = Flag(load_default=False)
     force = Flag(load_default=False)
+    max_faces = fields.Integer(
+        validate=validate.Range(min=1, max=100),
+        metadata={"description": "Analyse at most this many faces, largest first (MAX_FACES)."},
+    )
 
 
 class ValidateForm(ValidateRequest):
@@ -115,9 +119,47 @@ class Box(Schema):
     height = fields.Integer(required=True)
 
 
+class Pose(Schema):
+    roll = fields.Float(required=True, metadata={"description": "Degrees, from the eyes."})
+    yaw = fields.Float(
+        required=True, metadata={"description": "Degrees, a rough estimate from the landmarks."}
+    )
+
+
 class Face(Open):
     box = fields.Nested(Box, required=True)
     confidence = fields.Float(required=True, allow_none=True)
+    landmarks = fields.List(
+        fields.List(fields.Float(), validate=validate.Length(equal=2)),
+        validate=validate.Length(equal=5),
+        metadata={
+            "description": "YuNet's five points [x, y]: the eye on the image's left, the eye on "
+            "its right, the nose tip, the mouth corner on the left, the one on the right."
+        },
+    )
+    pose = fields.Nested(Pose, metadata={"description": "Geometric head pose (YuNet only)."})
+    role = fields.String(
+        validate=validate.OneOf(["main", "comparable", "background"]),
+        metadata={
+            "description": "main: the largest face; comparable: counts toward "
+            "face.multiple; background: smaller or cut by the border (face.background)."
+        },
+    )
+
+
+class DetectorFallback(Schema):
+    from_ = fields.String(data_key="from", required=True)
+    reason = fields.String(required=True)
+
+
+class DetectorInfo(Schema):
+    name = fields.String(required=True, validate=validate.OneOf(["yunet", "haar"]))
+    version = fields.String(required=True)
+    score_threshold = fields.Float(required=True)
+    fallback = fields.Nested(
+        DetectorFallback,
+        metadata={"description": "Present when YuNet was configured but could not be used."},
+    )
 
 
 class ValidateResponse(Schema):
@@ -136,6 +178,7 @@ class ModelInfo(Open):
     device = fields.String(required=True)
     dtype = fields.String()
     random_weights = fields.Boolean()
+    detector = fields.Nested(DetectorInfo)
 
 
 class AttributeScore(Open):
@@ -238,6 +281,7 @@ class ImageRecord(Open):
     width = fields.Integer(required=True)
     height = fields.Integer(required=True)
     faces = fields.List(fields.Nested(Face), required=True)
+    detector = fields.Nested(DetectorInfo)
     validation = fields.Nested(ValidationRecord, required=True)
 
 

@@ -24,12 +24,9 @@ from faceapp.store import check_image_id, image_id_for, not_found, store
 
 log = logging.getLogger(__name__)
 
-DETECTOR_KEY = "faceapp.detector"
-
 
 def init_app(app: Flask) -> None:
-    """Build the face detector and the analyzer's attribute set (a bad one fails the start)."""
-    app.extensions[DETECTOR_KEY] = faces.build_detector(app.config)
+    """Load the analyzer's attribute set (a bad one fails the start)."""
     analysis.init_app(app)
 
 
@@ -94,6 +91,7 @@ def validation_answer(meta: Mapping[str, Any], details: bool = False) -> dict:
             "height": meta["height"],
             "format": meta["format"],
             "faces": meta["faces"],
+            "detector": meta.get("detector"),
             "quality": result.get("quality", {}),
         }
     return answer
@@ -114,7 +112,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     timings = {"receive": (time.perf_counter() - started) * 1000}
 
     meta = backend.get_meta(image_id)
-    if meta is not None and not wipe_cache:
+    detector = faces.describe()
+    if meta is not None and not wipe_cache and faces.same_detector(meta, detector):
         timings["total"] = (time.perf_counter() - started) * 1000
         record_event(
             image_id,
@@ -127,15 +126,15 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         return meta
     if meta is not None:  # wipe_cache: results go, the image is validated afresh, the trace stays
         backend.drop_results(image_id)
-        record_event(image_id, "wiped", {}, reason="wipe_cache")
+        record_event(
+            image_id, "wiped", {}, reason="wipe_cache" if wipe_cache else "detector_changed"
+        )
 
     step = time.perf_counter()
     decoded = _decode(data, source.kind, config)
     timings["decode"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
-    found = faces.detect_faces(
-        current_app.extensions[DETECTOR_KEY], decoded.image, int(config["DETECT_MAX_SIDE"])
-    )
+    found = faces.detect(decoded.image)
     timings["detect"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
     report = validation.assess(decoded.image, found, validation.Thresholds.from_config(config))
@@ -154,8 +153,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         "source_width": decoded.source_width,
         "source_height": decoded.source_height,
         "frames": decoded.frames,
-        "detector": current_app.extensions[DETECTOR_KEY].name,
-        "faces": [face.to_dict() for face in found],
+        "detector": detector,
+        "faces": validation.describe_faces(found, report),
         "validation": {
             "valid": report.valid,
             "errors": [issue.to_dict() for issue in report.errors],
@@ -177,6 +176,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         source=source.kind,
         errors=[i.code for i in report.errors],
         warnings=[i.code for i in report.warnings],
+        **faces.trace_fields(detector),
     )
     log.info("validated %s: valid=%s faces=%d", image_id[:12], report.valid, len(found))
     return meta
@@ -197,6 +197,7 @@ def analyze(
     include_embedding: bool = False,
     wipe_cache: bool = False,
     force: bool = False,
+    max_faces: int | None = None,
 ) -> dict:
     """POST /api/analyze: score the faces of a stored (or just sent) image, cached per options."""
     started = time.perf_counter()
@@ -228,6 +229,8 @@ def analyze(
             "\x1f".join(labels or []),
             f"embedding={bool(include_embedding)}",
             f"force={bool(force)}",
+            f"detector={faces.describe()['version']}",
+            f"max_faces={max_faces or current_app.config['MAX_FACES']}",
         ]
     )
     faces_doc = store.backend.get_result(image_id, key)
@@ -240,7 +243,11 @@ def analyze(
         step = time.perf_counter()
         faces_doc = _plain(
             scorer.analyze(
-                image, analysis.regions_for(meta, force), names, labels, include_embedding
+                image,
+                analysis.regions_for(meta, force, max_faces or current_app.config["MAX_FACES"]),
+                names,
+                labels,
+                include_embedding,
             )
         )
         timings["encode"] = (time.perf_counter() - step) * 1000
@@ -256,7 +263,7 @@ def analyze(
     )
     return {
         "image_id": image_id,
-        "model": scorer.describe(),
+        "model": {**scorer.describe(), "detector": faces.describe()},
         "faces": faces_doc,
         "cached": cached,
         "timings_ms": timings,

@@ -1,8 +1,14 @@
 """Quality checks: is this photo usable for face analysis, and if not, why (API.md, /api/validate).
 
 Errors make an image invalid (no face, several faces, a face or image too small); warnings only
-inform (blurry, too dark, too bright). The measures behind them go into ``QualityReport.quality``
-for ``?details=1``.
+inform (background faces, blurry, too dark, too bright). The measures behind them go into
+``QualityReport.quality`` for ``?details=1``.
+
+The main subject decides validity: the largest face is the main face. Another face counts toward
+``face.multiple`` only when it is comparable (its box's longer side at least
+``COMPARABLE_FACE_RATIO`` of the main face's) and not cut by the image border; smaller or
+edge-cut faces give the warning ``face.background`` instead. Each face's role (``main``,
+``comparable``, ``background``) is in ``QualityReport.roles``.
 
 Sharpness is the variance of the Laplacian of the largest face, resampled to a fixed
 ``SHARPNESS_SIDE`` square and normalised to a fixed contrast, so that it depends on focus, not
@@ -42,8 +48,11 @@ class Thresholds:
     blur_threshold: float = 100.0
     dark_threshold: float = 40.0
     bright_threshold: float = 220.0
+    comparable_face_ratio: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0 < self.comparable_face_ratio <= 1:
+            raise ValueError("Need 0 < COMPARABLE_FACE_RATIO <= 1.")
         if self.min_face_px < 0 or self.min_image_px < 0 or self.blur_threshold < 0:
             raise ValueError("MIN_FACE_PX, MIN_IMAGE_PX and BLUR_THRESHOLD must not be negative.")
         if not 0 <= self.dark_threshold < self.bright_threshold <= 255:
@@ -59,6 +68,7 @@ class Thresholds:
             blur_threshold=float(config["BLUR_THRESHOLD"]),
             dark_threshold=float(config["DARK_THRESHOLD"]),
             bright_threshold=float(config["BRIGHT_THRESHOLD"]),
+            comparable_face_ratio=float(config.get("COMPARABLE_FACE_RATIO", 0.5)),
         )
 
 
@@ -80,6 +90,7 @@ class QualityReport:
     errors: list[Issue] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
     quality: dict[str, float] = field(default_factory=dict)
+    roles: list[str] = field(default_factory=list)  # per face, in the order given to assess
 
     @property
     def valid(self) -> bool:
@@ -117,14 +128,25 @@ def assess(image: Image.Image, faces: list[FaceBox], thresholds: Thresholds) -> 
             f"at least {thresholds.min_image_px} px is needed."
         )
         errors.append(Issue("image.too_small", message))
+    roles = face_roles(faces, image.size, thresholds.comparable_face_ratio)
+    subjects = roles.count("main") + roles.count("comparable")
     if not faces:
         errors.append(Issue("face.none", "No face was found in the image."))
-    elif len(faces) > 1 and thresholds.require_single_face:
-        message = f"{len(faces)} faces were found; the image must show exactly one."
+    elif subjects > 1 and thresholds.require_single_face:
+        message = f"{subjects} faces of comparable size were found; the image must show one."
         errors.append(Issue("face.multiple", message))
-    elif len(faces) > 1:
-        message = f"{len(faces)} faces were found; the largest one is taken as the main face."
+    elif subjects > 1:
+        message = (
+            f"{subjects} faces of comparable size were found; "
+            "the largest one is taken as the main face."
+        )
         warnings.append(Issue("face.multiple", message))
+    if "background" in roles:
+        message = (
+            f"{roles.count('background')} smaller or edge-cut face(s) besides the main face were "
+            "found; they do not count as other subjects."
+        )
+        warnings.append(Issue("face.background", message))
     if largest is not None and face_px < thresholds.min_face_px:
         message = (
             f"The largest face is {face_px} px on its shorter side; "
@@ -159,7 +181,33 @@ def assess(image: Image.Image, faces: list[FaceBox], thresholds: Thresholds) -> 
         "face_count": len(faces),
         "largest_face_px": face_px,
     }
-    return QualityReport(errors=errors, warnings=warnings, quality=quality)
+    return QualityReport(errors=errors, warnings=warnings, quality=quality, roles=roles)
+
+
+def describe_faces(faces: list[FaceBox], report: QualityReport) -> list[dict[str, Any]]:
+    """The faces as details and analyze answers show them, each with its role."""
+    return [dict(face.to_dict(), role=role) for face, role in zip(faces, report.roles, strict=True)]
+
+
+def face_roles(faces: list[FaceBox], image_size: tuple[int, int], ratio: float) -> list[str]:
+    """Each face's role: ``main`` (the largest), ``comparable`` (its longer side at least `ratio`
+    of the main face's and not touching the image border) or ``background``."""
+    if not faces:
+        return []
+    main = max(range(len(faces)), key=lambda index: faces[index].area)
+    main_side = max(faces[main].width, faces[main].height)
+    width, height = image_size
+    roles = []
+    for index, face in enumerate(faces):
+        cut = face.x <= 0 or face.y <= 0 or face.x + face.width >= width
+        cut = cut or face.y + face.height >= height
+        if index == main:
+            roles.append("main")
+        elif max(face.width, face.height) >= ratio * main_side and not cut:
+            roles.append("comparable")
+        else:
+            roles.append("background")
+    return roles
 
 
 def measure_sharpness(region: Image.Image) -> float:

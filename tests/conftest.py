@@ -46,6 +46,8 @@ def config(tmp_path, tiny_model_dir) -> dict:
         "SECRET_KEY": "test-secret-key-not-for-production",  # no key file in the repo's instance/
         "ADMIN_KEYS": "admin-key",
         "TORCH_THREADS": 1,
+        # Haar needs no file; tests of YuNet and of the fallback set DETECTOR themselves.
+        "DETECTOR": "haar",
     }
 
 
@@ -103,3 +105,28 @@ def haar():
     from faceapp.faces import HaarFaceDetector
 
     return HaarFaceDetector()
+
+
+YUNET_FIXTURE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "..",
+    "shared",
+    "fixtures",
+    "face_detection_yunet.onnx",
+)
+
+
+@pytest.fixture(scope="session")
+def yunet_model() -> str:
+    """The YuNet ONNX test fixture (../shared/fixtures; CI has it, a bare clone may not)."""
+    if not os.path.isfile(YUNET_FIXTURE):
+        pytest.skip(f"the YuNet test fixture is not at {os.path.normpath(YUNET_FIXTURE)}")
+    return YUNET_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def yunet(yunet_model):
+    """YuNet from the test fixture, with the default score threshold."""
+    from faceapp.faces import YuNetFaceDetector
+
+    return YuNetFaceDetector(yunet_model)

@@ -1,0 +1,101 @@
+"""Face geometry from a box and five landmarks: the crop CLIP sees, and a geometric head pose.
+
+Landmarks are YuNet's five points, in this order: the eye on the image's left (the person's
+right eye), the eye on the image's right, the nose tip, the mouth corner on the image's left, the
+mouth corner on the image's right. Everything here is pure geometry in the coordinates of the
+image it is given, so callers may pass a stored region instead of the whole image (shifting the
+box and landmarks into that region's frame first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from PIL import Image
+
+#: Margin around the face box, as a fraction of its longer side, on every side: CLIP sees hair,
+#: ears and chin.
+CROP_MARGIN = 0.25
+#: Nose-tip depth in front of the eyes, as a fraction of the distance between the eyes (adult
+#: faces: about 35-40 mm in front of eyes about 63 mm apart). Only the yaw estimate uses it.
+NOSE_DEPTH_RATIO = 0.6
+#: Fill for the parts of a crop that fall outside the image (mid grey: neither skin nor hair).
+FILL = (127, 127, 127)
+
+Point = Sequence[float]
+
+
+def eye_roll(landmarks: Sequence[Point]) -> float:
+    """In-plane rotation of the face in degrees: the angle of the line from the image-left eye to
+    the image-right eye (positive: that line runs downwards, clockwise on screen)."""
+    (x0, y0), (x1, y1) = landmarks[0][:2], landmarks[1][:2]
+    return math.degrees(math.atan2(y1 - y0, x1 - x0))
+
+
+def head_pose(landmarks: Sequence[Point]) -> dict[str, float]:
+    """A geometric head pose from five landmarks: ``roll`` from the eyes, ``yaw`` estimated from
+    how far the nose tip sits from the eyes' midpoint (degrees; see docs/DETECTOR.md for how far
+    to trust each).
+
+    Yaw is positive when the nose points to the image's right. With the eyes levelled, a head
+    turned by ``yaw`` moves the nose tip sideways by ``depth * sin(yaw)`` while the eyes come
+    closer, to ``distance * cos(yaw)``; so ``tan(yaw) = offset / (NOSE_DEPTH_RATIO * distance)``.
+    """
+    roll = eye_roll(landmarks)
+    angle = math.radians(-roll)
+    cos_a, sin_a = math.cos(angle), math.sin(angle)
+
+    def level(point: Point) -> tuple[float, float]:  # rotate so the eyes lie on one line
+        return point[0] * cos_a - point[1] * sin_a, point[0] * sin_a + point[1] * cos_a
+
+    (ex0, _), (ex1, _), (nx, _) = level(landmarks[0]), level(landmarks[1]), level(landmarks[2])
+    distance = ex1 - ex0
+    if distance <= 0:
+        yaw = 0.0
+    else:
+        offset = nx - (ex0 + ex1) / 2
+        yaw = math.degrees(math.atan2(offset, NOSE_DEPTH_RATIO * distance))
+    return {"roll": round(roll, 1), "yaw": round(yaw, 1)}
+
+
+def aligned_crop(
+    image: Image.Image,
+    box: Mapping[str, float],
+    landmarks: Sequence[Point] | None,
+    margin: float = CROP_MARGIN,
+) -> Image.Image:
+    """The face as CLIP should see it: a square around the box's centre, its side the box's
+    longer side grown by `margin` on every side, turned so the eyes are level.
+
+    Without landmarks it is the same square, unturned. The square stays centred on the face even
+    at the image's border; what lies outside the image is filled with mid grey. The crop keeps the
+    image's resolution (CLIP's processor resizes it).
+    """
+    if margin < 0:
+        raise ValueError(f"margin must not be negative, not {margin!r}")
+    side = max(float(box["width"]), float(box["height"])) * (1 + 2 * margin)
+    size = max(1, round(side))
+    cx = float(box["x"]) + float(box["width"]) / 2
+    cy = float(box["y"]) + float(box["height"]) / 2
+    roll = math.radians(eye_roll(landmarks)) if landmarks else 0.0
+    cos_r, sin_r = math.cos(roll), math.sin(roll)
+    half = size / 2
+    # PIL's affine transform maps each output pixel (u, v) back to the input pixel it shows:
+    # the output's axes run along the eye line and across it, with its centre on the box's.
+    coefficients = (
+        cos_r,
+        -sin_r,
+        cx - half * cos_r + half * sin_r,
+        sin_r,
+        cos_r,
+        cy - half * sin_r - half * cos_r,
+    )
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return rgb.transform(
+        (size, size),
+        Image.Transform.AFFINE,
+        coefficients,
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=FILL,
+    )

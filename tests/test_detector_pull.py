@@ -1,0 +1,135 @@
+"""`models pull` for the face detector: a local HTTP server serves the fixture's bytes (there is
+no network here), and wrong, truncated or missing files never land in the models folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from faceapp import create_app, faces, model_files
+
+
+@pytest.fixture(scope="module")
+def fixture_bytes(yunet_model) -> bytes:
+    with open(yunet_model, "rb") as fh:
+        return fh.read()
+
+
+@pytest.fixture
+def served(httpserver, fixture_bytes):
+    """The fixture at /yunet.onnx; returns (url, its SHA-256)."""
+    httpserver.expect_request("/yunet.onnx").respond_with_data(
+        fixture_bytes, content_type="application/octet-stream"
+    )
+    return httpserver.url_for("/yunet.onnx"), hashlib.sha256(fixture_bytes).hexdigest()
+
+
+def leftovers(models_dir) -> list[str]:
+    return sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []
+
+
+def test_the_pinned_source_is_opencv_zoos_2023mar_file():
+    assert model_files.YUNET["url"].endswith("/face_detection_yunet_2023mar.onnx")
+    assert model_files.detector_source({}) == {
+        "url": model_files.YUNET["url"],
+        "sha256": model_files.YUNET["sha256"],
+        "size": 232_589,  # OpenCV Zoo's Git LFS object for the 2023mar file
+    }
+    # Another URL or hash: the size is not known, only the hash is checked.
+    assert model_files.detector_source({"DETECTOR_SHA256": "ab" * 32})["size"] is None
+
+
+def test_pull_stores_the_file_with_a_manifest(tmp_path, served, fixture_bytes):
+    url, sha = served
+    path = model_files.pull_file(url, sha, str(tmp_path), progress=False)
+    assert path == model_files.detector_path(str(tmp_path))
+    with open(path, "rb") as fh:
+        assert fh.read() == fixture_bytes
+    manifest = model_files.read_manifest(os.path.dirname(path))
+    assert manifest["id"] == "opencv/face_detection_yunet"
+    assert manifest["revision"] == "2023mar" and manifest["url"] == url
+    assert manifest["files"] == [
+        {"name": model_files.YUNET["file"], "size": len(fixture_bytes), "sha256": sha}
+    ]
+    assert leftovers(tmp_path) == ["opencv--face_detection_yunet"]  # no staging folder left
+    listed = model_files.list_models(str(tmp_path))
+    assert [item["id"] for item in listed] == ["opencv/face_detection_yunet"]
+
+
+@pytest.mark.parametrize(
+    ("serve", "message"),
+    [
+        ("wrong_hash", "not the expected"),
+        ("truncated", "sent 50000 of the expected"),
+        ("missing", "HTTP 404"),
+    ],
+)
+def test_a_bad_download_stores_nothing_and_keeps_the_old_copy(
+    tmp_path, httpserver, fixture_bytes, serve, message
+):
+    sha = hashlib.sha256(fixture_bytes).hexdigest()
+    good = httpserver.url_for("/good.onnx")
+    httpserver.expect_request("/good.onnx").respond_with_data(fixture_bytes)
+    path = model_files.pull_file(good, sha, str(tmp_path), progress=False)
+
+    if serve == "wrong_hash":
+        httpserver.expect_request("/bad.onnx").respond_with_data(fixture_bytes[::-1])
+    elif serve == "truncated":
+        httpserver.expect_request("/bad.onnx").respond_with_data(fixture_bytes[:50_000])
+    else:
+        httpserver.expect_request("/bad.onnx").respond_with_data("not here", status=404)
+    bad = httpserver.url_for("/bad.onnx")
+    with pytest.raises(model_files.DownloadError, match=message):
+        model_files.pull_file(bad, sha, str(tmp_path), size=len(fixture_bytes), progress=False)
+    assert leftovers(tmp_path) == ["opencv--face_detection_yunet"]
+    assert model_files.sha256_file(path) == sha  # the older, good copy is untouched
+
+
+def test_an_unreachable_server_is_a_download_error(tmp_path):
+    with pytest.raises(model_files.DownloadError, match="could not download"):
+        model_files.pull_file(
+            "http://127.0.0.1:9/yunet.onnx", "0" * 64, str(tmp_path), progress=False, timeout=2
+        )
+    assert leftovers(tmp_path) == []
+
+
+def test_cli_pull_yunet_fetches_only_the_detector_once(config, served, httpserver):
+    url, sha = served
+    # Auto-pull on, as in production: building the app must not fetch it a second time.
+    config.update(DETECTOR="yunet", DETECTOR_URL=url, DETECTOR_SHA256=sha, MODEL_AUTO_PULL=True)
+    result = create_app(config).test_cli_runner().invoke(args=["models", "pull", "yunet"])
+    assert result.exit_code == 0, result.output
+    assert f"SHA-256 {sha}" in result.output
+    assert leftovers(config["MODELS_DIR"]) == ["opencv--face_detection_yunet"]
+    assert len(httpserver.log) == 1
+
+
+def test_cli_pull_reports_a_bad_file_without_a_traceback(config, served):
+    url, _sha = served
+    config.update(DETECTOR_URL=url, DETECTOR_SHA256="0" * 64)
+    result = create_app(config).test_cli_runner().invoke(args=["models", "pull", "yunet"])
+    assert result.exit_code == 1
+    assert "could not pull the face detector" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_app_pulls_a_missing_detector_at_start_when_auto_pull_is_on(config, served):
+    url, sha = served
+    config.update(DETECTOR="yunet", DETECTOR_URL=url, DETECTOR_SHA256=sha, MODEL_AUTO_PULL=True)
+    with create_app(config).app_context():
+        assert faces.describe()["name"] == "yunet"
+    assert os.path.isfile(model_files.detector_path(config["MODELS_DIR"]))
+
+
+def test_a_failed_auto_pull_falls_back_to_haar_with_the_reason(config, httpserver):
+    httpserver.expect_request("/yunet.onnx").respond_with_data("gone", status=404)
+    config.update(
+        DETECTOR="yunet", DETECTOR_URL=httpserver.url_for("/yunet.onnx"), DETECTOR_AUTO_PULL=True
+    )
+    with create_app(config).app_context():
+        info = faces.describe()
+    assert info["name"] == "haar"
+    assert "HTTP 404" in info["fallback"]["reason"]
+    assert "flask --app wsgi models pull yunet" in info["fallback"]["reason"]

@@ -1,0 +1,112 @@
+"""The crop CLIP sees (faceapp.faces.aligned_crop) and the geometric head pose: pure geometry.
+
+A ramp image whose red channel is x and green channel is y lets a test read, from any pixel of a
+crop, which image pixel it shows (bilinear sampling is exact on a linear ramp).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from faceapp.face_geometry import CROP_MARGIN, FILL, eye_roll, head_pose
+from faceapp.faces import aligned_crop
+
+
+@pytest.fixture(scope="module")
+def ramp() -> Image.Image:
+    """256 x 256: red = x, green = y, blue = 0."""
+    x, y = np.meshgrid(np.arange(256), np.arange(256))
+    return Image.fromarray(np.dstack([x, y, np.zeros_like(x)]).astype(np.uint8))
+
+
+def shown_at(crop: Image.Image, u: int, v: int) -> tuple[int, int]:
+    """The image (x, y) that the crop's pixel (u, v) shows, read from the ramp's colours."""
+    red, green, _ = crop.getpixel((u, v))
+    return red, green
+
+
+BOX = {"x": 100, "y": 80, "width": 40, "height": 60}  # centre (120, 110), longer side 60
+
+
+def test_the_crop_is_a_square_of_the_longer_side_plus_the_margin_on_every_side(ramp):
+    crop = aligned_crop(ramp, BOX, None)
+    assert CROP_MARGIN == 0.25
+    assert crop.size == (90, 90)  # 60 * (1 + 2 * 0.25)
+    assert aligned_crop(ramp, BOX, None, margin=0.5).size == (120, 120)
+    assert aligned_crop(ramp, BOX, None, margin=0.0).size == (60, 60)
+
+
+def test_the_crop_is_centred_on_the_box(ramp):
+    crop = aligned_crop(ramp, BOX, None)
+    # The crop's centre shows the box's centre; its corners lie half a side away.
+    assert shown_at(crop, 45, 45) == pytest.approx((120, 110), abs=1)
+    assert shown_at(crop, 0, 0) == pytest.approx((75, 65), abs=1)
+    assert shown_at(crop, 89, 89) == pytest.approx((164, 154), abs=1)
+
+
+def test_at_the_border_the_crop_stays_centred_and_fills_with_grey(ramp):
+    corner = {"x": 0, "y": 0, "width": 40, "height": 40}
+    crop = aligned_crop(ramp, corner, None)
+    assert crop.size == (60, 60)
+    assert shown_at(crop, 30, 30) == pytest.approx((20, 20), abs=1)
+    assert crop.getpixel((2, 2)) == FILL  # above and left of the image
+
+
+def test_the_crop_turns_so_the_eyes_are_level():
+    image = Image.new("RGB", (300, 300), (0, 0, 0))
+    centre, half_distance, tilt = (150.0, 150.0), 40.0, math.radians(30)
+    eyes = [
+        (centre[0] - half_distance * math.cos(tilt), centre[1] - half_distance * math.sin(tilt)),
+        (centre[0] + half_distance * math.cos(tilt), centre[1] + half_distance * math.sin(tilt)),
+    ]
+    draw = ImageDraw.Draw(image)
+    for x, y in eyes:
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=(255, 255, 255))
+    landmarks = [*eyes, (150, 170), (135, 190), (165, 190)]
+    box = {"x": 100, "y": 100, "width": 100, "height": 100}
+    assert eye_roll(landmarks) == pytest.approx(30.0)
+
+    crop = np.asarray(aligned_crop(image, box, landmarks).convert("L"), dtype=np.float64)
+    half = crop.shape[1] // 2
+    spots = []
+    for part, offset in ((crop[:, :half], 0), (crop[:, half:], half)):
+        ys, xs = np.nonzero(part > 128)
+        spots.append((xs.mean() + offset, ys.mean()))
+    (lx, ly), (rx, ry) = spots
+    assert ly == pytest.approx(ry, abs=1.0)  # level
+    assert rx - lx == pytest.approx(2 * half_distance, abs=1.5)  # not scaled
+    assert ly == pytest.approx(crop.shape[0] / 2, abs=1.5)  # turned about the box's centre
+
+
+def test_a_negative_margin_is_refused(ramp):
+    with pytest.raises(ValueError, match="margin"):
+        aligned_crop(ramp, BOX, None, margin=-0.1)
+
+
+def test_head_pose_from_landmarks():
+    depth_ratio = 0.6
+    # Eyes 40 px apart, level; nose tip right of their midpoint by depth * tan(20 degrees).
+    offset = depth_ratio * 40 * math.tan(math.radians(20))
+    turned = [(80, 100), (120, 100), (100 + offset, 120), (85, 140), (115, 140)]
+    assert head_pose(turned) == {"roll": 0.0, "yaw": pytest.approx(20.0, abs=0.1)}
+    mirrored = [(200 - x, y) for x, y in turned]
+    mirrored = [mirrored[1], mirrored[0], mirrored[2], mirrored[4], mirrored[3]]
+    assert head_pose(mirrored)["yaw"] == pytest.approx(-20.0, abs=0.1)
+
+
+def test_head_pose_is_independent_of_roll():
+    level = [(80, 100), (120, 100), (105, 120), (85, 140), (115, 140)]
+    angle = math.radians(25)
+
+    def turn(point):
+        x, y = point[0] - 100, point[1] - 100
+        return (100 + x * math.cos(angle) - y * math.sin(angle),
+                100 + x * math.sin(angle) + y * math.cos(angle))  # fmt: skip
+
+    pose = head_pose([turn(p) for p in level])
+    assert pose["roll"] == pytest.approx(25.0, abs=0.1)
+    assert pose["yaw"] == pytest.approx(head_pose(level)["yaw"], abs=0.1)
