@@ -137,10 +137,9 @@ def eval_command(
     progress: bool | None,
 ) -> None:
     """Score DATA (DATA/<attribute>/<label>/*.jpg, or a path,attribute,label CSV) per attribute."""
-    from faceapp import eval_report, evaluation
+    from faceapp import eval_report, evaluation, faces
     from faceapp.analysis import Analyzer
     from faceapp.attributes import DEFAULT_FILE, AttributeFileError, load_attribute_set
-    from faceapp.services import DETECTOR_KEY
 
     config = current_app.config
     attributes_file = attributes_file or config.get("ATTRIBUTES_FILE") or DEFAULT_FILE
@@ -174,7 +173,7 @@ def eval_command(
             model=model,
             attribute_set=attribute_set,
             label_embeddings=embeddings,
-            detector=current_app.extensions[DETECTOR_KEY],
+            detector=faces.detector(),
             config=config,
             against=other,
             batch_size=batch_size,

@@ -94,8 +94,8 @@ class StubModel:
     probabilities back exactly. Lighting follows the crop's mean grey level (the 40 % darkened
     face still reads as good: one known mistake); quality follows its mean gradient relative to
     brightness (darkening keeps it, blurring lowers it). Measured on the crops: grey level ~137
-    plain, ~55 darkened to 40 %, ~13 to 10 %; relative gradient ~0.13 sharp, ~0.067 at blur 1.5,
-    ~0.035 at blur 5, so each sits well inside its band.
+    plain, ~55 darkened to 40 %, ~13 to 10 %; relative gradient ~0.098 sharp (~0.145 downscaled),
+    ~0.065 at blur 1.5, ~0.035 at blur 5 (on the service's aligned crop), so each sits well inside its band.
     """
 
     logit_scale = 1.0
@@ -116,7 +116,7 @@ class StubModel:
             edges = np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean()
             edges /= max(level, 1.0)
             good = 0.88 if level > 100 else 0.64 if level > 40 else 0.28
-            sharp = 0.9 if edges > 0.1 else 0.43 if edges > 0.05 else 0.05
+            sharp = 0.9 if edges > 0.085 else 0.43 if edges > 0.05 else 0.05
             rows.append([math.log(good), math.log(1 - good), math.log(sharp), math.log(1 - sharp)])
         return torch.tensor(rows, dtype=torch.float32)
 
