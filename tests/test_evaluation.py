@@ -95,7 +95,7 @@ class StubModel:
     face still reads as good: one known mistake); quality follows its mean gradient relative to
     brightness (darkening keeps it, blurring lowers it). Measured on the crops: grey level ~137
     plain, ~55 darkened to 40 %, ~13 to 10 %; relative gradient ~0.098 sharp (~0.145 downscaled),
-    ~0.065 at blur 1.5, ~0.035 at blur 5 (on the service's aligned crop), so each sits well inside its band.
+    ~0.065 at blur 1.5, ~0.035 at blur 5 (on the service's aligned crop): each well inside its band.
     """
 
     logit_scale = 1.0
