@@ -57,6 +57,23 @@ def pick_source(
     return given[0] if given else None
 
 
+def source_name(source: ImageSource) -> str | None:
+    """What to call a source in a trace: the file name, or the URL's host and path (no query)."""
+    if source.kind == "file":
+        name = getattr(source.value, "filename", None) or ""
+    elif source.kind == "image_url" and isinstance(source.value, str):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(source.value.strip())
+            name = f"{parts.hostname or ''}{parts.path}"  # no user, password or query: secrets
+        except ValueError:
+            return None
+    else:
+        return None
+    return name[:200] or None
+
+
 def read_upload(upload: FileStorage, max_bytes: int) -> bytes:
     """The bytes of an uploaded file, refusing more than `max_bytes` without reading it all."""
     data = upload.stream.read(max_bytes + 1)

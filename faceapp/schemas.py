@@ -39,7 +39,7 @@ class ValidateRequest(SourceSchema):
 class AnalyzeRequest(SourceSchema):
     """POST /api/analyze: an image_id or an image source, and what to compute."""
 
-    image_id = fields.String(validate=validate.Length(max=128))
+    image_id = fields.String()  # checked by check_image_id: image_id.invalid, as API.md says
     attributes = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=64)
     )
@@ -244,7 +244,10 @@ LIST_FIELDS = ("attributes", "labels")
 def request_fields(request: Request) -> dict[str, Any]:
     """The request's fields, from a JSON object body or from the form."""
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # json's parser recurses per bracket; 20,000 of them overflow it
+            raise FaceappError("input.invalid", "The JSON body is nested too deeply.") from None
         if not isinstance(body, dict):
             raise FaceappError("input.invalid", "The JSON body must be an object.")
         return body
@@ -266,7 +269,12 @@ def parse(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         field, problems = next(iter(exc.normalized_messages().items()))
         detail = problems if isinstance(problems, str) else _first_message(problems)
-        raise FaceappError("input.invalid", f"{field}: {detail}", field=str(field)) from None
+        name = _short(str(field))  # a field name is the client's text: never echo a megabyte
+        raise FaceappError("input.invalid", f"{name}: {detail}", field=name) from None
+
+
+def _short(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _first_message(problems: Any) -> str:
