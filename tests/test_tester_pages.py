@@ -351,3 +351,99 @@ def test_every_page_has_the_csp_and_nothing_inline(client, astronaut_jpeg, coffe
     text = client.get(analyzed).get_data(as_text=True)
     analysis = json.loads(element_text(text, "analysis-json"))
     assert len(analysis["faces"][0]["embedding"]) > 0
+
+
+# -- issue 8, items 9-12: truthful pages, no dead ends -------------------------------------------
+
+
+def test_any_worker_shows_a_stored_run_without_its_model(config, astronaut_jpeg):
+    worker_a = create_app(config).test_client()
+    page = page_of(worker_a, astronaut_jpeg)
+    run = worker_a.post(page, data={"labels": "a hat"}).headers["Location"]
+    cold = create_app(config)  # a second worker sharing the store, its model never loaded
+    text = assert_html_page(cold.test_client().get(run), 200)
+    assert "a hat" in json.dumps(json.loads(element_text(text, "analysis-json")))
+    assert 'id="banner-model-not-ready"' in text and "Reload" not in text
+    with cold.app_context():
+        assert models.peek() is None
+
+
+def test_analyze_shows_that_it_is_working_without_inline_script(client, astronaut_jpeg):
+    text = assert_html_page(client.get(page_of(client, astronaut_jpeg)), 200)
+    assert re.search(r'<form class="analyze-form"[^>]*data-busy-form', text)
+    assert 'data-busy-text="Analyzing…"' in text and 'id="analyze-busy"' in text
+
+
+@pytest.mark.parametrize(
+    "lines, line, words",
+    [
+        ([f"label {i}" for i in range(33)], 33, "at most 32"),
+        (["a hat", "x" * 201, "a cap"], 2, "201 characters long"),
+        (["a hat", "", "a cap", "  A Hat "], 4, "repeats line 1"),
+    ],
+)
+def test_a_label_error_keeps_the_text_and_names_the_line(
+    client, astronaut_jpeg, lines, line, words
+):
+    page = page_of(client, astronaut_jpeg)
+    typed = "\n".join(lines)
+    text = assert_html_page(client.post(page, data={"labels": typed, "force": "1"}), 400)
+    error = re.search(r'<p class="field-error" id="labels-error"[^>]*>(.*?)</p>', text, re.S)
+    assert error and f"line {line} " in error.group(1) and words in error.group(1)
+    assert "input.invalid" in error.group(1)
+    assert re.search(rf'data-error-line="{line}">' + re.escape(typed) + "</textarea>", text)
+    assert re.search(r'name="force" value="1" checked', text)  # the flags are kept too
+
+
+def test_duplicate_labels_are_refused_not_scored(client, astronaut_jpeg):
+    page = page_of(client, astronaut_jpeg)
+    assert client.post(page, data={"labels": "hat\nhat"}).status_code == 400
+    assert client.post(page, data={"labels": "hat\ncap"}).status_code == 303
+
+
+def test_an_expired_form_offers_the_way_back_with_a_fresh_one(config, astronaut_jpeg):
+    app = create_app({**config, "WTF_CSRF_ENABLED": True})
+    client = app.test_client()
+    token = CSRF_FIELD.search(client.get("/app").get_data(as_text=True)).group(1)
+    page = upload(client, astronaut_jpeg, csrf_token=token).headers["Location"]
+    text = assert_html_page(client.post(page, data={"csrf_token": "expired", "labels": "x"}), 400)
+    assert "Reload the page" not in text
+    link = re.search(r'<a class="button primary" href="([^"]+)" id="back-link">', text)
+    assert link and link.group(1) == page and "fresh form" in text
+    fresh = assert_html_page(client.get(link.group(1)), 200)
+    token = CSRF_FIELD.search(fresh).group(1)
+    assert client.post(page, data={"csrf_token": token}).status_code == 303
+    text = assert_html_page(client.post("/app", data={"csrf_token": "expired"}), 400)
+    assert 'href="/app" id="back-link"' in text
+
+
+def test_the_caption_names_the_latest_source_and_a_readable_size(
+    config, client, astronaut_jpeg, httpserver
+):
+    page = page_of(client, astronaut_jpeg)
+    text = assert_html_page(client.get(page), 200)
+    assert re.search(r"\d+(\.\d)? KiB, last by file <span class=\"source-name\">photo.jpg", text)
+    assert "bytes, by" not in text
+    httpserver.expect_request("/face.jpg").respond_with_data(
+        astronaut_jpeg, content_type="image/jpeg"
+    )
+    by_url = create_app({**config, "URL_ALLOW_PRIVATE_NETWORKS": True}).test_client()
+    url = httpserver.url_for("/face.jpg") + "?token=secret"
+    answer = by_url.post("/app", data={"image_url": f"  {url} \n"})  # pasted, with spaces
+    assert answer.status_code == 303 and answer.headers["Location"] == page
+    text = assert_html_page(client.get(page), 200)
+    assert "last by url" in text and "/face.jpg" in text and "secret" not in text
+
+
+def test_an_unknown_page_under_app_is_a_page(client):
+    for path in ("/app/nothing", "/app/images/x/y/z"):
+        text = assert_html_page(client.get(path), 404)
+        assert "Not found" in text
+    answer = client.get("/api/nothing")  # the API keeps its JSON
+    assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "route.not_found"
+
+
+def test_sizes_are_written_for_people(config, astronaut_jpeg):
+    small = create_app({**config, "MAX_UPLOAD_BYTES": 10 * 1024 * 1024, "MAX_CONTENT_LENGTH": 1000})
+    text = assert_html_page(upload(small.test_client(), astronaut_jpeg), 413)
+    assert "10 MiB" in text and "10485760" not in text
