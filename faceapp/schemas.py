@@ -36,6 +36,15 @@ class ValidateRequest(SourceSchema):
     """POST /api/validate."""
 
 
+def distinct_labels(labels: list[str]) -> None:
+    """Refuse a label given twice (case aside: CLIP lowercases, so both would score the same)."""
+    seen: set[str] = set()
+    for label in labels:
+        if label.casefold() in seen:
+            raise ValidationError(f"{label[:64]!r} is given twice; give each label once.")
+        seen.add(label.casefold())
+
+
 class AnalyzeRequest(SourceSchema):
     """POST /api/analyze: an image_id or an image source, and what to compute."""
 
@@ -44,7 +53,8 @@ class AnalyzeRequest(SourceSchema):
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=64)
     )
     labels = fields.List(
-        fields.String(validate=validate.Length(min=1, max=200)), validate=validate.Length(max=32)
+        fields.String(validate=validate.Length(min=1, max=200)),
+        validate=[validate.Length(max=32), distinct_labels],
     )
     include_embedding = Flag(load_default=False)
     force = Flag(load_default=False)

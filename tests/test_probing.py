@@ -123,3 +123,11 @@ def test_any_malformed_image_id_is_image_id_invalid(client, image_id):
     assert answer.get_json()["error"]["code"] == "image_id.invalid"
     answer = client.get(f"/api/images/{image_id}")
     assert answer.get_json()["error"]["code"] in ("image_id.invalid", "route.not_found")
+
+
+def test_the_api_refuses_duplicate_labels(client):
+    answer = client.post("/api/analyze", json={"image_id": "0" * 64, "labels": ["hat", "Hat"]})
+    assert answer.status_code == 400
+    error = answer.get_json()["error"]
+    assert error["code"] == "input.invalid" and error["field"] == "labels"
+    assert "given twice" in error["message"]
