@@ -11,7 +11,7 @@ from typing import Any
 
 from werkzeug.datastructures import FileStorage
 
-from faceapp.errors import FaceappError
+from faceapp.errors import FaceappError, human_bytes
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+/-]*)(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -115,7 +115,7 @@ def too_large(max_bytes: int) -> FaceappError:
     """413 image.too_large naming the limit."""
     return FaceappError(
         "image.too_large",
-        f"The image is larger than the {max_bytes}-byte limit (MAX_UPLOAD_BYTES).",
+        f"The image is larger than the {human_bytes(max_bytes)} limit (MAX_UPLOAD_BYTES).",
     )
 
 
