@@ -68,7 +68,7 @@ def test_a_handful_of_slow_clients_cannot_starve_health(tmp_path, tiny_model_dir
         try:
             for _ in range(8):
                 try:
-                    answer = requests.get(base + "/api/health", timeout=HEADER_TIMEOUT + 3)
+                    answer = requests.get(base + "/api/health", timeout=HEADER_TIMEOUT + 6)
                     answers.append(answer.status_code)
                 except requests.RequestException as exc:
                     answers.append(type(exc).__name__)
