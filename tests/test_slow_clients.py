@@ -92,3 +92,64 @@ def test_a_handful_of_slow_clients_cannot_starve_health(tmp_path, tiny_model_dir
     assert "the-secret-key" not in text and secret not in text
     assert not any(line.startswith("FORGED-LINE") for line in text.splitlines())
     assert "\x1b" not in text
+
+
+def dripping(sock: socket.socket, stop: threading.Event, every: float = 0.05) -> threading.Thread:
+    """A peer that sends one byte every `every` seconds until stopped (at most 200 bytes)."""
+
+    def run() -> None:
+        for _ in range(200):
+            if stop.wait(every):
+                return
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                return
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_dripping_peer_is_cut_off_at_the_deadline(phase):
+    from gunicorn.http.errors import NoMoreData
+
+    from faceapp.gunicorn_worker import DeadlineSocket
+
+    ours, theirs = socket.socketpair()
+    stop = threading.Event()
+    # Every read brings a byte well within the per-read limit; only the total deadline stops it.
+    sock = DeadlineSocket(ours, header_timeout=0.4, read_timeout=5.0, body_timeout=0.4)
+    if phase == "headers":
+        sock.expect_headers()
+    else:
+        sock.expect_body()
+    drip = dripping(theirs, stop)
+    started, received = time.monotonic(), b""
+    try:
+        with pytest.raises(NoMoreData):
+            for _ in range(200):
+                received += sock.recv(1)
+    finally:
+        stop.set()
+        drip.join(timeout=5)
+        ours.close()
+        theirs.close()
+    assert 0.3 < time.monotonic() - started < 3 and received.startswith(b"x")
+
+
+def test_a_silent_peer_is_cut_off_after_one_read_timeout():
+    from gunicorn.http.errors import NoMoreData
+
+    from faceapp.gunicorn_worker import DeadlineSocket
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        sock = DeadlineSocket(ours, header_timeout=5.0, read_timeout=0.3, body_timeout=60.0)
+        sock.expect_body()
+        theirs.sendall(b"ab")
+        assert sock.recv(10) == b"ab"
+        with pytest.raises(NoMoreData):
+            sock.recv(10)
+        assert ours.gettimeout() is None  # left blocking, as gunicorn expects
