@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from werkzeug.datastructures import FileStorage
 
@@ -62,8 +63,6 @@ def source_name(source: ImageSource) -> str | None:
     if source.kind == "file":
         name = getattr(source.value, "filename", None) or ""
     elif source.kind == "image_url" and isinstance(source.value, str):
-        from urllib.parse import urlsplit
-
         try:
             parts = urlsplit(source.value.strip())
             name = f"{parts.hostname or ''}{parts.path}"  # no user, password or query: secrets
