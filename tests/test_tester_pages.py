@@ -161,6 +161,17 @@ def test_viewing_a_run_adds_no_trace_event(client, astronaut_jpeg):
     assert json.loads(element_text(text, "analysis-json"))["cached"] is False
 
 
+def test_the_old_get_with_analyze_runs_nothing(app, client, astronaut_jpeg):
+    page = page_of(client, astronaut_jpeg)
+    image_id = page.rsplit("/", 1)[1]
+    before = client.get(f"/api/images/{image_id}/trace").get_json()["events"]
+    text = assert_html_page(client.get(page + "?analyze=1&labels=a+hat&force=1"), 200)
+    assert 'id="analysis-none"' in text
+    assert client.get(f"/api/images/{image_id}/trace").get_json()["events"] == before
+    with app.app_context():
+        assert models.peek() is None  # a GET never loads or runs the model
+
+
 def test_long_labels_never_reach_the_redirect_url(client, astronaut_jpeg):
     page = page_of(client, astronaut_jpeg)
     labels = [f"{i} " + "ж" * 190 for i in range(11)]  # 11 Cyrillic labels of ~190 characters
