@@ -5,15 +5,19 @@ import os
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WORKERS", "2"))
 # Threads let a worker wait on a slow image_url while another request runs; the model's own
-# thread pool is sized to cores / workers (faceapp.face_models.torch_threads).
-worker_class = os.environ.get("WORKER_CLASS", "gthread")
-threads = int(os.environ.get("THREADS", "4"))
+# thread pool is sized to cores / workers (faceapp.face_models.torch_threads). The worker class
+# is gunicorn's gthread plus a deadline on reading headers (and on each body read), so that a
+# few slow clients cannot hold every thread: see faceapp/gunicorn_worker.py. gunicorn must still
+# not face the internet directly; nginx in front buffers whole requests (deploy/).
+worker_class = os.environ.get("WORKER_CLASS", "faceapp.gunicorn_worker.HeaderDeadlineWorker")
+threads = int(os.environ.get("THREADS", "8"))
+worker_connections = 1000  # gthread's cap on open connections per worker (idle keep-alives too)
 # The app (and torch) is imported in each worker after fork: loading torch in the master
 # hangs workers (gunicorn #2478, pytorch #49555) and breaks CUDA.
 preload_app = False
 timeout = 120
 graceful_timeout = 30  # SIGTERM: in-flight requests get this long to finish
-keepalive = 5
+keepalive = 5  # an idle kept-alive connection costs no thread, and is closed after 5 s
 # Recycle workers now and then, staggered so they never all restart at once.
 max_requests = int(os.environ.get("MAX_REQUESTS", "1000"))
 max_requests_jitter = max(1, max_requests // 10)
@@ -22,6 +26,10 @@ accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+# The access log escapes control characters and never writes a key (faceapp/request_log.py).
+logger_class = "faceapp.request_log.AccessLogger"
 # gunicorn 24+ opens a control socket at one fixed path per user; two instances on a machine
 # would fight over it, and faceapp does not use it.
 control_socket_disable = True

@@ -1,16 +1,39 @@
-"""API keys: who may call /api (API_KEYS) and who may run admin operations (ADMIN_KEYS)."""
+"""API keys: who may call /api and the tester pages (API_KEYS), and who is an admin (ADMIN_KEYS).
+
+Scripts send a key as ``Authorization: Bearer <key>`` or ``X-API-Key``, on /api and on the pages
+alike. People sign in to the pages once (/app/login): the session then holds the key's id, a
+hash that names the key without revealing it, never the key itself. /api never reads the session,
+so a browser's cookie can never call the API for it (that is why /api needs no CSRF token).
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from flask import current_app, request
+from flask import current_app, g, request, session
 
 from faceapp.errors import FaceappError
 
 PUBLIC_ENDPOINTS = {"api.health", "api.ready"}  # probes never need a key
+SESSION_KEY_ID = "key_id"  # the signed session cookie of the tester pages holds this
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the id of the key it carries (None without a valid one), and its role."""
+
+    key_id: str | None = None
+    admin: bool = False
+    sent_unknown_key: bool = False  # a key was sent, and it is not one this service accepts
+
+
+def key_id(key: str) -> str:
+    """A short, stable name of a key for traces, sessions and rate-limit counts; not the key."""
+    return hashlib.sha256(b"faceapp-key\0" + key.encode()).hexdigest()[:20]
 
 
 def presented_key() -> str | None:
@@ -30,20 +53,69 @@ def key_matches(key: str, accepted: Iterable[str]) -> bool:
     return found
 
 
+def keys_required() -> bool:
+    """Whether this service needs a key (API_KEYS set) for /api and the pages."""
+    return bool(current_app.config["API_KEYS"])
+
+
+def current_caller() -> Caller:
+    """The caller of this request, worked out once per request."""
+    if "caller" not in g:
+        g.caller = _identify()
+    return g.caller
+
+
+def _identify() -> Caller:
+    config = current_app.config
+    admins, users = config["ADMIN_KEYS"], config["API_KEYS"]
+    key = presented_key()
+    if key is not None:
+        if key_matches(key, admins):
+            return Caller(key_id(key), admin=True)
+        if key_matches(key, users):
+            return Caller(key_id(key))
+        return Caller(sent_unknown_key=True)
+    if request.blueprint != "tester" or not config.get("SECRET_KEY"):
+        return Caller()  # /api never takes a session cookie as a key
+    signed_in = session.get(SESSION_KEY_ID)
+    if not isinstance(signed_in, str):
+        return Caller()
+    # The session names a key; it counts only while that key is still configured.
+    if any(hmac.compare_digest(signed_in, key_id(k)) for k in admins):
+        return Caller(signed_in, admin=True)
+    if any(hmac.compare_digest(signed_in, key_id(k)) for k in users):
+        return Caller(signed_in)
+    return Caller()
+
+
+def sign_in(key: str) -> Caller:
+    """Check a key typed into the login form and hold its id in the session (401 if unknown)."""
+    g.pop("caller", None)
+    config = current_app.config
+    if key_matches(key, config["ADMIN_KEYS"]) or key_matches(key, config["API_KEYS"]):
+        session.clear()  # a fresh session for the new identity
+        session[SESSION_KEY_ID] = key_id(key)
+        return current_caller()
+    raise FaceappError("auth.required", "The key typed is not one this service accepts.")
+
+
+def sign_out() -> None:
+    """Forget the key of this browser session."""
+    session.clear()
+    g.pop("caller", None)
+
+
 def check_api_key() -> None:
     """Before every /api request: when API_KEYS is set, a user or admin key is required."""
-    if request.endpoint in PUBLIC_ENDPOINTS:
+    if request.endpoint in PUBLIC_ENDPOINTS or not keys_required():
         return
-    accepted = current_app.config["API_KEYS"]
-    if not accepted:
-        return
-    key = presented_key()
-    if key is None:
+    caller = current_caller()
+    if caller.sent_unknown_key:
+        raise FaceappError("auth.required", "The key sent is not one this service accepts.")
+    if caller.key_id is None:
         raise FaceappError(
             "auth.required", "This API needs a key: send Authorization: Bearer <key>."
         )
-    if not key_matches(key, [*accepted, *current_app.config["ADMIN_KEYS"]]):
-        raise FaceappError("auth.required", "The key sent is not one this service accepts.")
 
 
 def admin_required(view: Callable) -> Callable:
@@ -51,19 +123,18 @@ def admin_required(view: Callable) -> Callable:
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        admins = current_app.config["ADMIN_KEYS"]
-        key = presented_key()
-        if not admins:
+        if not current_app.config["ADMIN_KEYS"]:
             raise FaceappError(
                 "auth.forbidden",
                 "Admin operations are disabled on this service: the operator sets ADMIN_KEYS.",
             )
-        if key is None:
-            raise FaceappError("auth.required", "This operation needs an admin key.")
-        if not key_matches(key, admins):
-            if key_matches(key, current_app.config["API_KEYS"]):
-                raise FaceappError("auth.forbidden", "This key may not run admin operations.")
+        caller = current_caller()
+        if caller.admin:
+            return view(*args, **kwargs)
+        if caller.key_id is not None:
+            raise FaceappError("auth.forbidden", "This key may not run admin operations.")
+        if caller.sent_unknown_key:
             raise FaceappError("auth.required", "The key sent is not one this service accepts.")
-        return view(*args, **kwargs)
+        raise FaceappError("auth.required", "This operation needs an admin key.")
 
     return wrapper

@@ -80,8 +80,11 @@ DEFAULTS: dict[str, Any] = {
     # How many reverse proxies in front of faceapp append to X-Forwarded-For/-Proto (1 behind
     # one nginx); 0 trusts no such header: the client is the socket peer (faceapp/security.py).
     "TRUSTED_PROXY_HOPS": 0,
-    # Requests per client address over all of /api except the health and ready probes.
-    "RATELIMIT": "120 per minute",
+    # Requests over all of /api and the tester pages (not the health and ready probes): per API
+    # key when API_KEYS is set (requests without a valid key: per client address), else per
+    # client address. A frontend host sending tens of requests a second fits well inside;
+    # the limit stops runaway clients and key guessing, not capacity (faceapp/security.py).
+    "RATELIMIT": "100 per second; 3000 per minute",
     "RATELIMIT_ENABLED": True,
     # Where the counts live: None = the STORE_URL's Redis when STORE_URL is redis://, else the
     # worker's memory (each worker then counts on its own); or any limits storage URI.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from faceapp.errors import FaceappError
+from faceapp.errors import FaceappError, human_bytes
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 
@@ -103,7 +103,7 @@ def decode_image(
     if len(data) > max_bytes:
         raise FaceappError(
             "image.too_large",
-            f"The image is {len(data)} bytes; the largest accepted is {max_bytes} bytes.",
+            f"The image is larger than the largest accepted ({human_bytes(max_bytes)}).",
         )
     formats = [name.upper() for name in allowed_formats]
     # Never more than Pillow's own limit: then Pillow's DecompressionBombWarning cannot fire for

@@ -14,6 +14,10 @@ from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
+#: app.extensions key of the tester's page renderer for HTTP errors on paths under /app that
+#: no route matched (faceapp/tester.py sets it), so that /app/<typo> answers a page, not JSON.
+PAGE_ERRORS_KEY = "faceapp.page_errors"
+
 #: Every code a client can receive, with its HTTP status (API.md, "Error codes").
 STATUS_BY_CODE: dict[str, int] = {
     "input.missing": 400,
@@ -97,12 +101,12 @@ def _from_http_exception(exc: HTTPException) -> FaceappError:
         config = current_app.config
         message = (
             f"The form has too many fields (at most {config.get('MAX_FORM_PARTS')}) or a "
-            f"text field over {config.get('MAX_FORM_MEMORY_SIZE')} bytes."
+            f"text field over {human_bytes(config.get('MAX_FORM_MEMORY_SIZE') or 0)}."
         )
         code = "request.too_large"
     elif status == 413:
-        limit = current_app.config.get("MAX_UPLOAD_BYTES")
-        message = f"The request body is too large (the largest accepted image is {limit} bytes)."
+        limit = human_bytes(current_app.config.get("MAX_UPLOAD_BYTES") or 0)
+        message = f"The request body is too large (the largest accepted image is {limit})."
         code = "image.too_large"
     elif code == "internal":
         message = "The server could not answer this request."
@@ -111,6 +115,18 @@ def _from_http_exception(exc: HTTPException) -> FaceappError:
     error = FaceappError(code, message.split("\n")[0])
     error.valid_methods = getattr(exc, "valid_methods", None)
     return error
+
+
+def human_bytes(count: int) -> str:
+    """A size in words: ``10 MiB``, ``1.5 KiB``, ``512 bytes``."""
+    if count < 1024:
+        return f"{count} bytes"
+    size = float(count)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def _form_too_large() -> bool:
@@ -131,6 +147,12 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
+        pages = current_app.extensions.get(PAGE_ERRORS_KEY)
+        unrouted_page = request.blueprint is None and (
+            request.path == "/app" or request.path.startswith("/app/")
+        )
+        if pages is not None and unrouted_page:
+            return pages(exc)
         return error_response(_from_http_exception(exc))
 
     @app.errorhandler(Exception)

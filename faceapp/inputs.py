@@ -8,10 +8,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from werkzeug.datastructures import FileStorage
 
-from faceapp.errors import FaceappError
+from faceapp.errors import FaceappError, human_bytes
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+/-]*)(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -57,6 +58,21 @@ def pick_source(
     return given[0] if given else None
 
 
+def source_name(source: ImageSource) -> str | None:
+    """What to call a source in a trace: the file name, or the URL's host and path (no query)."""
+    if source.kind == "file":
+        name = getattr(source.value, "filename", None) or ""
+    elif source.kind == "image_url" and isinstance(source.value, str):
+        try:
+            parts = urlsplit(source.value.strip())
+            name = f"{parts.hostname or ''}{parts.path}"  # no user, password or query: secrets
+        except ValueError:
+            return None
+    else:
+        return None
+    return name[:200] or None
+
+
 def read_upload(upload: FileStorage, max_bytes: int) -> bytes:
     """The bytes of an uploaded file, refusing more than `max_bytes` without reading it all."""
     data = upload.stream.read(max_bytes + 1)
@@ -98,7 +114,7 @@ def too_large(max_bytes: int) -> FaceappError:
     """413 image.too_large naming the limit."""
     return FaceappError(
         "image.too_large",
-        f"The image is larger than the {max_bytes}-byte limit (MAX_UPLOAD_BYTES).",
+        f"The image is larger than the {human_bytes(max_bytes)} limit (MAX_UPLOAD_BYTES).",
     )
 
 

@@ -1,4 +1,10 @@
-"""Request ids and log lines that carry them (and the image_id when a request has one)."""
+"""Request ids, and log lines that carry them (and the image_id when a request has one).
+
+Nothing a client sends can forge a log line: every faceapp log message and every field of
+gunicorn's access log has its control characters escaped (a newline becomes ``\\n``), and keys
+never reach a log in clear (gunicorn's Basic-auth user name, key-like query parameters and the
+key headers are redacted).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,83 @@ import logging
 import re
 import time
 import uuid
+from urllib.parse import unquote
 
 from flask import Flask, g, has_request_context, request
+from gunicorn.glogging import Logger as GunicornLogger
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LOG_FORMAT = (
     "%(asctime)s %(levelname)s [%(process)d] %(name)s "
     "rid=%(request_id)s img=%(image_id)s %(message)s"
 )
+# C0 and C1 controls, DEL, and the Unicode line/paragraph separators and direction overrides a
+# terminal or log viewer would act on.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Query parameters whose values are never logged (a key sent where no key belongs is still one).
+_SECRET_PARAM = re.compile(r"key|token|secret|pass|auth|session|sig", re.IGNORECASE)
+REDACTED = "[redacted]"
+_SECRET_HEADERS = {"authorization", "x-api-key", "cookie", "proxy-authorization"}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each control character written as an escape (``\\n``, ``\\x00``, ``\\u2028``)."""
+
+    def escaped(match: re.Match) -> str:
+        char = match.group()
+        if char in _NAMED:
+            return _NAMED[char]
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROLS.sub(escaped, text)
+
+
+def redact_query(query: str) -> str:
+    """A raw query string with the values of key-like parameters replaced by ``[redacted]``."""
+    parts = []
+    for part in query.split("&"):
+        name, sep, _ = part.partition("=")
+        if sep and _SECRET_PARAM.search(unquote(name)):
+            part = f"{name}={REDACTED}"
+        parts.append(part)
+    return "&".join(parts)
+
+
+def redact_uri(uri: str) -> str:
+    """A request target with its query string redacted (see :func:`redact_query`)."""
+    path, sep, query = uri.partition("?")
+    return path + sep + redact_query(query) if sep else path
+
+
+class EscapingFormatter(logging.Formatter):
+    """Escapes control characters in the message; a traceback after it keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+class AccessLogger(GunicornLogger):
+    """gunicorn's logger (``logger_class`` in gunicorn.conf.py) with a safe access log."""
+
+    def atoms(self, resp, req, environ, request_time) -> dict:
+        atoms = super().atoms(resp, req, environ, request_time)
+        atoms["u"] = "-"  # the Basic-auth user name: faceapp has none, a misplaced key would be it
+        atoms["r"] = "{} {} {}".format(
+            environ.get("REQUEST_METHOD", "-"),
+            redact_uri(environ.get("RAW_URI", "")),
+            environ.get("SERVER_PROTOCOL", "-"),
+        )
+        atoms["q"] = redact_query(environ.get("QUERY_STRING") or "")
+        for name in _SECRET_HEADERS:
+            if f"{{{name}}}i" in atoms:
+                atoms[f"{{{name}}}i"] = REDACTED
+        return {
+            name: escape_controls(value) if isinstance(value, str) else value
+            for name, value in atoms.items()
+        }
 
 
 class RequestContextFilter(logging.Filter):
@@ -32,7 +107,7 @@ def configure_logging(app: Flask) -> None:
     if not any(getattr(h, "_faceapp", False) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler._faceapp = True
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(EscapingFormatter(LOG_FORMAT))
         handler.addFilter(RequestContextFilter())
         logger.addHandler(handler)
         logger.propagate = False
@@ -54,5 +129,9 @@ def init_request_ids(app: Flask) -> None:
         rid = g.get("request_id") or uuid.uuid4().hex
         response.headers["X-Request-ID"] = rid
         elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        access.info("%s %s %s %.1fms", request.method, request.path, response.status_code, elapsed)
+        # The path is escaped twice over: here (a log handler of the operator's own might not
+        # be ours) and by EscapingFormatter.
+        path = escape_controls(request.path)
+        method = escape_controls(request.method)
+        access.info("%s %s %s %.1fms", method, path, response.status_code, elapsed)
         return response

@@ -36,15 +36,25 @@ class ValidateRequest(SourceSchema):
     """POST /api/validate."""
 
 
+def distinct_labels(labels: list[str]) -> None:
+    """Refuse a label given twice (case aside: CLIP lowercases, so both would score the same)."""
+    seen: set[str] = set()
+    for label in labels:
+        if label.casefold() in seen:
+            raise ValidationError(f"{label[:64]!r} is given twice; give each label once.")
+        seen.add(label.casefold())
+
+
 class AnalyzeRequest(SourceSchema):
     """POST /api/analyze: an image_id or an image source, and what to compute."""
 
-    image_id = fields.String(validate=validate.Length(max=128))
+    image_id = fields.String()  # checked by check_image_id: image_id.invalid, as API.md says
     attributes = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=64)
     )
     labels = fields.List(
-        fields.String(validate=validate.Length(min=1, max=200)), validate=validate.Length(max=32)
+        fields.String(validate=validate.Length(min=1, max=200)),
+        validate=[validate.Length(max=32), distinct_labels],
     )
     include_embedding = Flag(load_default=False)
     force = Flag(load_default=False)
@@ -313,7 +323,10 @@ LIST_FIELDS = ("attributes", "labels")
 def request_fields(request: Request) -> dict[str, Any]:
     """The request's fields, from a JSON object body or from the form."""
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # json's parser recurses per bracket; 20,000 of them overflow it
+            raise FaceappError("input.invalid", "The JSON body is nested too deeply.") from None
         if not isinstance(body, dict):
             raise FaceappError("input.invalid", "The JSON body must be an object.")
         return body
@@ -335,7 +348,12 @@ def parse(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         field, problems = next(iter(exc.normalized_messages().items()))
         detail = problems if isinstance(problems, str) else _first_message(problems)
-        raise FaceappError("input.invalid", f"{field}: {detail}", field=str(field)) from None
+        name = _short(str(field))  # a field name is the client's text: never echo a megabyte
+        raise FaceappError("input.invalid", f"{name}: {detail}", field=name) from None
+
+
+def _short(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _first_message(problems: Any) -> str:

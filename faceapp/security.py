@@ -1,11 +1,16 @@
 """What faceapp does for exposure: security headers, the client's address, and rate limits.
 
 - Every answer (API and pages) carries a strict Content-Security-Policy (unless a view set its
-  own), nosniff, DENY framing and no referrer; /api answers are ``Cache-Control: no-store``.
+  own), nosniff, DENY framing and no referrer; /api and /app answers are
+  ``Cache-Control: no-store``.
 - ``TRUSTED_PROXY_HOPS`` proxies are believed about the client's address (ProxyFix); with 0 the
   client is the socket peer and X-Forwarded-For is ignored.
-- /api is rate limited per client address (``RATELIMIT``), except the health and ready probes,
-  with the counts in Redis when the store is (so every worker and instance shares them).
+- /api and the tester pages are rate limited (``RATELIMIT``): per API key when API_KEYS is set
+  (a request without a valid key counts against its address), else per client address. The
+  health and ready probes and /static are not limited. The counts live in Redis when the store
+  does (so every worker and instance shares them).
+- The tester's session cookie is ``Secure`` whenever the request came over HTTPS (directly, or
+  through a trusted proxy that said so), ``HttpOnly`` and ``SameSite=Lax``.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import math
 import time
 
 from flask import Flask, Response, current_app, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from limits import parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from faceapp import metrics
-from faceapp.access import PUBLIC_ENDPOINTS
+from faceapp.access import PUBLIC_ENDPOINTS, current_caller, keys_required
 from faceapp.errors import FaceappError, error_response
 
 LIMITER_KEY = "faceapp.limiter"
@@ -46,20 +52,33 @@ def init_app(app: Flask) -> None:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0
         )
     init_rate_limits(app)
+    app.session_interface = ProxyAwareSessionInterface()
     app.after_request(add_security_headers)
+
+
+class ProxyAwareSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, marked Secure whenever the request itself was HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
 
 
 def add_security_headers(response: Response) -> Response:
     """Set the security headers a view has not set itself (the tester pages set their own CSP)."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
-    if is_api_request() and "Cache-Control" not in response.headers:
+    ours = is_api_request() or _under(request.path, "/app")
+    if ours and "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = "no-store"
     return response
 
 
 def is_api_request() -> bool:
-    return request.path == "/api" or request.path.startswith("/api/")
+    return _under(request.path, "/api")
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
 
 
 def rate_limit_storage_uri(config) -> str:
@@ -75,8 +94,16 @@ def rate_limit_storage_uri(config) -> str:
 
 
 def _not_limited() -> bool:
-    """Only /api is limited, and never the probes (a load balancer polls them)."""
-    return not is_api_request() or request.endpoint in PUBLIC_ENDPOINTS
+    """/api and /app are limited, never the probes (a load balancer polls them) nor /static."""
+    limited = is_api_request() or _under(request.path, "/app")
+    return not limited or request.endpoint in PUBLIC_ENDPOINTS
+
+
+def rate_limit_identity() -> str:
+    """Whom a request counts against: its API key when keys are configured, else its address."""
+    if _by_key():
+        return f"key:{current_caller().key_id}"
+    return f"addr:{get_remote_address()}"  # after ProxyFix: the peer, or what the proxy saw
 
 
 def init_rate_limits(app: Flask) -> Limiter:
@@ -87,7 +114,7 @@ def init_rate_limits(app: Flask) -> Limiter:
     except ValueError as exc:
         raise ValueError(f"RATELIMIT {rate!r} is not a rate such as '120 per minute'") from exc
     limiter = Limiter(
-        get_remote_address,  # after ProxyFix: the socket peer, or what the trusted proxy saw
+        rate_limit_identity,
         application_limits=[rate],
         application_limits_exempt_when=_not_limited,
         storage_uri=rate_limit_storage_uri(app.config),
@@ -104,17 +131,27 @@ def init_rate_limits(app: Flask) -> Limiter:
     return limiter
 
 
-def _rate_limited(exc: RateLimitExceeded) -> Response:
+def retry_after_seconds() -> int:
+    """How long the client of a 429 should wait: until the breached window ends."""
     limiter: Limiter = current_app.extensions[LIMITER_KEY]
     current = limiter.current_limit
-    wait = max(1, math.ceil(current.reset_at - time.time())) if current else 60
-    response = error_response(
-        FaceappError(
-            "rate.limited",
-            f"Too many requests from this client (the limit is {exc.description}); "
-            f"retry after {wait} s.",
-        )
-    )
+    return max(1, math.ceil(current.reset_at - time.time())) if current else 60
+
+
+def rate_limited_message(exc: RateLimitExceeded, wait: int) -> str:
+    """The words of a 429, for the API's envelope and the tester's page alike."""
+    who = "key" if _by_key() else "client"
+    limit = exc.description
+    return f"Too many requests from this {who} (the limit is {limit}); retry after {wait} s."
+
+
+def _rate_limited(exc: RateLimitExceeded) -> Response:
+    wait = retry_after_seconds()
+    response = error_response(FaceappError("rate.limited", rate_limited_message(exc, wait)))
     response.headers["Retry-After"] = str(wait)
     metrics.count_rate_limited()
     return response
+
+
+def _by_key() -> bool:
+    return keys_required() and current_caller().key_id is not None

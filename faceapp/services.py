@@ -19,7 +19,7 @@ from PIL import Image
 
 from faceapp import analysis, decoding, faces, metrics, validation
 from faceapp.errors import FaceappError
-from faceapp.inputs import ImageSource, source_bytes
+from faceapp.inputs import ImageSource, source_bytes, source_name
 from faceapp.store import check_image_id, image_id_for, not_found, store
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,14 @@ def record_event(
     image_id: str, event: str, timings_ms: Mapping[str, float] | None = None, **extra: Any
 ) -> dict:
     """Append one event to an image's trace (who, when, which request, how long)."""
+    caller = g.get("caller")  # faceapp.access: who sent the request, as a key id (never a key)
     entry = {
         "event": event,
         "time": now_iso(),
         "worker_pid": os.getpid(),
         "request_id": g.get("request_id", "-"),
         "timings_ms": {k: round(float(v), 2) for k, v in (timings_ms or {}).items()},
+        **({"key_id": caller.key_id} if caller is not None and caller.key_id else {}),
         **extra,
     }
     store.backend.append_event(image_id, entry)
@@ -122,6 +124,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
             cached=True,
             valid=meta["validation"]["valid"],
             source=source.kind,
+            name=source_name(source),
         )
         return meta
     if meta is not None:  # wipe_cache: results go, the image is validated afresh, the trace stays
@@ -174,6 +177,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         cached=False,
         valid=report.valid,
         source=source.kind,
+        name=source_name(source),
         errors=[i.code for i in report.errors],
         warnings=[i.code for i in report.warnings],
         **faces.trace_fields(detector),
@@ -260,6 +264,10 @@ def analyze(
         cached=cached,
         faces=len(faces_doc),
         model_version=scorer.version,
+        attributes=list(attributes or []),  # empty: the whole attribute set
+        labels=list(labels or []),
+        include_embedding=bool(include_embedding),
+        force=bool(force),
     )
     return {
         "image_id": image_id,

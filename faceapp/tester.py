@@ -3,6 +3,11 @@
 They call the same service functions as the JSON API (never the API over HTTP), work without
 JavaScript (post, redirect, get), and answer every failure as an HTML page with the message.
 Served only when TESTER_ENABLED is true; the forms carry Flask-WTF CSRF tokens.
+
+The pages keep the API's rules: with API_KEYS set they need a key (the login form, or the API's
+own headers), the rate limits count them, and the recent list shows only the caller's uploads
+(everything to an admin key). An Analyze runs once, in its POST: what it computed is kept as a
+"tester run" beside the image's results, and the page it redirects to only reads that back.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -23,21 +31,22 @@ from flask import (
     request,
     url_for,
 )
+from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema
 from PIL import Image
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
-from faceapp import services
+from faceapp import access, security, services
 from faceapp.config import instance_secret_key
-from faceapp.errors import FaceappError
+from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes
 from faceapp.face_models import models
 from faceapp.inputs import pick_source
 from faceapp.model_files import read_manifest, resolve_model_folder
 from faceapp.output import dump_yaml, to_plain
 from faceapp.schemas import Flag, parse
-from faceapp.store import store
+from faceapp.store import IMAGE_ID_RE, store
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +54,20 @@ bp = Blueprint("tester", __name__, url_prefix="/app")
 csrf = CSRFProtect()
 
 RECENT_LIMIT = 24
+RECENT_SCAN = 200  # the newest stored images searched for the caller's uploads
 THUMBNAIL_SIDE = 160
+MAX_LABELS, MAX_LABEL_CHARS = 32, 200  # as the API's AnalyzeRequest
+RUN_PREFIX = "tester-run:"  # result keys of the tester's runs, beside the analysis cache
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
+OPEN_ENDPOINTS = {"tester.login", "tester.logout"}
 # Pages allow nothing inline and nothing from elsewhere: no inline script, style or style="".
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",  # pages and images of people's photos stay out of caches
 }
-OPTION_FLAGS = ("include_embedding", "wipe_cache", "force")
 
 
 def init_app(app: Flask) -> None:
@@ -65,6 +79,15 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     csrf.exempt(api.bp)
     app.register_blueprint(bp)
+    app.extensions[PAGE_ERRORS_KEY] = http_error_page  # /app/<no such page> answers a page too
+
+
+class AnalyzeFlags(Schema):
+    """The Analyze form's options besides the labels."""
+
+    include_embedding = Flag(load_default=False)
+    wipe_cache = Flag(load_default=False)
+    force = Flag(load_default=False)
 
 
 class UploadForm(Schema):
@@ -73,24 +96,43 @@ class UploadForm(Schema):
     wipe_cache = Flag(load_default=False)
 
 
-class AnalyzeForm(Schema):
-    """The Analyze form: free-text labels (one per line) and the analysis options."""
+def labels_text(data: MultiDict) -> str:
+    """The labels box as typed (the field may also come repeated, one label each)."""
+    return "\n".join(data.getlist("labels"))
 
-    labels = fields.List(
-        fields.String(validate=validate.Length(min=1, max=200)),
-        validate=validate.Length(max=32),
-        load_default=list,
-    )
-    include_embedding = Flag(load_default=False)
-    wipe_cache = Flag(load_default=False)
-    force = Flag(load_default=False)
+
+def parse_labels(text: str) -> list[str]:
+    """One label per non-blank line; a problem is 400 input.invalid naming its line."""
+    labels: list[str] = []
+    first_seen: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        label = line.strip()
+        if not label:
+            continue
+        if len(label) > MAX_LABEL_CHARS:
+            raise _label_error(
+                number, f"is {len(label)} characters long; a label has at most {MAX_LABEL_CHARS}"
+            )
+        key = label.casefold()  # CLIP lowercases: "Hat" and "hat" would score the same
+        if key in first_seen:
+            raise _label_error(number, f"repeats line {first_seen[key]}; give each label once")
+        first_seen[key] = number
+        labels.append(label)
+        if len(labels) > MAX_LABELS:
+            raise _label_error(number, f"is label {len(labels)}; at most {MAX_LABELS} are allowed")
+    return labels
+
+
+def _label_error(line: int, problem: str) -> FaceappError:
+    error = FaceappError("input.invalid", f"Labels, line {line} {problem}.", field="labels")
+    error.line = line
+    return error
 
 
 def analysis_options(data: MultiDict) -> dict[str, Any]:
-    """The Analyze options from a form or a query string (labels one per line, or repeated)."""
-    labels = [line.strip() for value in data.getlist("labels") for line in value.splitlines()]
-    given = {name: data[name] for name in OPTION_FLAGS if name in data}
-    return parse(AnalyzeForm(), {**given, "labels": [label for label in labels if label]})
+    """The Analyze options of a submitted form."""
+    given = {name: data[name] for name in AnalyzeFlags().fields if name in data}
+    return {**parse(AnalyzeFlags(), given), "labels": parse_labels(labels_text(data))}
 
 
 def upload_options(data: MultiDict) -> dict[str, Any]:
@@ -98,66 +140,121 @@ def upload_options(data: MultiDict) -> dict[str, Any]:
     return parse(UploadForm(), {name: data[name] for name in ("wipe_cache",) if name in data})
 
 
+# -- who may see the pages -----------------------------------------------------------------------
+
+
+@bp.before_request
+def require_key() -> Response | None:
+    """With API_KEYS set, every page needs a key: a signed-in session or the API's headers."""
+    if not access.keys_required() or request.endpoint in OPEN_ENDPOINTS:
+        return None
+    caller = access.current_caller()
+    if caller.key_id is not None:
+        return None
+    if caller.sent_unknown_key:
+        raise FaceappError("auth.required", "The key sent is not one this service accepts.")
+    return redirect(url_for(".login", next=request.full_path.rstrip("?")), 303)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response | tuple[str, int]:
+    """Sign in with an API key; the session then holds the key's id (never the key)."""
+    target = safe_next(request.values.get("next", ""))
+    if request.method == "GET":
+        return render_template("tester/login.html", next=target), 200
+    try:
+        access.sign_in(request.form.get("key", "").strip())
+    except FaceappError as error:
+        return render_template("tester/login.html", next=target, error=error), error.status
+    return redirect(target, 303)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """Forget this browser's key."""
+    access.sign_out()
+    return redirect(url_for(".login"), 303)
+
+
+def safe_next(target: str) -> str:
+    """Where to go after signing in: a path under /app on this site, else the upload form."""
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/app") or "\\" in target:
+        return url_for(".index")
+    return target
+
+
 # -- views -------------------------------------------------------------------------------------
 
 
 @bp.get("")
-def index() -> str:
+def index() -> str | tuple[str, int]:
     """The upload form and the recently stored images."""
+    if request.args.get("error") == "too_large":  # nginx refused the body (deploy/ config)
+        return render_index(upload_too_large("the proxy in front refused it")), 413
     return render_index()
 
 
 @bp.post("")
 def upload() -> Response | tuple[str, int]:
     """Validate an upload or image_url (as /api/validate does), then show its page."""
+    form = request.form.copy()
+    if "image_url" in form:  # a pasted URL often brings a space or a line break with it
+        form["image_url"] = form["image_url"].strip()
     try:
-        source = pick_source(request.form, request.files)
-        meta = services.ingest(source, **upload_options(request.form))
+        source = pick_source(form, request.files)
+        meta = services.ingest(source, **upload_options(form))
     except FaceappError as error:
-        return render_index(error), error.status
-    return redirect(url_for(".image_page", image_id=meta["image_id"]))
+        return render_index(error, image_url=form.get("image_url", "")), error.status
+    return redirect(url_for(".image_page", image_id=meta["image_id"]), 303)
 
 
 @bp.get("/images/<image_id>")
 def image_page(image_id: str) -> str | tuple[str, int]:
-    """An image: preview with faces, validation, the latest analysis asked for, and its trace."""
+    """An image: preview with faces, validation, a tester run when one is asked for, its trace."""
     meta = services.image_record(image_id)
-    if not request.args.get("analyze"):
+    run_id = request.args.get("run")
+    if run_id is None:
         return render_image_page(meta)
-    options = {**analysis_options(request.args), "wipe_cache": False}  # a GET never wipes
-    # Rendering never loads the model. After Analyze the result is read back (a cache hit, and
-    # the trace says so) when this worker's model is ready; the page says why when it is not.
-    if models.peek() is None:
-        return render_image_page(meta, options=options, pending=True)
-    try:
-        analysis = services.analyze(None, image_id, **options)
-    except FaceappError as error:
-        return render_image_page(meta, error=error, options=options), error.status
-    return render_image_page(meta, analysis=analysis, options=options)
+    run = read_run(image_id, run_id)
+    if run is None:
+        gone = FaceappError(
+            "input.invalid",
+            "This analysis is no longer stored (a wipe of the cache drops it, and so does "
+            "storing the image again with wipe); press Analyze to run it again.",
+        )
+        return render_image_page(meta, notice=gone), 404
+    return render_image_page(meta, run=run, options=run["options"])
 
 
 @bp.post("/images/<image_id>")
 def analyze(image_id: str) -> Response | tuple[str, int]:
-    """Analyze the image, then redirect back to its page with the options (post/redirect/get)."""
+    """Analyze once, keep what was computed as a tester run, and redirect to it (PRG)."""
     meta = services.image_record(image_id)
+    options = None
     try:
         options = analysis_options(request.form)
-        services.analyze(None, image_id, **options)
+        analysis = services.analyze(None, image_id, **options)
     except FaceappError as error:
-        return render_image_page(meta, error=error, options=submitted_options()), error.status
-    # wipe_cache is done with; the redirected page asks for the same result again.
-    flags = {name: 1 for name in ("include_embedding", "force") if options[name]}
-    return redirect(
-        url_for(
-            ".image_page", image_id=image_id, analyze=1, labels=options["labels"] or None, **flags
-        )
-    )
+        page = render_image_page(meta, error=error, options=options or submitted_options())
+        return page, error.status
+    run_id = secrets.token_urlsafe(12)
+    run = {"run_id": run_id, "created_at": services.now_iso(), "options": options}
+    store.backend.put_result(image_id, RUN_PREFIX + run_id, {**run, "analysis": analysis})
+    return redirect(url_for(".image_page", image_id=image_id, run=run_id), 303)
+
+
+def read_run(image_id: str, run_id: str) -> dict | None:
+    """A stored tester run of this image (None when unknown, malformed, or dropped since)."""
+    if not RUN_ID_RE.fullmatch(run_id):
+        return None
+    return store.backend.get_result(image_id, RUN_PREFIX + run_id)
 
 
 @bp.get("/images/<image_id>/image.png")
 def image_png(image_id: str) -> Response:
-    """The stored, normalised image (content-addressed, so it may be cached)."""
-    return _image_response(services.image_png(image_id), "image/png")
+    """The stored, normalised image."""
+    return Response(services.image_png(image_id), mimetype="image/png")
 
 
 @bp.get("/images/<image_id>/thumbnail.jpg")
@@ -167,18 +264,50 @@ def thumbnail(image_id: str) -> Response:
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=80)
-    return _image_response(buffer.getvalue(), "image/jpeg")
+    return Response(buffer.getvalue(), mimetype="image/jpeg")
 
 
 # -- rendering ---------------------------------------------------------------------------------
 
 
-def render_index(error: FaceappError | None = None) -> str:
+def recent_uploads(caller: access.Caller) -> list[dict]:
+    """The newest uploads this caller may see, newest first, re-uploads counted when they happen.
+
+    With API_KEYS set, a user key sees what it uploaded (through the pages or the API) and an
+    admin key sees everything; without keys, everyone sees everything.
+    """
+    scoped = access.keys_required() and not caller.admin
+    if scoped and caller.key_id is None:
+        return []
+    items = []
+    for meta in store.backend.recent(RECENT_SCAN):
+        uploads = [
+            event
+            for event in store.backend.events(meta["image_id"])
+            if event.get("event") == "validated"
+            and (not scoped or event.get("key_id") == caller.key_id)
+        ]
+        if scoped and not uploads:
+            continue
+        latest = uploads[-1] if uploads else {}
+        items.append(
+            {
+                "meta": meta,
+                "at": latest.get("time") or meta.get("created_at", ""),
+                "name": latest.get("name"),
+                "source": latest.get("source") or meta.get("source"),
+                "uploads": len(uploads),
+            }
+        )
+    items.sort(key=lambda item: item["at"], reverse=True)
+    return items[:RECENT_LIMIT]
+
+
+def render_index(error: FaceappError | None = None, image_url: str = "") -> str:
     """The upload form (refilled, with the error when there is one) and the recent images."""
-    image_url = request.form.get("image_url", "") if error else ""
     return render_template(
         "tester/index.html",
-        recent=store.backend.recent(RECENT_LIMIT),
+        recent=recent_uploads(access.current_caller()),
         error=error,
         image_url=image_url,
     )
@@ -187,26 +316,35 @@ def render_index(error: FaceappError | None = None) -> str:
 def render_image_page(
     meta: dict,
     *,
-    analysis: dict | None = None,
+    run: dict | None = None,
     error: FaceappError | None = None,
+    notice: FaceappError | None = None,
     options: dict | None = None,
-    pending: bool = False,
 ) -> str:
-    """The image page for stored metadata, with an analysis and an error where there are."""
+    """The image page for stored metadata, with a tester run and an error where there are."""
     image_id = meta["image_id"]
     validation = services.validation_answer(meta)
+    analysis = run["analysis"] if run else None
+    events = services.image_trace(image_id)["events"]
+    last_upload = next((e for e in reversed(events) if e.get("event") == "validated"), {})
+    options = options or {"labels": []}
     return render_template(
         "tester/image.html",
         meta=meta,
+        source=last_upload.get("source") or meta.get("source"),
+        source_name=last_upload.get("name"),
         validation=validation,
         validation_json=pretty_json(validation),
+        run=run,
         analysis=analysis,
         analysis_json=pretty_json(analysis) if analysis else None,
         analysis_yaml=dump_yaml(to_plain(analysis)) if analysis else None,
-        trace_rows=[trace_row(event) for event in services.image_trace(image_id)["events"]],
+        trace_rows=[trace_row(event) for event in events],
         error=error,
-        options=options or {"labels": []},
-        pending=pending,
+        notice=notice,
+        options=options,
+        labels_text=labels_text(request.form) if error else "\n".join(options["labels"]),
+        error_line=getattr(error, "line", None),
     )
 
 
@@ -233,16 +371,14 @@ def _words(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ", ".join(str(item) for item in value)
+        return " · ".join(str(item) for item in value)
     return str(value)
 
 
-def submitted_options() -> dict | None:
-    """The submitted options to refill the form with, or None when they do not parse."""
-    try:
-        return analysis_options(request.form)
-    except FaceappError:
-        return None
+def submitted_options() -> dict:
+    """The submitted flags to refill the form with (the labels box is refilled as typed)."""
+    form = request.form
+    return {"labels": [], **{name: name in form for name in AnalyzeFlags().fields}}
 
 
 def pretty_json(document: Any) -> str:
@@ -250,25 +386,34 @@ def pretty_json(document: Any) -> str:
     return json.dumps(to_plain(document), indent=2, ensure_ascii=False)
 
 
-def _image_response(data: bytes, mimetype: str) -> Response:
-    response = Response(data, mimetype=mimetype)
-    response.headers["Cache-Control"] = "private, max-age=3600"
-    return response
+def upload_too_large(why: str) -> FaceappError:
+    """413 image.too_large, as the upload form shows it."""
+    limit = human_bytes(current_app.config["MAX_UPLOAD_BYTES"])
+    message = f"The upload is too large ({why}): the largest image accepted is {limit}."
+    return FaceappError("image.too_large", message)
 
 
 @bp.context_processor
-def model_status() -> dict[str, Any]:
-    """What every page's banners say about this worker's model, without loading it."""
+def page_context() -> dict[str, Any]:
+    """What every page says about this worker's model (without loading it) and the caller."""
+    caller = access.current_caller()
+    signed_in = {
+        "keys_required": access.keys_required(),
+        "caller": caller,
+        "session_key": request.blueprint == "tester" and access.presented_key() is None,
+    }
     model = models.peek()
     if model is not None:
         return {
-            "model_ready": True,
+            **signed_in,
+            "model_status": "ready",
             "model_info": model.analyzer.describe(),
             "random_weights": model.random_weights,
             "model_reason": "",
         }
     return {
-        "model_ready": False,
+        **signed_in,
+        "model_status": models.status(),
         "model_info": None,
         "random_weights": configured_random_weights(),
         "model_reason": models.reason(),
@@ -288,7 +433,7 @@ def configured_random_weights() -> bool:
 
 @bp.after_request
 def security_headers(response: Response) -> Response:
-    """A strict CSP and friends on every tester response."""
+    """A strict CSP, no caching and friends on every tester response."""
     response.headers.update(SECURITY_HEADERS)
     return response
 
@@ -303,21 +448,35 @@ def faceapp_error_page(error: FaceappError) -> tuple[str, int]:
 
 @bp.errorhandler(CSRFError)
 def csrf_error_page(error: CSRFError) -> tuple[str, int]:
-    message = f"The form could not be accepted: {error.description} Reload the page and try again."
-    return render_template("tester/error.html", message=message, status=400), 400
+    """An expired or missing token: a link back to the same page with a fresh form."""
+    image_id = (request.view_args or {}).get("image_id", "")
+    if request.endpoint == "tester.analyze" and IMAGE_ID_RE.fullmatch(image_id):
+        back, where = url_for(".image_page", image_id=image_id), "the image"
+    elif request.endpoint == "tester.login":
+        back, where = url_for(".login"), "the sign-in form"
+    else:
+        back, where = url_for(".index"), "the upload form"
+    message = f"The form could not be accepted: {error.description}"
+    return render_template(
+        "tester/error.html", message=message, status=400, back=back, back_label=where
+    ), 400
+
+
+@bp.errorhandler(RateLimitExceeded)
+def rate_limited_page(exc: RateLimitExceeded) -> tuple[str, int, dict]:
+    wait = security.retry_after_seconds()
+    error = FaceappError("rate.limited", security.rate_limited_message(exc, wait))
+    page = render_template("tester/error.html", error=error, status=429)
+    return page, 429, {"Retry-After": str(wait)}
 
 
 @bp.errorhandler(HTTPException)
 def http_error_page(error: HTTPException) -> tuple[str, int]:
     status = error.code or 500
     if status == 413:  # the body is over MAX_CONTENT_LENGTH: say so as the upload form would
-        limit = current_app.config["MAX_UPLOAD_BYTES"]
-        message = f"The upload is too large: the largest image accepted is {limit} bytes."
-        too_large = FaceappError("image.too_large", message)
+        too_large = upload_too_large("over the request size limit")
         if request.endpoint == "tester.upload":
-            return render_template(
-                "tester/index.html", error=too_large, recent=store.backend.recent(RECENT_LIMIT)
-            ), 413
+            return render_index(too_large), 413
         return faceapp_error_page(too_large)
     message = (error.description or error.name).split("\n")[0]
     return render_template("tester/error.html", message=message, status=status), status

@@ -25,7 +25,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 from faceapp import __version__, metrics
 from faceapp.config import split_list
-from faceapp.errors import FaceappError
+from faceapp.errors import FaceappError, human_bytes
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -359,7 +359,7 @@ def _read_body(response: requests.Response, policy: FetchPolicy, give_up_at: flo
             f"image_url's server answered with HTTP status {response.status_code}.",
         )
     too_large = _error(
-        "url.too_large", f"The file at image_url is larger than {policy.max_bytes} bytes."
+        "url.too_large", f"The file at image_url is larger than {human_bytes(policy.max_bytes)}."
     )
     declared = response.headers.get("Content-Length", "")
     if declared.strip().isdigit() and int(declared) > policy.max_bytes:

@@ -1,5 +1,6 @@
-// Comfort only: the pages work without this file. Turns stacked JSON/YAML blocks into tabs
-// and shows copy buttons. Loaded from 'self' (the pages' CSP allows no inline script).
+// Comfort only: the pages work without this file. Turns stacked JSON/YAML blocks into tabs,
+// shows copy buttons, shows that Analyze is working, and points at a label line in error.
+// Loaded from 'self' (the pages' CSP allows no inline script).
 "use strict";
 
 function setUpTabs(container) {
@@ -21,21 +22,81 @@ function setUpTabs(container) {
   select(tabs[0]);
 }
 
+// Over plain http by host name there is no navigator.clipboard (it needs a secure context):
+// then the text is selected and copied the old way, or left selected for Ctrl+C.
+function copyBySelection(target) {
+  var range = document.createRange();
+  range.selectNodeContents(target);
+  var selection = window.getSelection();
+  selection.removeAllRanges();
+  selection.addRange(range);
+  try {
+    return document.execCommand("copy");
+  } catch (error) {
+    return false;
+  }
+}
+
 function setUpCopy(button) {
   var target = document.getElementById(button.getAttribute("data-copy"));
-  if (!target || !navigator.clipboard) return;
+  if (!target) return;
   button.hidden = false;
+  function show(text) {
+    button.textContent = text;
+    window.setTimeout(function () { button.textContent = "Copy"; }, 2000);
+  }
   button.addEventListener("click", function () {
-    navigator.clipboard.writeText(target.textContent).then(function () {
-      button.textContent = "Copied";
-    }, function () {
-      button.textContent = "Copy failed";
-    });
-    window.setTimeout(function () { button.textContent = "Copy"; }, 1500);
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(target.textContent).then(function () {
+        show("Copied");
+      }, function () {
+        show(copyBySelection(target) ? "Copied" : "Selected: press Ctrl+C");
+      });
+    } else {
+      show(copyBySelection(target) ? "Copied" : "Selected: press Ctrl+C");
+    }
   });
+}
+
+// A form that takes a while (Analyze): disable its button and say it is working, once.
+function setUpBusy(form) {
+  var button = form.querySelector("button[type=submit][data-busy-text]");
+  var note = form.querySelector(".busy-note");
+  if (!button) return;
+  var idle = button.textContent;
+  form.addEventListener("submit", function () {
+    // Disabled after this event, so the submission itself still goes out.
+    window.setTimeout(function () {
+      button.disabled = true;
+      button.setAttribute("aria-busy", "true");
+      button.textContent = button.getAttribute("data-busy-text");
+      if (note) note.hidden = false;
+    }, 0);
+  });
+  // Back/forward may show this page from the browser's cache: ready again.
+  window.addEventListener("pageshow", function () {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+    button.textContent = idle;
+    if (note) note.hidden = true;
+  });
+}
+
+// The labels box after a validation error: select the line the message names.
+function selectErrorLine(textarea) {
+  var line = parseInt(textarea.getAttribute("data-error-line"), 10);
+  if (!(line > 0)) return;
+  var lines = textarea.value.split("\n");
+  var start = 0;
+  for (var i = 0; i < line - 1 && i < lines.length; i++) start += lines[i].length + 1;
+  var end = start + (lines[line - 1] || "").length;
+  textarea.focus();
+  textarea.setSelectionRange(start, end);
 }
 
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("[data-tabs]").forEach(setUpTabs);
   document.querySelectorAll("button[data-copy]").forEach(setUpCopy);
+  document.querySelectorAll("form[data-busy-form]").forEach(setUpBusy);
+  document.querySelectorAll("textarea[data-error-line]").forEach(selectErrorLine);
 });

@@ -164,11 +164,43 @@ def test_the_fourth_request_in_a_minute_is_429_with_retry_after(config):
     assert other.status_code == 200
 
 
-def test_unauthenticated_requests_are_counted_too(config):
+def test_with_keys_each_key_has_its_own_count_and_keyless_requests_their_address(config):
     config.update(RATELIMIT="2 per minute", API_KEYS="user-key")
     client = create_app(config).test_client()
-    assert [client.get("/api/attributes").status_code for _ in range(2)] == [401, 401]
-    assert client.get("/api/attributes", headers=USER).status_code == 429
+    wrong = {"X-API-Key": "guess"}
+    assert [client.get("/api/attributes", headers=wrong).status_code for _ in range(2)] == [
+        401,
+        401,
+    ]
+    answer = client.get("/api/attributes")  # no key, or a wrong one: counted by address
+    assert answer.status_code == 429 and "from this client" in code_of_message(answer)
+    # The same address with a key is that key's count, and every key has its own.
+    assert [client.get("/api/attributes", headers=USER).status_code for _ in range(3)] == [
+        200,
+        200,
+        429,
+    ]
+    assert "from this key" in code_of_message(client.get("/api/attributes", headers=USER))
+    other_host = {"REMOTE_ADDR": "198.51.100.7"}  # a key is limited wherever it is used from
+    assert client.get("/api/attributes", headers=USER, environ_base=other_host).status_code == 429
+    assert client.get("/api/attributes", headers=ADMIN).status_code == 200
+    assert client.get("/api/attributes", environ_base=other_host).status_code == 401
+
+
+def code_of_message(response) -> str:
+    assert code_of(response) == "rate.limited"
+    return response.get_json()["error"]["message"]
+
+
+def test_the_default_limit_lets_one_frontend_send_tens_of_requests_a_second(config):
+    from faceapp.config import DEFAULTS
+
+    config.pop("RATELIMIT", None)
+    config["API_KEYS"] = "user-key"
+    client = create_app(config).test_client()
+    # 60 requests inside one second from one host and one key: none is refused.
+    codes = {client.get("/api/attributes", headers=USER).status_code for _ in range(60)}
+    assert codes == {200}, DEFAULTS["RATELIMIT"]
 
 
 def test_rate_limits_can_be_switched_off(config):

@@ -21,6 +21,7 @@ def served(tmp_path, tiny_model_dir):
         "FACEAPP_MODEL_NAME": tiny_model_dir,
         "FACEAPP_MODEL_AUTO_PULL": "false",
         "FACEAPP_ADMIN_KEYS": "admin-key",
+        "FACEAPP_TESTER_ENABLED": "true",
         # Sync workers take one connection at a time, so concurrent requests must spread.
         "WORKER_CLASS": "sync",
     }
@@ -92,6 +93,13 @@ def test_behind_nginx_large_bodies_get_the_json_413(served, tmp_path, astronaut_
             proxy + "/api/validate", files={"file": ("a.jpg", b"\xff" * 20_000_000)}, timeout=30
         )
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "image.too_large"
+        # The tester's upload form: a page with the message, never raw JSON.
+        page = requests.post(
+            proxy + "/app", files={"file": ("a.jpg", b"\xff" * 20_000_000)}, timeout=30
+        )
+        assert page.status_code == 413 and page.headers["Content-Type"].startswith("text/html")
+        assert "The upload is too large (the proxy in front refused it)" in page.text
+        assert "image.too_large" in page.text and '{"error"' not in page.text
     assert requests.get(base + "/api/health", timeout=5).status_code == 200
 
 

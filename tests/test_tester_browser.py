@@ -64,17 +64,22 @@ def served(tmp_path_factory, tiny_model_dir, artifacts):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     assert os.path.exists(CHROMIUM), (
         f"chromium is not installed at {CHROMIUM}: install Debian's `chromium` package "
         "(CI does; FACEAPP_CHROMIUM names another binary)"
     )
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
 
 
 def save_docs_screenshot(source: Path) -> None:
@@ -129,10 +134,17 @@ def test_upload_analyze_and_a_corrupt_file_in_chromium(
 
     page.fill("#labels", "an astronaut\na person in a clown costume")
     page.click("#analyze-button")
-    page.wait_for_url(re.compile(r"\?analyze=1"))
+    page.wait_for_url(re.compile(r"\?run=[A-Za-z0-9_-]+$"))
     expect(page.locator("#analysis-json")).to_be_visible()
     analysis = json.loads(page.inner_text("#analysis-json"))
     assert analysis["image_id"] == image_id and len(analysis["faces"]) == 1
+    assert analysis["cached"] is False and page.inner_text("#analysis-status") == "computed"
+    rows = page.locator("#trace tbody tr").count()
+    page.reload()  # a reload shows the same run and adds nothing to the trace
+    page.go_back()
+    page.go_forward()
+    assert page.locator("#trace tbody tr").count() == rows
+    assert json.loads(page.inner_text("#analysis-json")) == analysis
     assert page.locator("svg.bar .bar-fill").count() > 0
     assert page.locator("tr.win").count() == len(analysis["faces"][0]["attributes"]) + 1
     page.click("[data-tab='panel-yaml']")  # tester.js: tabs
@@ -184,3 +196,109 @@ def test_a_server_without_the_tester_has_no_pages(config):
 
 def test_the_docs_screenshot_stays_small():
     assert DOCS_SCREENSHOT.stat().st_size < 300 * 1024
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory, tiny_model_dir, artifacts):
+    """One gunicorn worker that needs a key (API_KEYS), its model loaded."""
+    env = {
+        "FACEAPP_INSTANCE_PATH": str(tmp_path_factory.mktemp("keyed-instance")),
+        "FACEAPP_MODEL_NAME": tiny_model_dir,
+        "FACEAPP_MODEL_AUTO_PULL": "false",
+        "FACEAPP_TESTER_ENABLED": "true",
+        "FACEAPP_API_KEYS": "qa-key",
+    }
+    with gunicorn(env, workers=1, log_path=str(artifacts / "gunicorn-keyed.log")) as (base, _):
+        wait_until(
+            lambda: requests.get(base + "/api/ready", timeout=5).status_code == 200,
+            60,
+            "the model ready",
+        )
+        yield base
+
+
+def test_sign_in_busy_button_label_errors_and_copy_over_http_in_chromium(
+    keyed_server, playwright, tmp_path, artifacts, astronaut_jpeg
+):
+    """Over plain http by host name (no secure context, so no navigator.clipboard)."""
+    from playwright.sync_api import expect
+
+    port = keyed_server.rsplit(":", 1)[1]
+    base = f"http://faceapp.test:{port}"
+    image_id = hashlib.sha256(astronaut_jpeg).hexdigest()
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(astronaut_jpeg)
+    args = [*CHROMIUM_ARGS, "--host-resolver-rules=MAP faceapp.test 127.0.0.1"]
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+    try:
+        page = chromium.new_page(viewport=VIEWPORT)
+        console_errors = []
+        page.on(
+            "console",
+            lambda m: (
+                m.type == "error"
+                and not m.text.startswith("Failed to load resource")
+                and console_errors.append(m.text)
+            ),
+        )
+        page.on("pageerror", lambda exc: console_errors.append(str(exc)))
+
+        page.goto(base + "/app")  # no key yet: the sign-in form
+        page.wait_for_url(re.compile(r"/app/login\?next=/app$"))
+        page.fill("#key", "wrong")
+        page.click("#login-button")
+        expect(page.locator("#form-error")).to_contain_text("not one this service accepts")
+        page.fill("#key", "qa-key")
+        page.click("#login-button")
+        page.wait_for_url(base + "/app")
+        expect(page.locator("#recent-none")).to_contain_text("No images sent with this key")
+        expect(page.locator("#signed-in")).to_be_visible()
+
+        page.set_input_files("#file", str(photo))
+        page.click("#validate-button")
+        page.wait_for_url(f"{base}/app/images/{image_id}")
+        assert page.evaluate("window.isSecureContext") is False
+
+        # A repeated label: the text stays, the message names line 3 and selects it.
+        typed = "a hat\na cap\nA HAT"
+        page.fill("#labels", typed)
+        page.click("#analyze-button")
+        expect(page.locator("#labels-error")).to_contain_text("line 3 repeats line 1")
+        assert page.input_value("#labels") == typed
+        selected = page.evaluate(
+            "() => { const t = document.getElementById('labels');"
+            " return t.value.slice(t.selectionStart, t.selectionEnd); }"
+        )
+        assert selected == "A HAT"
+
+        # Analyze disables its button and says it is working. The answer is held back here
+        # (a listener after tester.js's cancels this one submission) to see the page meanwhile.
+        page.fill("#labels", "a hat\na cap")
+        page.evaluate(
+            "document.querySelector('form[data-busy-form]')"
+            ".addEventListener('submit', (e) => e.preventDefault(), {once: true})"
+        )
+        page.click("#analyze-button")
+        expect(page.locator("#analyze-button")).to_be_disabled()
+        expect(page.locator("#analyze-button")).to_have_text("Analyzing…")
+        expect(page.locator("#analyze-busy")).to_be_visible()
+        page.evaluate("document.querySelector('form[data-busy-form]').submit()")
+        page.wait_for_url(re.compile(r"\?run="))
+        expect(page.locator("#analyze-button")).to_be_enabled()
+        expect(page.locator("#analysis-options")).to_contain_text("a hat · a cap")
+
+        # Copy without navigator.clipboard: the text is selected (and copied where allowed).
+        button = page.locator("button[data-copy='validation-json']")
+        expect(button).to_be_visible()
+        button.click()
+        expect(button).to_have_text(re.compile("Copied|Selected: press Ctrl\\+C"))
+        assert image_id in page.evaluate("window.getSelection().toString()")
+        page.screenshot(path=str(artifacts / "tester-keyed.png"), full_page=True)
+
+        page.click("#logout-button")
+        page.wait_for_url(re.compile(r"/app/login$"))
+        page.goto(f"{base}/app/images/{image_id}/image.png")
+        assert "/app/login" in page.url  # signed out: the image is no longer served
+        assert console_errors == []
+    finally:
+        chromium.close()
