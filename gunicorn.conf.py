@@ -32,3 +32,20 @@ def post_worker_init(worker):
     from faceapp.face_models import models
 
     models.load_in_background(worker.wsgi)
+
+
+def worker_int(worker):
+    """SIGINT/SIGQUIT: let the inference thread finish what is queued before the worker goes."""
+    _drain(worker)
+
+
+def worker_exit(server, worker):
+    """After the last request (SIGTERM's graceful stop): drain and join the inference thread."""
+    _drain(worker)
+
+
+def _drain(worker):
+    from faceapp.engine import engine
+
+    if getattr(worker, "wsgi", None) is not None:  # None when the app failed to load
+        engine.stop(worker.wsgi, timeout=graceful_timeout)

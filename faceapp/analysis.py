@@ -23,12 +23,13 @@ from flask import Flask, current_app
 from PIL import Image
 
 from faceapp.attributes import AttributeSet, load_attribute_set
+from faceapp.engine import InferenceEngine, JobStats, engine
 from faceapp.errors import FaceappError
 from faceapp.face_models import LoadedModel, models
 
 log = logging.getLogger(__name__)
 
-ATTRIBUTES_KEY = "faceapp.attributes"
+EXTENSION_KEY = "faceapp.analyzer"
 CROP_MARGIN = 0.25  # of the box's longer side, on every side: CLIP sees hair, ears and chin
 FREE_TEXT_CACHE_SIZE = 512
 
@@ -42,36 +43,92 @@ class Region:
     detected: bool
 
 
-def init_app(app: Flask) -> None:
-    """Load the attribute set now (a broken file fails the start) and analyse once models load."""
-    attribute_set = load_attribute_set(app.config.get("ATTRIBUTES_FILE"))
-    app.extensions[ATTRIBUTES_KEY] = attribute_set
-    cache_dir = os.path.join(app.config["MODELS_DIR"], ".label-embeddings")
-    models.add_ready_hook(
-        app, lambda model: setattr(model, "analyzer", Analyzer(model, attribute_set, cache_dir))
-    )
+class Analyzers:
+    """Flask extension holding this worker's :class:`Analyzer`, built when its model is ready."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Load the attribute set now (a broken file fails the start); build once models load."""
+        attributes = load_attribute_set(app.config.get("ATTRIBUTES_FILE"))
+        cache_dir = os.path.join(app.config["MODELS_DIR"], ".label-embeddings")
+        slot = _AnalyzerSlot(attributes, cache_dir)
+        app.extensions[EXTENSION_KEY] = slot
+        models.add_ready_hook(app, lambda model: slot.build(model, engine.get(app)))
+
+    def _slot(self) -> _AnalyzerSlot:
+        try:
+            return current_app.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError("Analyzers is used before init_app(app) was called") from None
+
+    def get(self) -> Analyzer:
+        """This worker's analyzer, loading the model on first use (503 model.not_ready)."""
+        model = models.get()
+        return self._slot().for_model(model)
+
+    def peek(self) -> Analyzer | None:
+        """The analyzer if the model is ready now, without loading it."""
+        model = models.peek()
+        return self._slot().for_model(model) if model is not None else None
+
+    def attribute_set(self) -> AttributeSet:
+        return self._slot().attributes
+
+
+@dataclass
+class _AnalyzerSlot:
+    attributes: AttributeSet
+    cache_dir: str
+    analyzer: Analyzer | None = None
+
+    def build(self, model: LoadedModel, inference: InferenceEngine) -> None:
+        self.analyzer = Analyzer(model, self.attributes, self.cache_dir, inference)
+
+    def for_model(self, model: LoadedModel) -> Analyzer:
+        # The hook builds it before the model is reported ready, in the process that loaded it.
+        if self.analyzer is None or self.analyzer.model is not model:
+            raise RuntimeError("the model is ready but its analyzer was never built")
+        return self.analyzer
+
+
+analyzers = Analyzers()
 
 
 def attribute_set() -> AttributeSet:
     """This app's attribute set."""
-    return current_app.extensions[ATTRIBUTES_KEY]
+    return analyzers.attribute_set()
 
 
 def analyzer() -> Analyzer:
     """This worker's analyzer (503 model.not_ready while the model is not ready)."""
-    return models.get().analyzer
+    return analyzers.get()
 
 
 class Analyzer:
-    """Scores face crops against an attribute set and free-text labels with one CLIP model."""
+    """Scores face crops against an attribute set and free-text labels with one CLIP model.
 
-    def __init__(self, model: LoadedModel, attributes: AttributeSet, cache_dir: str | None) -> None:
+    Every torch call goes through `engine` (the worker's inference thread); when the analyzer is
+    built by the model's ready hook, that already is the inference thread and the calls run inline.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        attributes: AttributeSet,
+        cache_dir: str | None,
+        inference: InferenceEngine,
+    ) -> None:
         self.model = model
         self.attributes = attributes
+        self.engine = inference
         self.version = hashlib.sha256(f"{model.version}:{attributes.digest}".encode()).hexdigest()[
             :12
         ]
-        self.label_embeddings = self._label_embeddings(cache_dir)
+        self.logit_scale = inference.run(lambda: model.logit_scale)
+        self.label_embeddings = inference.run(lambda: self._label_embeddings(cache_dir))
         self._free_text: OrderedDict[str, Any] = OrderedDict()
         self._free_text_lock = threading.Lock()
 
@@ -136,48 +193,71 @@ class Analyzer:
             start += len(label_prompts)
         return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
-    def free_text_embeddings(self, labels: Sequence[str]):
-        """Embeddings of a request's own labels, encoding only those not seen recently."""
-        import torch
+    def free_text_rows(self, labels: Sequence[str]) -> list[Any]:
+        """One embedding row per label of a request, encoding only those not seen recently.
 
+        The missing labels go to the inference thread as one job, batched with other requests'.
+        """
         with self._free_text_lock:
             missing = [label for label in dict.fromkeys(labels) if label not in self._free_text]
         if missing:
-            encoded = self.model.encode_texts(missing)
+            encoded, _ = self.engine.encode(self.model.encode_texts, missing, _rows)
             with self._free_text_lock:
                 for label, row in zip(missing, encoded, strict=True):
                     self._free_text[label] = row
                 while len(self._free_text) > FREE_TEXT_CACHE_SIZE:
                     self._free_text.popitem(last=False)
         with self._free_text_lock:
+            found = {label: self._free_text.get(label) for label in labels}
             for label in labels:
-                self._free_text.move_to_end(label)
-            return torch.stack([self._free_text[label] for label in labels])
+                if label in self._free_text:
+                    self._free_text.move_to_end(label)
+        if any(row is None for row in found.values()):  # evicted by other requests meanwhile
+            encoded, _ = self.engine.encode(self.model.encode_texts, list(labels), _rows)
+            found = dict(zip(labels, encoded, strict=True))
+        return [found[label] for label in labels]
 
     # -- image side, per request -------------------------------------------------------------
     def analyze(
         self,
-        image: Image.Image,
+        crops: Sequence[Image.Image],
         regions: Sequence[Region],
         attribute_names: Sequence[str],
         labels: Sequence[str] | None,
         include_embedding: bool,
+    ) -> tuple[list[dict], JobStats | None]:
+        """Score each region's crop (one per region, in order) in one batch on the inference thread.
+
+        Returns the faces in the order of `regions`, and how the job fared in the queue.
+        """
+        if not regions:
+            return [], None
+        label_rows = self.free_text_rows(labels) if labels else None
+
+        def score(faces) -> list[dict]:  # on the inference thread, this request's rows only
+            return self._answers(faces, regions, attribute_names, labels, label_rows, include_embedding)
+
+        return self.engine.encode(self.model.encode_images, crops, score)
+
+    def _answers(
+        self,
+        faces: Any,
+        regions: Sequence[Region],
+        attribute_names: Sequence[str],
+        labels: Sequence[str] | None,
+        label_rows: list[Any] | None,
+        include_embedding: bool,
     ) -> list[dict]:
-        """Score every region in one batch; faces come back in the order of `regions`."""
         import torch
 
-        if not regions:
-            return []
-        crops = [crop_square(image, region.box) for region in regions]
-        faces = self.model.encode_images(crops)
-        scale = self.model.logit_scale
+        scale = self.logit_scale
         per_attribute = {
             name: torch.softmax(scale * faces @ self.label_embeddings[name].T, dim=-1)
             for name in attribute_names
         }
         label_probs = None
         if labels:
-            label_probs = torch.softmax(scale * faces @ self.free_text_embeddings(labels).T, dim=-1)
+            label_probs = torch.softmax(scale * faces @ torch.stack(label_rows).T, dim=-1)
         results = []
         for index, region in enumerate(regions):
             face: dict[str, Any] = {
@@ -201,6 +281,11 @@ class Analyzer:
                 face["embedding"] = faces[index].tolist()
             results.append(face)
         return results
+
+
+def _rows(tensor: Any) -> list[Any]:
+    """A tensor's rows as separate tensors (cached one per label)."""
+    return list(tensor.unbind(0))
 
 
 def crop_square(image: Image.Image, box: dict, margin: float = CROP_MARGIN) -> Image.Image:

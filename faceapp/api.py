@@ -64,7 +64,7 @@ def setup() -> Response:
     return render(
         {
             "ready": True,
-            "model": model.analyzer.describe(),
+            "model": analysis.analyzer().describe(),
             "load_ms": model.load_ms,
             "warmup_ms": model.warmup_ms,
             "worker": {"pid": os.getpid()},
@@ -85,7 +85,7 @@ def ready() -> Response:
     if model is None:  # never loads: a probe must answer at once
         raise FaceappError("model.not_ready", f"The model is not ready ({models.reason()}).")
     return render(
-        {"ready": True, "model": model.analyzer.describe(), "worker": {"pid": os.getpid()}}
+        {"ready": True, "model": analysis.analyzer().describe(), "worker": {"pid": os.getpid()}}
     )
 
 

@@ -24,6 +24,10 @@ DEFAULTS: dict[str, Any] = {
     "WORKERS": 1,  # set by gunicorn.conf.py; torch threads per worker = cores / workers
     "TORCH_THREADS": 0,  # 0: derive from cores and WORKERS
     "ATTRIBUTES_FILE": None,  # None: the bundled faceapp/attributes.yaml
+    # The inference thread (faceapp/engine.py): images per forward pass, and how long a request
+    # waits for its turn before answering 503 model.busy.
+    "INFERENCE_MAX_BATCH": 8,
+    "INFERENCE_TIMEOUT": 60.0,
     # The store
     "STORE_URL": None,  # None: <instance>/store
     "STORE_MAX_BYTES": 2 * 1024**3,

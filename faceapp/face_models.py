@@ -20,6 +20,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from faceapp.engine import engine
 from faceapp.errors import FaceappError
 from faceapp.model_files import (
     build_manifest,
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "faceapp.models"
 DTYPES = ("float32", "bfloat16", "float16")
+LOAD_TIMEOUT = 900.0  # a first load may pull and convert weights: minutes, not hours
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +411,12 @@ class ModelHolder:
         self._state(app).on_ready.append(hook)
 
     def load(self, app: Flask | None = None, *, retry: bool = False) -> LoadedModel | None:
-        """Load and warm the model once; a failure is remembered (and logged once) until `retry`."""
+        """Load and warm the model once; a failure is remembered (and logged once) until `retry`.
+
+        Loading, warm-up and the ready hooks run on this worker's inference thread
+        (faceapp/engine.py), like every other torch call.
+        """
+        app = app or current_app._get_current_object()
         state = self._state(app)
         if state.status == "ready" or (state.status == "failed" and not retry):
             return state.model
@@ -418,10 +425,7 @@ class ModelHolder:
                 return state.model
             state.status, state.error = "loading", None
             try:
-                model = state.loader(state.config)
-                model.warm_up()
-                for hook in state.on_ready:
-                    hook(model)
+                model = engine.get(app).run(lambda: self._load_now(state), timeout=LOAD_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 - any load failure must leave the service up
                 state.status, state.error = "failed", str(exc) or type(exc).__name__
                 log.error("model not ready: %s", state.error)
@@ -437,6 +441,14 @@ class ModelHolder:
                 model.warmup_ms,
             )
             return model
+
+    @staticmethod
+    def _load_now(state: _HolderState) -> LoadedModel:
+        model = state.loader(state.config)
+        model.warm_up()
+        for hook in state.on_ready:
+            hook(model)
+        return model
 
     def load_in_background(self, app: Flask) -> threading.Thread | None:
         """Start loading in a thread (gunicorn's post_worker_init), if LOAD_MODEL_ON_START."""

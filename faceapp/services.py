@@ -28,9 +28,8 @@ DETECTOR_KEY = "faceapp.detector"
 
 
 def init_app(app: Flask) -> None:
-    """Build the face detector and the analyzer's attribute set (a bad one fails the start)."""
+    """Build the face detector."""
     app.extensions[DETECTOR_KEY] = faces.build_detector(app.config)
-    analysis.init_app(app)
 
 
 def now_iso() -> str:
@@ -201,6 +200,7 @@ def analyze(
     started = time.perf_counter()
     names = analysis.check_attribute_names(attributes)
     timings: dict[str, float] = {}
+    batch: dict[str, Any] = {}  # how the inference thread ran it (the trace shows it)
     if source is not None:
         meta = ingest(source, wipe_cache=wipe_cache)
         image_id = meta["image_id"]
@@ -233,15 +233,17 @@ def analyze(
     cached = faces_doc is not None
     if not cached:
         step = time.perf_counter()
+        regions = analysis.regions_for(meta, force)
         image = Image.open(io.BytesIO(image_png(image_id)))
         image.load()
+        crops = [analysis.crop_square(image, region.box) for region in regions]
         timings["decode"] = (time.perf_counter() - step) * 1000
         step = time.perf_counter()
-        faces_doc = _plain(
-            scorer.analyze(
-                image, analysis.regions_for(meta, force), names, labels, include_embedding
-            )
-        )
+        found, stats = scorer.analyze(crops, regions, names, labels, include_embedding)
+        faces_doc = _plain(found)
+        if stats is not None:
+            timings["queue"] = stats.queue_ms
+            batch = {"batch_size": stats.batch_size, "queue_ms": round(stats.queue_ms, 2)}
         timings["encode"] = (time.perf_counter() - step) * 1000
         store.backend.put_result(image_id, key, faces_doc)
     timings["total"] = (time.perf_counter() - started) * 1000
@@ -252,6 +254,7 @@ def analyze(
         cached=cached,
         faces=len(faces_doc),
         model_version=scorer.version,
+        **batch,
     )
     return {
         "image_id": image_id,

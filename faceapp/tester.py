@@ -30,6 +30,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
 from faceapp import services
+from faceapp.analysis import analyzers
 from faceapp.config import instance_secret_key
 from faceapp.errors import FaceappError
 from faceapp.face_models import models
@@ -263,7 +264,7 @@ def model_status() -> dict[str, Any]:
     if model is not None:
         return {
             "model_ready": True,
-            "model_info": model.analyzer.describe(),
+            "model_info": analyzers.peek().describe(),
             "random_weights": model.random_weights,
             "model_reason": "",
         }
