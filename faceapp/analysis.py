@@ -232,10 +232,11 @@ class Analyzer:
         """
         if not regions:
             return [], None
+        embedding = include_embedding
         label_rows = self.free_text_rows(labels) if labels else None
 
         def score(faces) -> list[dict]:  # on the inference thread, this request's rows only
-            return self._answers(faces, regions, attribute_names, labels, label_rows, include_embedding)
+            return self._answers(faces, regions, attribute_names, labels, label_rows, embedding)
 
         return self.engine.encode(self.model.encode_images, crops, score)
 

@@ -218,7 +218,7 @@ class InferenceEngine:
 
     # -- shutdown ----------------------------------------------------------------------------
     def stop(self, timeout: float = 30.0) -> bool:
-        """Refuse new work, finish what is queued, and join the thread; False if it outlived timeout."""
+        """Refuse new work, finish what is queued, join the thread; False if it outlives timeout."""
         with self._cond:
             self._accepting = False
             thread = self._thread

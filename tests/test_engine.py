@@ -157,12 +157,11 @@ def test_an_error_reaches_only_its_own_request(engine):
     _wait_for(lambda: engine.pending() == 0)
     items = ["good1", "bad", "good2"]
     results: list = [None] * 3
-    threads = [
-        threading.Thread(
-            target=lambda i=i: results.__setitem__(i, _catch(lambda _: engine.encode(encode, [items[i]])[0], i))
-        )
-        for i in range(3)
-    ]
+
+    def submit(i: int) -> None:
+        results[i] = _catch(lambda _: engine.encode(encode, [items[i]])[0], i)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(3)]
     for thread in threads:
         thread.start()
     _wait_for(lambda: engine.pending() == 3)
