@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +21,7 @@ from typing import Any
 from flask import Flask, current_app
 from PIL import Image
 
+from faceapp.atomic import atomic_path
 from faceapp.attributes import AttributeSet, load_attribute_set
 from faceapp.engine import InferenceEngine, JobStats, engine
 from faceapp.errors import FaceappError
@@ -171,14 +171,8 @@ class Analyzer:
         )
         if path:
             os.makedirs(cache_dir, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
-            os.close(handle)
-            try:
+            with atomic_path(path) as tmp:  # other workers read the whole file or none of it
                 save_file({k: v.contiguous() for k, v in embeddings.items()}, tmp)
-                os.replace(tmp, path)  # other workers read the whole file or none of it
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
         return embeddings
 
     def _encode_label_prompts(self, prompts: Sequence[Sequence[str]]):
@@ -287,6 +281,11 @@ class Analyzer:
 def _rows(tensor: Any) -> list[Any]:
     """A tensor's rows as separate tensors (cached one per label)."""
     return list(tensor.unbind(0))
+
+
+def face_crop(image: Image.Image, box: dict, landmarks: list | None) -> Image.Image:
+    """The crop CLIP sees of one face, in `image`'s own coordinates (the one crop function)."""
+    return crop_square(image, box)
 
 
 def crop_square(image: Image.Image, box: dict, margin: float = CROP_MARGIN) -> Image.Image:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from typing import Any
 
 from flask import Flask
+
+from faceapp.atomic import create_once
 
 DEFAULTS: dict[str, Any] = {
     # The model (faceapp/face_models.py)
@@ -131,16 +132,7 @@ def instance_secret_key(instance_dir: str) -> str:
     path = os.path.join(instance_dir, "secret_key")
     if not os.path.exists(path):
         os.makedirs(instance_dir, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=".secret_key-", dir=instance_dir)  # mode 0600
-        try:
-            with os.fdopen(handle, "w", encoding="ascii") as fh:
-                fh.write(secrets.token_hex(32))
-            try:
-                os.link(staging, path)  # never replaces a key another process wrote first
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(staging)
+        create_once(path, secrets.token_hex(32).encode("ascii"))  # mode 0600
     with open(path, encoding="ascii") as fh:
         key = fh.read().strip()
     if len(key) < 32:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,13 +18,13 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from faceapp.atomic import replace_folder, staging_folder
 from faceapp.engine import engine
 from faceapp.errors import FaceappError
 from faceapp.model_files import (
     build_manifest,
     pull_model,
     read_manifest,
-    replace_folder,
     resolve_model_folder,
     weights_version,
     write_manifest,
@@ -138,10 +136,7 @@ def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> s
     torch.manual_seed(seed)
     model = CLIPModel(config)
 
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".random-", dir=parent)
-    try:
+    with staging_folder(os.path.dirname(os.path.abspath(folder)), ".random-") as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         manifest = build_manifest(
@@ -149,8 +144,6 @@ def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> s
         )
         write_manifest(staging, manifest)
         replace_folder(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

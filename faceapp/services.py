@@ -6,7 +6,6 @@ lives in faceapp/analysis.py. Views parse, call one function here, and render wh
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -15,9 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app, g
-from PIL import Image
 
-from faceapp import analysis, decoding, faces, validation
+from faceapp import analysis, decoding, faces, stored_image, validation
 from faceapp.errors import FaceappError
 from faceapp.inputs import ImageSource, source_bytes
 from faceapp.store import check_image_id, image_id_for, not_found, store
@@ -111,7 +109,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     g.image_id = image_id
     timings = {"receive": (time.perf_counter() - started) * 1000}
 
-    meta = backend.get_meta(image_id)
+    meta = store.current_meta(image_id)
     if meta is not None and not wipe_cache:
         timings["total"] = (time.perf_counter() - started) * 1000
         record_event(
@@ -139,7 +137,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     report = validation.assess(decoded.image, found, validation.Thresholds.from_config(config))
     timings["validate"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
-    png = decoding.encode_png(decoded.image)
+    face_dicts = [face.to_dict() for face in found]
+    parts, stored = stored_image.build_parts(decoded.image, face_dicts)
     meta = {
         "image_id": image_id,
         "created": time.time(),
@@ -153,17 +152,20 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         "source_height": decoded.source_height,
         "frames": decoded.frames,
         "detector": current_app.extensions[DETECTOR_KEY].name,
-        "faces": [face.to_dict() for face in found],
+        "faces": face_dicts,
         "validation": {
             "valid": report.valid,
             "errors": [issue.to_dict() for issue in report.errors],
             "warnings": [issue.to_dict() for issue in report.warnings],
             "quality": report.quality,
         },
+        "stored": stored,
     }
     meta = _plain(meta)
-    if not backend.put_image(image_id, png, meta):
-        backend.set_meta(image_id, meta)  # stored already (wipe_cache, or a concurrent request)
+    if not backend.put_image(image_id, data, meta, parts):
+        # Stored already (wipe_cache, or a concurrent request): the same bytes give the same
+        # parts, so only the metadata is renewed.
+        backend.set_meta(image_id, meta)
     timings["store"] = (time.perf_counter() - step) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     record_event(
@@ -234,9 +236,11 @@ def analyze(
     if not cached:
         step = time.perf_counter()
         regions = analysis.regions_for(meta, force)
-        image = Image.open(io.BytesIO(image_png(image_id)))
-        image.load()
-        crops = [analysis.crop_square(image, region.box) for region in regions]
+        crops = stored_image.region_crops(
+            meta, regions, lambda name: store.backend.get_part(image_id, name), analysis.face_crop
+        )
+        if crops is None:  # deleted or evicted since its metadata was read
+            raise not_found(image_id)
         timings["decode"] = (time.perf_counter() - step) * 1000
         step = time.perf_counter()
         found, stats = scorer.analyze(crops, regions, names, labels, include_embedding)
@@ -269,7 +273,7 @@ def image_record(image_id: str) -> dict:
     """GET /api/images/<id>: the stored metadata and the validation answer."""
     meta = store.meta_or_404(image_id)
     g.image_id = image_id
-    return dict(meta)
+    return {key: value for key, value in meta.items() if key != "stored"}  # storage's own notes
 
 
 def image_trace(image_id: str) -> dict:
@@ -279,10 +283,10 @@ def image_trace(image_id: str) -> dict:
     return {"image_id": image_id, "events": store.backend.events(image_id)}
 
 
-def image_png(image_id: str) -> bytes:
-    """The stored, normalised image (PNG bytes)."""
-    check_image_id(image_id)
-    data = store.backend.get_image(image_id)
+def image_preview(image_id: str) -> bytes:
+    """The stored image's bounded preview (JPEG bytes, upright, at most 1024 px a side)."""
+    meta = store.meta_or_404(image_id)
+    data = store.backend.get_part(image_id, meta["stored"]["preview"]["part"])
     if data is None:
         raise not_found(image_id)
     return data

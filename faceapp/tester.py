@@ -157,14 +157,14 @@ def analyze(image_id: str) -> Response | tuple[str, int]:
 
 @bp.get("/images/<image_id>/image.png")
 def image_png(image_id: str) -> Response:
-    """The stored, normalised image (content-addressed, so it may be cached)."""
-    return _image_response(services.image_png(image_id), "image/png")
+    """The stored image's preview (content-addressed, so it may be cached; a JPEG since v2)."""
+    return _image_response(services.image_preview(image_id), "image/jpeg")
 
 
 @bp.get("/images/<image_id>/thumbnail.jpg")
 def thumbnail(image_id: str) -> Response:
     """A small JPEG of the stored image for the recent list."""
-    image = Image.open(io.BytesIO(services.image_png(image_id)))
+    image = Image.open(io.BytesIO(services.image_preview(image_id)))
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=80)

@@ -13,7 +13,7 @@ import redis
 
 from faceapp.errors import FaceappError
 from faceapp.store import FileStore, image_id_for, open_backend
-from faceapp.store_redis import RedisStore
+from faceapp.store.redis_backend import RedisStore
 from tests.servers import free_port, redis_server
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # every byte value: the store is binary-safe
