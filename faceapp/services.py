@@ -6,6 +6,8 @@ lives in faceapp/analysis.py. Views parse, call one function here, and render wh
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -222,15 +224,7 @@ def analyze(
             field="image_id",
         )
     scorer = analysis.analyzer()  # 503 model.not_ready before any work is done
-    key = "|".join(
-        [
-            scorer.version,
-            ",".join(names),
-            "\x1f".join(labels or []),
-            f"embedding={bool(include_embedding)}",
-            f"force={bool(force)}",
-        ]
-    )
+    key = result_key(scorer.version, names, labels, include_embedding, force)
     faces_doc = store.backend.get_result(image_id, key)
     cached = faces_doc is not None
     if not cached:
@@ -267,6 +261,29 @@ def analyze(
         "cached": cached,
         "timings_ms": timings,
     }
+
+
+def result_key(
+    model_version: str,
+    attribute_names: list[str],
+    labels: list[str] | None,
+    include_embedding: bool,
+    force: bool,
+) -> str:
+    """The cache key of an analysis: SHA-256 of the canonical JSON of everything it depends on.
+
+    JSON escapes every character that could join two labels into one, so no two different
+    requests share a key (a label "a\u001fb" is not the labels "a" and "b").
+    """
+    document = {
+        "model": model_version,
+        "attributes": list(attribute_names),
+        "labels": list(labels or []),
+        "embedding": bool(include_embedding),
+        "force": bool(force),
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def image_record(image_id: str) -> dict:

@@ -22,14 +22,12 @@ import numpy as np
 from PIL import Image
 
 from faceapp.faces import FaceBox
+from faceapp.schemas import yes_no
 
 #: Side of the square the face region is resampled to before measuring its sharpness.
 SHARPNESS_SIDE = 64
 #: Grey-level standard deviation the region is normalised to before measuring its sharpness.
 SHARPNESS_CONTRAST = 50.0
-
-_TRUE_WORDS = {"1", "true", "yes", "on"}
-_FALSE_WORDS = {"0", "false", "no", "off", ""}
 
 
 @dataclass(frozen=True)
@@ -175,11 +173,7 @@ def measure_sharpness(region: Image.Image) -> float:
 
 
 def _as_bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    word = str(value).strip().lower()
-    if word in _TRUE_WORDS:
-        return True
-    if word in _FALSE_WORDS:
-        return False
-    raise ValueError(f"{key} must be true or false, not {value!r}.")
+    try:
+        return yes_no(value)
+    except ValueError:
+        raise ValueError(f"{key} must be true or false, not {value!r}.") from None
