@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench import photos
+from bench import http, photos
 from bench.memory import cpu_model_config, measure_in_subprocesses
 from bench.timing import Comparison, interleaved
 
@@ -35,6 +35,13 @@ SECTIONS = (
     "end_to_end_cache",
     "face_batching",
     "memory",
+    "http_analyze",
+    "http_validate",
+    "http_clients_1",
+    "http_clients_8",
+    "http_clients_32",
+    "http_memory",
+    "http_start",
 )
 
 
@@ -47,6 +54,9 @@ class Plan:
     budget_s: float | None  # no new round after this long (at least MIN_ROUNDS run)
     warmup: int
     threads: int | None  # torch threads; None: what a single worker would use
+    window_s: float = 8.0  # seconds per load window (clients, bare batch-8 throughput)
+    rounds: int = 2  # interleaved rounds of every client count
+    start_rounds: int = 2  # gunicorn starts timed
 
     def compare(self, a: Callable[[], object], b: Callable[[], object]):
         """Time `a` against `b`, interleaved, as this plan says."""
@@ -93,7 +103,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
     size = args.size or ("tiny" if args.quick else "base")
     repeats = args.repeats or (3 if args.quick else 15)
     budget = args.budget if args.budget is not None else (None if args.quick else 20.0)
-    return Plan(size=size, repeats=max(1, repeats), budget_s=budget, warmup=1, threads=args.threads)
+    quick = args.quick
+    return Plan(
+        size=size,
+        repeats=max(1, repeats),
+        budget_s=budget,
+        warmup=1,
+        threads=args.threads,
+        window_s=0.5 if quick else 8.0,
+        rounds=1 if quick else 2,
+        start_rounds=1 if quick else 2,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,6 +170,14 @@ def face_regions(image: Image.Image) -> list:
 # --------------------------------------------------------------------------------------------
 
 
+def score(analyzer, image: Image.Image, regions: list, names: list[str]) -> list[dict]:
+    """What a request gets: the regions' crops scored on the analyzer's inference thread."""
+    from faceapp.analysis import face_crop
+
+    crops = [face_crop(image, region.box, None) for region in regions]
+    return analyzer.analyze(crops, regions, names, None, False)[0]
+
+
 def bench_zero_shot(plan: Plan, analyzer, photo: Image.Image, region) -> Comparison:
     """Per request: re-encode every attribute prompt (naive) vs precomputed label embeddings."""
     from faceapp.analysis import Analyzer
@@ -163,10 +191,10 @@ def bench_zero_shot(plan: Plan, analyzer, photo: Image.Image, region) -> Compari
     def naive() -> list[dict]:
         # A fresh Analyzer encodes every prompt again, as transformers' zero-shot pipeline
         # encodes its candidate labels on every call.
-        return Analyzer(model, attribute_set, None).analyze(photo, [region], names, None, False)
+        return score(Analyzer(model, attribute_set, None, analyzer.engine), photo, [region], names)
 
     def precomputed() -> list[dict]:
-        return analyzer.analyze(photo, [region], names, None, False)
+        return score(analyzer, photo, [region], names)
 
     a_ms, b_ms = plan.compare(naive, precomputed)
     same = naive()[0]["attributes"] == precomputed()[0]["attributes"]
@@ -208,8 +236,8 @@ def label_agreement(
     fp32_analyzer, bf16_analyzer, image: Image.Image, regions: list, names: list[str]
 ) -> dict:
     """How many (face, attribute) argmax labels bfloat16 shares with float32."""
-    ours = fp32_analyzer.analyze(image, regions, names, None, False)
-    theirs = bf16_analyzer.analyze(image, regions, names, None, False)
+    ours = score(fp32_analyzer, image, regions, names)
+    theirs = score(bf16_analyzer, image, regions, names)
     pairs = [
         (a["attributes"][n]["label"], b["attributes"][n]["label"])
         for a, b in zip(ours, theirs, strict=True)
@@ -224,14 +252,10 @@ def bench_face_batching(
     """All faces of an image in one forward pass vs one forward pass per face."""
 
     def per_face() -> list[dict]:
-        return [
-            face
-            for region in regions
-            for face in analyzer.analyze(image, [region], names, None, False)
-        ]
+        return [face for region in regions for face in score(analyzer, image, [region], names)]
 
     def batched() -> list[dict]:
-        return analyzer.analyze(image, regions, names, None, False)
+        return score(analyzer, image, regions, names)
 
     a_ms, b_ms = plan.compare(per_face, batched)
     return Comparison(
@@ -468,6 +492,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     """Run every section in order; returns the settings and the comparisons."""
     from faceapp.analysis import Analyzer, crop_square
     from faceapp.attributes import load_attribute_set
+    from faceapp.engine import InferenceEngine
 
     started = time.perf_counter()
     folder, written_s = ensure_checkpoint(plan.size)
@@ -484,15 +509,19 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
 
     fp32 = load_model(folder, "float32", plan.threads)
     bf16 = load_model(folder, "bfloat16", plan.threads)
-    fp32_analyzer = Analyzer(fp32, attribute_set, None)  # what a worker builds once, when ready
+    inference = InferenceEngine(max_batch=64)  # one thread runs every model call, as in a worker
+    fp32_analyzer = Analyzer(fp32, attribute_set, None, inference)  # built once, when ready
     crops = [crop_square(mosaic, region.box) for region in four]
     results = [bench_zero_shot(plan, fp32_analyzer, photo, single[0])]
     results.append(bench_encoder_dtype(plan, fp32, bf16, crops[:1], "encoder_dtype_batch1"))
     results.append(bench_encoder_dtype(plan, fp32, bf16, crops, "encoder_dtype_batch4"))
     results[-1].sanity.update(
-        label_agreement(fp32_analyzer, Analyzer(bf16, attribute_set, None), mosaic, four, names)
+        label_agreement(
+            fp32_analyzer, Analyzer(bf16, attribute_set, None, inference), mosaic, four, names
+        )
     )
     face_batching = bench_face_batching(plan, fp32_analyzer, mosaic, four, names)
+    inference.stop()
     del fp32, bf16, fp32_analyzer
 
     from faceapp.config import DEFAULTS
@@ -502,6 +531,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results.append(bench_end_to_end(plan, folder, photos.jpeg_bytes(photo)))
     results.append(face_batching)
     results.append(bench_memory(folder, plan.threads))
+    results.extend(http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo)))
     settings = {
         "size": plan.size,
         "repeats": plan.repeats,
