@@ -51,6 +51,16 @@ def _catch(target, i):
         return exc
 
 
+def _hold(engine: InferenceEngine, encode: Recorder, item: object = "held") -> threading.Thread:
+    """Start a job whose batch blocks inside `encode` until its gate opens; return its thread."""
+    encode.gate.clear()
+    blocker = threading.Thread(target=lambda: engine.encode(encode, [item]))
+    blocker.start()
+    _wait_for(lambda: engine.pending() == 0)
+    time.sleep(0.05)  # the held batch is now inside encode
+    return blocker
+
+
 def _wait_for(condition, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -101,10 +111,7 @@ def test_jobs_queued_while_a_batch_runs_form_the_next_batch(engine):
 
 def test_each_job_gets_its_own_rows_and_stats(engine):
     encode = Recorder()
-    encode.gate.clear()
-    blocker = threading.Thread(target=lambda: engine.encode(encode, ["x"]))
-    blocker.start()
-    _wait_for(lambda: engine.pending() == 0)
+    blocker = _hold(engine, encode, "x")
     got: dict = {}
 
     def submit(name: str, items: list) -> None:
@@ -131,10 +138,7 @@ def test_each_job_gets_its_own_rows_and_stats(engine):
 
 def test_different_batch_functions_never_share_a_batch(engine):
     images, texts = Recorder(), Recorder()
-    images.gate.clear()
-    blocker = threading.Thread(target=lambda: engine.encode(images, ["held"]))
-    blocker.start()
-    _wait_for(lambda: engine.pending() == 0)
+    blocker = _hold(engine, images)
     threads = [
         threading.Thread(target=lambda i=i: engine.encode(images if i % 2 else texts, [i]))
         for i in range(6)
@@ -151,10 +155,7 @@ def test_different_batch_functions_never_share_a_batch(engine):
 
 def test_an_error_reaches_only_its_own_request(engine):
     encode = Recorder(fail_on="bad")
-    encode.gate.clear()
-    blocker = threading.Thread(target=lambda: engine.encode(encode, ["ok"]))
-    blocker.start()
-    _wait_for(lambda: engine.pending() == 0)
+    blocker = _hold(engine, encode, "ok")
     items = ["good1", "bad", "good2"]
     results: list = [None] * 3
 
@@ -187,10 +188,7 @@ def test_an_error_in_finish_stays_with_its_job(engine):
 
 def test_a_request_that_waits_too_long_gets_503_and_its_job_never_runs(engine):
     encode = Recorder()
-    encode.gate.clear()
-    blocker = threading.Thread(target=lambda: engine.encode(encode, ["held"]))
-    blocker.start()
-    _wait_for(lambda: engine.pending() == 0)
+    blocker = _hold(engine, encode, "held")
     with pytest.raises(FaceappError) as caught:
         engine.encode(encode, ["late"], timeout=0.1)
     assert caught.value.code == "model.busy" and caught.value.status == 503

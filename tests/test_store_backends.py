@@ -15,16 +15,9 @@ import redis
 from faceapp.errors import FaceappError
 from faceapp.store import FileStore, image_id_for, open_backend
 from faceapp.store.redis_backend import RedisStore
-from tests.servers import free_port, redis_server
+from tests.servers import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # every byte value: the store is binary-safe
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    """A private redis-server on a free loopback port (no persistence), stopped afterwards."""
-    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
-        yield url
 
 
 @pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.slow)])

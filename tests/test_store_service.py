@@ -15,13 +15,7 @@ from faceapp import create_app, stored_image
 from faceapp.analysis import crop_square
 from faceapp.store import store
 from tests.conftest import ADMIN
-from tests.servers import free_port, redis_server
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
-        yield url
+from tests.servers import free_port
 
 
 @pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.slow)])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -77,6 +78,28 @@ def log_evicted(count: int, max_bytes: int, max_age: float) -> None:
     """One log line for an eviction pass that removed anything (both backends)."""
     if count:
         log.info("store evicted %d image(s) (limits: %s bytes, %s s)", count, max_bytes, max_age)
+
+
+class EvictionSchedule:
+    """``maybe_evict`` for the backends: evict at most every `evict_interval` s per process.
+
+    A backend sets ``max_bytes``, ``max_age``, ``evict_interval`` and ``_last_evict`` and
+    provides ``evict()`` (a full pass is not free: a folder scan, or a Redis index walk).
+    """
+
+    max_bytes: int
+    max_age: float
+    evict_interval: float
+    _last_evict: float
+
+    def evict(self) -> int:
+        raise NotImplementedError
+
+    def maybe_evict(self) -> None:
+        """Evict if limits are set and the last pass is `evict_interval` seconds old."""
+        due = time.monotonic() - self._last_evict > self.evict_interval
+        if (self.max_bytes or self.max_age) and due:
+            self.evict()
 
 
 class Backend(Protocol):

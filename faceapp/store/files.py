@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from faceapp.atomic import write_bytes
 from faceapp.store.base import (
     IMAGE_ID_RE,
+    EvictionSchedule,
     check_image_id,
     check_part_name,
     log_evicted,
@@ -30,7 +31,7 @@ from faceapp.store.base import (
 log = logging.getLogger(__name__)
 
 
-class FileStore:
+class FileStore(EvictionSchedule):
     """A content-addressed folder: ``images/<ab>/<id>/{image,meta.json,part-*,trace.jsonl}``."""
 
     IMAGE = "image"  # the bytes received, as received
@@ -250,12 +251,6 @@ class FileStore:
                 metas.append(meta)
         metas.sort(key=lambda m: m.get("created", 0), reverse=True)
         return metas[:limit]
-
-    def maybe_evict(self) -> None:
-        """Evict at most every `evict_interval` seconds (a scan of the folder is not free)."""
-        due = time.monotonic() - self._last_evict > self.evict_interval
-        if (self.max_bytes or self.max_age) and due:
-            self.evict()
 
     def evict(self) -> int:
         """Drop images past the age limit, then the oldest until the store fits its size limit."""

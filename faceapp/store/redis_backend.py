@@ -39,6 +39,7 @@ import redis
 
 from faceapp.store.base import (
     IMAGE_ID_RE,
+    EvictionSchedule,
     check_image_id,
     check_part_name,
     log_evicted,
@@ -121,7 +122,7 @@ return 0
 """
 
 
-class RedisStore:
+class RedisStore(EvictionSchedule):
     """The store in a Redis database, shared by every worker and instance that points at it."""
 
     EVICT_LOCK_MS = 60_000
@@ -279,12 +280,6 @@ class RedisStore:
             metas.extend(meta for meta in map(_loads, found) if meta is not None)
         metas.sort(key=lambda m: m.get("created", 0), reverse=True)
         return metas[: max(limit, 0)]
-
-    def maybe_evict(self) -> None:
-        """Evict at most every `evict_interval` seconds per process."""
-        due = time.monotonic() - self._last_evict > self.evict_interval
-        if (self.max_bytes or self.max_age) and due:
-            self.evict()
 
     def evict(self) -> int:
         """Drop images past the age limit, then the oldest until the store fits its size limit."""
