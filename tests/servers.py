@@ -159,7 +159,7 @@ http {{
             assert process.poll() is None, "nginx exited early"
             try:
                 return requests.get(base + "/api/health", timeout=1).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a busy machine: ask again
                 return False
 
         wait_until(up, 20, "nginx answering")
