@@ -94,6 +94,10 @@ class Guarded:
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._backend, name, value)
 
+    @property
+    def __class__(self) -> type:  # noqa: D105 - isinstance(store.backend, RedisStore) holds
+        return type(self._backend)
+
 
 class ImageStore:
     """Flask extension giving views the configured backend (``store.backend``)."""
