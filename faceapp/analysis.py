@@ -124,9 +124,10 @@ class Analyzer:
         self.model = model
         self.attributes = attributes
         self.engine = inference
-        self.version = hashlib.sha256(f"{model.version}:{attributes.digest}".encode()).hexdigest()[
-            :12
-        ]
+        # int8 scores differ slightly from float32 ones: they never share cached results.
+        runtime = ":int8" if model.image_session is not None else ""
+        identity = f"{model.version}:{attributes.digest}{runtime}"
+        self.version = hashlib.sha256(identity.encode()).hexdigest()[:12]
         self.logit_scale = inference.run(lambda: model.logit_scale)
         self.label_embeddings = inference.run(lambda: self._label_embeddings(cache_dir))
         self._free_text: OrderedDict[str, Any] = OrderedDict()

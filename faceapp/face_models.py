@@ -33,7 +33,7 @@ from faceapp.model_files import (
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "faceapp.models"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "int8")  # int8: faceapp/onnx_int8.py
 LOAD_TIMEOUT = 900.0  # a first load may pull and convert weights: minutes, not hours
 
 
@@ -187,6 +187,10 @@ def choose_dtype(requested: str, device: str):
     if requested == "float16" and device == "cpu":
         log.warning("DTYPE=float16 is slow and inexact on the CPU; using float32")
         requested = "float32"
+    if requested == "int8":
+        if device != "cpu":
+            raise RuntimeError("DTYPE=int8 runs on the CPU (ONNX Runtime); set DEVICE=cpu")
+        requested = "float32"  # the torch model (text encoder); images go through ONNX Runtime
     return getattr(torch, requested)
 
 
@@ -224,6 +228,7 @@ class LoadedModel:
     processor: Any
     load_ms: float = 0.0
     warmup_ms: float = 0.0
+    image_session: Any = field(default=None, repr=False)  # DTYPE=int8: onnx_int8.ImageSession
     text_encoder_calls: int = field(default=0, repr=False)
 
     @property
@@ -248,7 +253,7 @@ class LoadedModel:
             "name": self.name,
             "version": self.version,
             "device": self.device,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": "int8" if self.image_session else str(self.dtype).removeprefix("torch."),
         }
         if self.random_weights:
             info["random_weights"] = True
@@ -258,6 +263,10 @@ class LoadedModel:
         """L2-normalised image embeddings (float32, on the CPU) for a batch of PIL images."""
         import torch
 
+        if self.image_session is not None:
+            pixels = self.processor(images=list(images), return_tensors="np")["pixel_values"]
+            features = torch.from_numpy(self.image_session(pixels.astype("float32")))
+            return torch.nn.functional.normalize(features, dim=-1)
         inputs = self.processor(images=list(images), return_tensors="pt")
         pixels = inputs["pixel_values"].to(self.device, self.dtype)
         with torch.inference_mode():
@@ -336,6 +345,9 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
             f"model folder {folder} could not be loaded ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200]}); pull it again with `flask --app wsgi models pull`"
         ) from exc
+    image_session = None
+    if str(config.get("DTYPE") or "").strip().lower() == "int8":
+        image_session = _int8_image_session(model, models_dir, manifest, torch_threads(config))
     load_ms = (time.perf_counter() - started) * 1000
     return LoadedModel(
         name=name if not os.path.isdir(name) else manifest.get("id", name),
@@ -346,7 +358,24 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
         model=model,
         processor=processor,
         load_ms=load_ms,
+        image_session=image_session,
     )
+
+
+def _int8_image_session(model: Any, models_dir: str, manifest: dict, threads: int) -> Any:
+    """DTYPE=int8: the image encoder exported (once per weights version) and quantized."""
+    try:
+        from faceapp import onnx_int8
+
+        path = onnx_int8.ensure_image_encoder(
+            model, int(model.config.vision_config.image_size), models_dir, weights_version(manifest)
+        )
+        return onnx_int8.ImageSession(path, threads)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"DTYPE=int8 needs ONNX Runtime ({exc.name} is missing): "
+            "pip install 'faceapp[int8]' (onnxruntime and onnx)"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------
