@@ -63,11 +63,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(folder: str, scratch: str, workers: int, name: str) -> Iterator[Server]:
+def gunicorn(
+    folder: str, scratch: str, workers: int, name: str, dtype: str = "float32"
+) -> Iterator[Server]:
     """`make run`'s gunicorn on a free port, serving the checkpoint in `folder`, rate limits off.
 
-    The models folder (label-embedding cache) is shared by every server of a run; each server
-    has its own store. Yields once every worker answers /api/ready.
+    The checkpoint's folder is the models folder too, so the label-embedding cache and the int8
+    export persist from run to run; each server has its own store. Yields once every worker
+    answers /api/ready.
     """
     port = free_port()
     env = {
@@ -81,7 +84,8 @@ def gunicorn(folder: str, scratch: str, workers: int, name: str) -> Iterator[Ser
         "TRANSFORMERS_OFFLINE": "1",
         "FACEAPP_INSTANCE_PATH": os.path.join(scratch, f"instance-{name}"),
         "FACEAPP_MODEL_NAME": folder,
-        "FACEAPP_MODELS_DIR": os.path.join(scratch, "models"),
+        "FACEAPP_MODELS_DIR": folder,
+        "FACEAPP_DTYPE": dtype,
         "FACEAPP_STORE_URL": os.path.join(scratch, f"store-{name}"),
         "FACEAPP_MODEL_AUTO_PULL": "false",
         "FACEAPP_RATELIMIT_ENABLED": "false",  # benchmarks run with the limits off
@@ -190,6 +194,28 @@ def bench_analyze(plan, server: Server, model, image_id: str, crop: Image.Image)
         "analyze over HTTP (1 gunicorn worker, computed, not cached) costs this many times the "
         "bare image-encoder forward with the same torch threads (goal <= 1.15)",
         sanity=trace_timings(session, server, image_id, "analyzed"),
+    )
+
+
+def bench_analyze_int8(plan, fp32: Server, int8: Server, jpeg: bytes) -> Comparison:
+    """POST /api/analyze by image_id (computed) on a float32 worker vs an int8 worker."""
+    session = _session()
+    ids = {server.url: upload(session, server, jpeg) for server in (fp32, int8)}
+
+    def analyze(server: Server) -> Callable[[], None]:
+        body = {"image_id": ids[server.url], "wipe_cache": True}
+        return lambda: post_json(session, f"{server.url}/api/analyze", body)
+
+    a_ms, b_ms = plan.compare(analyze(fp32), analyze(int8))
+    return Comparison(
+        "http_analyze_int8",
+        "analyze by id, DTYPE",
+        "HTTP float32",
+        "HTTP int8",
+        a_ms,
+        b_ms,
+        "an int8 worker (ONNX Runtime) answers analyze by id this many times faster than a "
+        "float32 one (goal >= 2.5)",
     )
 
 
@@ -415,6 +441,8 @@ def run_http(plan, folder: str, photo: Image.Image, large: bytes, jpeg: bytes) -
             image_id = upload(session, server, jpeg)
             results.append(bench_analyze(plan, server, model, image_id, crop))
             results.append(bench_validate(plan, server, large))
+            with gunicorn(folder, scratch, 1, "int8", dtype="int8") as int8:
+                results.append(bench_analyze_int8(plan, server, int8, jpeg))
         with gunicorn(folder, scratch, 2, "two") as server:
             session = _session()
             ids = [upload(session, server, data) for data in variants]
