@@ -80,6 +80,7 @@ def gunicorn(
         "WORKERS": str(workers),
         "MAX_REQUESTS": "1000000",  # no recycling in the middle of a measurement
         "LOG_LEVEL": "warning",
+        "FACEAPP_LOG_LEVEL": "WARNING",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "FACEAPP_INSTANCE_PATH": os.path.join(scratch, f"instance-{name}"),
@@ -94,18 +95,19 @@ def gunicorn(
         "FACEAPP_SECRET_KEY": "bench-secret-key-" + "x" * 32,
     }
     gunicorn_bin = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    # A file, not a pipe: a pipe nobody reads fills up and blocks the workers' logging.
+    log = open(os.path.join(scratch, f"gunicorn-{name}.log"), "wb")  # noqa: SIM115 - closed below
     started = time.perf_counter()
     process = subprocess.Popen(  # noqa: S603 - fixed arguments
         [gunicorn_bin, "--config", "gunicorn.conf.py", "wsgi:app"],
         cwd=PROJECT_ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        pids = _wait_ready(url, process, workers)
+        pids = _wait_ready(url, process, workers, log.name)
         yield Server(url, process, time.perf_counter() - started, pids)
     finally:
         process.terminate()
@@ -114,18 +116,23 @@ def gunicorn(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        process.stderr.close()
+        log.close()
 
 
-def _wait_ready(url: str, process: subprocess.Popen, workers: int, limit: float = 300) -> set[int]:
-    deadline = time.monotonic() + limit
+def _wait_ready(url: str, process: subprocess.Popen, workers: int, log_path: str) -> set[int]:
+    deadline = time.monotonic() + 300
     ready: set[int] = set()
+
+    def log_tail() -> str:
+        with open(log_path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()[-2000:]
+
     with requests.Session() as session:
         while len(ready) < workers:
             if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {process.stderr.read()[-2000:]}")
+                raise RuntimeError(f"gunicorn exited:\n{log_tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn not ready after {limit:g} s")
+                raise RuntimeError(f"gunicorn not ready after 300 s:\n{log_tail()}")
             try:
                 # A new connection each time, so that every worker gets asked.
                 answer = session.get(f"{url}/api/ready", timeout=5, headers={"Connection": "close"})
