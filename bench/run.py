@@ -60,6 +60,7 @@ class Plan:
     window_s: float = 8.0  # seconds per load window (clients, bare batch-8 throughput)
     rounds: int = 2  # interleaved rounds of every client count
     start_rounds: int = 2  # gunicorn starts timed
+    http_only: bool = False  # skip the in-process sections
 
     def compare(self, a: Callable[[], object], b: Callable[[], object]):
         """Time `a` against `b`, interleaved, as this plan says."""
@@ -98,6 +99,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="torch threads (default: as faceapp gives one worker, all cores)",
     )
+    parser.add_argument(
+        "--http-only",
+        action="store_true",
+        help="only the sections that measure the service over HTTP (http_*)",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="also write the numbers here")
     return parser.parse_args(argv)
 
@@ -116,6 +122,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         window_s=0.5 if quick else 8.0,
         rounds=1 if quick else 2,
         start_rounds=1 if quick else 2,
+        http_only=args.http_only,
     )
 
 
@@ -525,6 +532,10 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
         )
     attribute_set = load_attribute_set(None)
     names = attribute_set.names()
+    if plan.http_only:
+        large = photos.large_jpeg(photo)
+        results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))
+        return {"size": plan.size, "http_only": True, "checkpoint": folder}, results
 
     fp32 = load_model(folder, "float32", plan.threads)
     bf16 = load_model(folder, "bfloat16", plan.threads)

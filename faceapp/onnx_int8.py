@@ -124,6 +124,9 @@ class ImageSession:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: ONNX Runtime's threads would otherwise spin on the cores
+        # that torch (the text encoder) and the other workers need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = path
         self.session = onnxruntime.InferenceSession(
             path, sess_options=options, providers=["CPUExecutionProvider"]
