@@ -535,7 +535,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     if plan.http_only:
         large = photos.large_jpeg(photo)
         results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))
-        return {"size": plan.size, "http_only": True, "checkpoint": folder}, results
+        return _settings(plan, folder, written_s, started, http_only=True), results
 
     fp32 = load_model(folder, "float32", plan.threads)
     bf16 = load_model(folder, "bfloat16", plan.threads)
@@ -573,7 +573,11 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results.append(face_batching)
     results.append(bench_memory(folder, plan.threads))
     results.extend(http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo)))
-    settings = {
+    return _settings(plan, folder, written_s, started), results
+
+
+def _settings(plan: Plan, folder: str, written_s: float | None, started: float, **extra) -> dict:
+    return {
         "size": plan.size,
         "repeats": plan.repeats,
         "budget_s": plan.budget_s,
@@ -582,8 +586,8 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
         "checkpoint": folder,
         "checkpoint_written_s": written_s,
         "total_s": time.perf_counter() - started,
+        **extra,
     }
-    return settings, results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
