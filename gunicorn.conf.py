@@ -66,3 +66,20 @@ def on_exit(server):
     from faceapp.metrics import remove_multiprocess_dir
 
     remove_multiprocess_dir(_metrics_dir)
+
+
+def worker_int(worker):
+    """SIGINT/SIGQUIT: let the inference thread finish what is queued before the worker goes."""
+    _drain(worker)
+
+
+def worker_exit(server, worker):
+    """After the last request (SIGTERM's graceful stop): drain and join the inference thread."""
+    _drain(worker)
+
+
+def _drain(worker):
+    from faceapp.engine import engine
+
+    if getattr(worker, "wsgi", None) is not None:  # None when the app failed to load
+        engine.stop(worker.wsgi, timeout=graceful_timeout)

@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench import photos
+from bench import http, photos
 from bench.memory import cpu_model_config, measure_in_subprocesses
 from bench.timing import Comparison, interleaved
 
@@ -31,10 +31,20 @@ SECTIONS = (
     "zero_shot",
     "encoder_dtype_batch1",
     "encoder_dtype_batch4",
+    "encoder_int8_batch1",
+    "encoder_int8_batch8",
     "decode_draft",
     "end_to_end_cache",
     "face_batching",
     "memory",
+    "http_analyze",
+    "http_validate",
+    "http_analyze_int8",
+    "http_clients_1",
+    "http_clients_8",
+    "http_clients_32",
+    "http_memory",
+    "http_start",
 )
 
 
@@ -47,6 +57,10 @@ class Plan:
     budget_s: float | None  # no new round after this long (at least MIN_ROUNDS run)
     warmup: int
     threads: int | None  # torch threads; None: what a single worker would use
+    window_s: float = 8.0  # seconds per load window (clients, bare batch-8 throughput)
+    rounds: int = 2  # interleaved rounds of every client count
+    start_rounds: int = 2  # gunicorn starts timed
+    http_only: bool = False  # skip the in-process sections
 
     def compare(self, a: Callable[[], object], b: Callable[[], object]):
         """Time `a` against `b`, interleaved, as this plan says."""
@@ -85,6 +99,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="torch threads (default: as faceapp gives one worker, all cores)",
     )
+    parser.add_argument(
+        "--http-only",
+        action="store_true",
+        help="only the sections that measure the service over HTTP (http_*)",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="also write the numbers here")
     return parser.parse_args(argv)
 
@@ -93,7 +112,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
     size = args.size or ("tiny" if args.quick else "base")
     repeats = args.repeats or (3 if args.quick else 15)
     budget = args.budget if args.budget is not None else (None if args.quick else 20.0)
-    return Plan(size=size, repeats=max(1, repeats), budget_s=budget, warmup=1, threads=args.threads)
+    quick = args.quick
+    return Plan(
+        size=size,
+        repeats=max(1, repeats),
+        budget_s=budget,
+        warmup=1,
+        threads=args.threads,
+        window_s=0.5 if quick else 8.0,
+        rounds=1 if quick else 2,
+        start_rounds=1 if quick else 2,
+        http_only=args.http_only,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +182,14 @@ def face_regions(image: Image.Image) -> list:
 # --------------------------------------------------------------------------------------------
 
 
+def score(analyzer, image: Image.Image, regions: list, names: list[str]) -> list[dict]:
+    """What a request gets: the regions' crops scored on the analyzer's inference thread."""
+    from faceapp.analysis import face_crop
+
+    crops = [face_crop(image, region.box, None) for region in regions]
+    return analyzer.analyze(crops, regions, names, None, False)[0]
+
+
 def bench_zero_shot(plan: Plan, analyzer, photo: Image.Image, region) -> Comparison:
     """Per request: re-encode every attribute prompt (naive) vs precomputed label embeddings."""
     from faceapp.analysis import Analyzer
@@ -165,10 +203,10 @@ def bench_zero_shot(plan: Plan, analyzer, photo: Image.Image, region) -> Compari
     def naive() -> list[dict]:
         # A fresh Analyzer encodes every prompt again, as transformers' zero-shot pipeline
         # encodes its candidate labels on every call.
-        return Analyzer(model, attribute_set, None).analyze(photo, [region], names, None, False)
+        return score(Analyzer(model, attribute_set, None, analyzer.engine), photo, [region], names)
 
     def precomputed() -> list[dict]:
-        return analyzer.analyze(photo, [region], names, None, False)
+        return score(analyzer, photo, [region], names)
 
     a_ms, b_ms = plan.compare(naive, precomputed)
     same = naive()[0]["attributes"] == precomputed()[0]["attributes"]
@@ -206,12 +244,28 @@ def bench_encoder_dtype(plan: Plan, fp32, bf16, crops: list[Image.Image], key: s
     )
 
 
+def bench_int8(plan: Plan, fp32, int8, crops: list[Image.Image], key: str) -> Comparison:
+    """The image encoder in torch float32 vs ONNX Runtime int8, with their embeddings' cosine."""
+    a_ms, b_ms = plan.compare(lambda: fp32.encode_images(crops), lambda: int8.encode_images(crops))
+    cosine = (fp32.encode_images(crops) * int8.encode_images(crops)).sum(dim=-1)
+    return Comparison(
+        key,
+        f"image encoder, batch {len(crops)}",
+        "torch float32",
+        "ONNX int8",
+        a_ms,
+        b_ms,
+        f"DTYPE=int8 encodes {len(crops)} face crop(s) this many times faster than float32",
+        sanity={"cosine_min": cosine.min().item(), "cosine_mean": cosine.mean().item()},
+    )
+
+
 def label_agreement(
     fp32_analyzer, bf16_analyzer, image: Image.Image, regions: list, names: list[str]
 ) -> dict:
     """How many (face, attribute) argmax labels bfloat16 shares with float32."""
-    ours = fp32_analyzer.analyze(image, regions, names, None, False)
-    theirs = bf16_analyzer.analyze(image, regions, names, None, False)
+    ours = score(fp32_analyzer, image, regions, names)
+    theirs = score(bf16_analyzer, image, regions, names)
     pairs = [
         (a["attributes"][n]["label"], b["attributes"][n]["label"])
         for a, b in zip(ours, theirs, strict=True)
@@ -226,14 +280,10 @@ def bench_face_batching(
     """All faces of an image in one forward pass vs one forward pass per face."""
 
     def per_face() -> list[dict]:
-        return [
-            face
-            for region in regions
-            for face in analyzer.analyze(image, [region], names, None, False)
-        ]
+        return [face for region in regions for face in score(analyzer, image, [region], names)]
 
     def batched() -> list[dict]:
-        return analyzer.analyze(image, regions, names, None, False)
+        return score(analyzer, image, regions, names)
 
     a_ms, b_ms = plan.compare(per_face, batched)
     return Comparison(
@@ -470,6 +520,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     """Run every section in order; returns the settings and the comparisons."""
     from faceapp.analysis import Analyzer
     from faceapp.attributes import load_attribute_set
+    from faceapp.engine import InferenceEngine
     from faceapp.faces import aligned_crop
 
     started = time.perf_counter()
@@ -484,19 +535,38 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
         )
     attribute_set = load_attribute_set(None)
     names = attribute_set.names()
+    if plan.http_only:
+        large = photos.large_jpeg(photo)
+        results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))
+        return _settings(plan, folder, written_s, started, http_only=True), results
 
     fp32 = load_model(folder, "float32", plan.threads)
     bf16 = load_model(folder, "bfloat16", plan.threads)
-    fp32_analyzer = Analyzer(fp32, attribute_set, None)  # what a worker builds once, when ready
+    inference = InferenceEngine(max_batch=64)  # one thread runs every model call, as in a worker
+    fp32_analyzer = Analyzer(fp32, attribute_set, None, inference)  # built once, when ready
     crops = [aligned_crop(mosaic, region.box, None) for region in four]
     results = [bench_zero_shot(plan, fp32_analyzer, photo, single[0])]
     results.append(bench_encoder_dtype(plan, fp32, bf16, crops[:1], "encoder_dtype_batch1"))
     results.append(bench_encoder_dtype(plan, fp32, bf16, crops, "encoder_dtype_batch4"))
     results[-1].sanity.update(
-        label_agreement(fp32_analyzer, Analyzer(bf16, attribute_set, None), mosaic, four, names)
+        label_agreement(
+            fp32_analyzer, Analyzer(bf16, attribute_set, None, inference), mosaic, four, names
+        )
     )
     face_batching = bench_face_batching(plan, fp32_analyzer, mosaic, four, names)
-    del fp32, bf16, fp32_analyzer
+    del bf16
+    int8 = load_model(folder, "int8", plan.threads)
+    eight = (crops * 2)[:8]
+    results.append(bench_int8(plan, fp32, int8, crops[:1], "encoder_int8_batch1"))
+    results.append(bench_int8(plan, fp32, int8, eight, "encoder_int8_batch8"))
+    # Top-label agreement over the test photos: the astronaut and the four faces of the mosaic.
+    int8_analyzer = Analyzer(int8, attribute_set, None, inference)
+    for image, regions in ((photo, single), (mosaic, four)):
+        found = label_agreement(fp32_analyzer, int8_analyzer, image, regions, names)
+        for name, count in found.items():
+            results[-1].sanity[name] = results[-1].sanity.get(name, 0) + count
+    inference.stop()
+    del fp32, int8, fp32_analyzer, int8_analyzer
 
     from faceapp.config import DEFAULTS
 
@@ -505,7 +575,12 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results.append(bench_end_to_end(plan, folder, photos.jpeg_bytes(photo)))
     results.append(face_batching)
     results.append(bench_memory(folder, plan.threads))
-    settings = {
+    results.extend(http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo)))
+    return _settings(plan, folder, written_s, started), results
+
+
+def _settings(plan: Plan, folder: str, written_s: float | None, started: float, **extra) -> dict:
+    return {
         "size": plan.size,
         "repeats": plan.repeats,
         "budget_s": plan.budget_s,
@@ -514,8 +589,8 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
         "checkpoint": folder,
         "checkpoint_written_s": written_s,
         "total_s": time.perf_counter() - started,
+        **extra,
     }
-    return settings, results
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,15 +44,18 @@ def register_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from faceapp import faces, metrics, security, services, versioning
+    from faceapp import faces, metrics, security, versioning
+    from faceapp.analysis import analyzers
+    from faceapp.engine import engine
     from faceapp.face_models import models
     from faceapp.store import store
 
     security.init_app(app)
     store.init_app(app)
-    models.init_app(app)
-    faces.init_app(app)
-    services.init_app(app)
+    engine.init_app(app)  # the inference thread: every torch call of a worker runs on it
+    models.init_app(app)  # the CLIP model, loaded and warmed on that thread
+    analyzers.init_app(app)  # the attribute set now; its label embeddings once the model is ready
+    faces.init_app(app)  # the face detector: YuNet, or Haar standing in (and saying so)
     metrics.init_app(app)  # after models: it hooks their readiness
     versioning.init_app(app)
 

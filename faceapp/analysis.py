@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -23,14 +22,17 @@ from flask import Flask, current_app
 from PIL import Image
 
 from faceapp import scoring
+from faceapp.atomic import atomic_path
 from faceapp.attributes import AttributeSet, load_attribute_set
+from faceapp.engine import InferenceEngine, JobStats, engine
 from faceapp.errors import FaceappError
+from faceapp.face_geometry import CROP_MARGIN
 from faceapp.face_models import LoadedModel, models
 from faceapp.faces import aligned_crop
 
 log = logging.getLogger(__name__)
 
-ATTRIBUTES_KEY = "faceapp.attributes"
+EXTENSION_KEY = "faceapp.analyzer"
 FREE_TEXT_CACHE_SIZE = 512
 
 
@@ -45,36 +47,93 @@ class Region:
     face: dict | None = None
 
 
-def init_app(app: Flask) -> None:
-    """Load the attribute set now (a broken file fails the start) and analyse once models load."""
-    attribute_set = load_attribute_set(app.config.get("ATTRIBUTES_FILE"))
-    app.extensions[ATTRIBUTES_KEY] = attribute_set
-    cache_dir = os.path.join(app.config["MODELS_DIR"], ".label-embeddings")
-    models.add_ready_hook(
-        app, lambda model: setattr(model, "analyzer", Analyzer(model, attribute_set, cache_dir))
-    )
+class Analyzers:
+    """Flask extension holding this worker's :class:`Analyzer`, built when its model is ready."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Load the attribute set now (a broken file fails the start); build once models load."""
+        attributes = load_attribute_set(app.config.get("ATTRIBUTES_FILE"))
+        cache_dir = os.path.join(app.config["MODELS_DIR"], ".label-embeddings")
+        slot = _AnalyzerSlot(attributes, cache_dir)
+        app.extensions[EXTENSION_KEY] = slot
+        models.add_ready_hook(app, lambda model: slot.build(model, engine.get(app)))
+
+    def _slot(self) -> _AnalyzerSlot:
+        try:
+            return current_app.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError("Analyzers is used before init_app(app) was called") from None
+
+    def get(self) -> Analyzer:
+        """This worker's analyzer, loading the model on first use (503 model.not_ready)."""
+        model = models.get()
+        return self._slot().for_model(model)
+
+    def peek(self) -> Analyzer | None:
+        """The analyzer if the model is ready now, without loading it."""
+        model = models.peek()
+        return self._slot().for_model(model) if model is not None else None
+
+    def attribute_set(self) -> AttributeSet:
+        return self._slot().attributes
+
+
+@dataclass
+class _AnalyzerSlot:
+    attributes: AttributeSet
+    cache_dir: str
+    analyzer: Analyzer | None = None
+
+    def build(self, model: LoadedModel, inference: InferenceEngine) -> None:
+        self.analyzer = Analyzer(model, self.attributes, self.cache_dir, inference)
+
+    def for_model(self, model: LoadedModel) -> Analyzer:
+        # The hook builds it before the model is reported ready, in the process that loaded it.
+        if self.analyzer is None or self.analyzer.model is not model:
+            raise RuntimeError("the model is ready but its analyzer was never built")
+        return self.analyzer
+
+
+analyzers = Analyzers()
 
 
 def attribute_set() -> AttributeSet:
     """This app's attribute set."""
-    return current_app.extensions[ATTRIBUTES_KEY]
+    return analyzers.attribute_set()
 
 
 def analyzer() -> Analyzer:
     """This worker's analyzer (503 model.not_ready while the model is not ready)."""
-    return models.get().analyzer
+    return analyzers.get()
 
 
 class Analyzer:
-    """Scores face crops against an attribute set and free-text labels with one CLIP model."""
+    """Scores face crops against an attribute set and free-text labels with one CLIP model.
 
-    def __init__(self, model: LoadedModel, attributes: AttributeSet, cache_dir: str | None) -> None:
+    Every torch call goes through `engine` (the worker's inference thread); when the analyzer is
+    built by the model's ready hook, that already is the inference thread and the calls run inline.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        attributes: AttributeSet,
+        cache_dir: str | None,
+        inference: InferenceEngine,
+    ) -> None:
         self.model = model
         self.attributes = attributes
-        self.version = hashlib.sha256(f"{model.version}:{attributes.digest}".encode()).hexdigest()[
-            :12
-        ]
-        self.label_embeddings = self._label_embeddings(cache_dir)
+        self.engine = inference
+        # int8 scores differ slightly from float32 ones: they never share cached results.
+        runtime = ":int8" if model.image_session is not None else ""
+        identity = f"{model.version}:{attributes.digest}{runtime}"
+        self.version = hashlib.sha256(identity.encode()).hexdigest()[:12]
+        self.logit_scale = inference.run(lambda: model.logit_scale)
+        self.label_embeddings = inference.run(lambda: self._label_embeddings(cache_dir))
         self._free_text: OrderedDict[str, Any] = OrderedDict()
         self._free_text_lock = threading.Lock()
 
@@ -117,14 +176,8 @@ class Analyzer:
         )
         if path:
             os.makedirs(cache_dir, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
-            os.close(handle)
-            try:
+            with atomic_path(path) as tmp:  # other workers read the whole file or none of it
                 save_file({k: v.contiguous() for k, v in embeddings.items()}, tmp)
-                os.replace(tmp, path)  # other workers read the whole file or none of it
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
         return embeddings
 
     def _encode_label_prompts(self, prompts: Sequence[Sequence[str]]):
@@ -139,44 +192,65 @@ class Analyzer:
             start += len(label_prompts)
         return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
-    def free_text_embeddings(self, labels: Sequence[str]):
-        """Embeddings of a request's own labels, encoding only those not seen recently."""
-        import torch
+    def free_text_rows(self, labels: Sequence[str]) -> list[Any]:
+        """One embedding row per label of a request, encoding only those not seen recently.
 
+        The missing labels go to the inference thread as one job, batched with other requests'.
+        """
         with self._free_text_lock:
             missing = [label for label in dict.fromkeys(labels) if label not in self._free_text]
         if missing:
-            encoded = self.model.encode_texts(missing)
+            encoded, _ = self.engine.encode(self.model.encode_texts, missing, _rows)
             with self._free_text_lock:
                 for label, row in zip(missing, encoded, strict=True):
                     self._free_text[label] = row
                 while len(self._free_text) > FREE_TEXT_CACHE_SIZE:
                     self._free_text.popitem(last=False)
         with self._free_text_lock:
+            found = {label: self._free_text.get(label) for label in labels}
             for label in labels:
-                self._free_text.move_to_end(label)
-            return torch.stack([self._free_text[label] for label in labels])
+                if label in self._free_text:
+                    self._free_text.move_to_end(label)
+        if any(row is None for row in found.values()):  # evicted by other requests meanwhile
+            encoded, _ = self.engine.encode(self.model.encode_texts, list(labels), _rows)
+            found = dict(zip(labels, encoded, strict=True))
+        return [found[label] for label in labels]
 
     # -- image side, per request -------------------------------------------------------------
     def analyze(
         self,
-        image: Image.Image,
+        crops: Sequence[Image.Image],
         regions: Sequence[Region],
         attribute_names: Sequence[str],
         labels: Sequence[str] | None,
         include_embedding: bool,
-    ) -> list[dict]:
-        """Score every region in one batch; faces come back in the order of `regions`."""
+    ) -> tuple[list[dict], JobStats | None]:
+        """Score each region's crop (one per region, in order) in one batch on the inference thread.
+
+        Returns the faces in the order of `regions`, and how the job fared in the queue.
+        """
         if not regions:
-            return []
-        crops = [
-            aligned_crop(image, region.box, (region.face or {}).get("landmarks"))
-            if region.detected
-            else aligned_crop(image, region.box, None, margin=0.0)
-            for region in regions
-        ]
-        faces = self.model.encode_images(crops)
-        scale = self.model.logit_scale
+            return [], None
+        embedding = include_embedding
+        label_rows = self.free_text_rows(labels) if labels else None
+
+        def score(faces) -> list[dict]:  # on the inference thread, this request's rows only
+            return self._answers(faces, regions, attribute_names, labels, label_rows, embedding)
+
+        return self.engine.encode(self.model.encode_images, crops, score)
+
+    def _answers(
+        self,
+        faces: Any,
+        regions: Sequence[Region],
+        attribute_names: Sequence[str],
+        labels: Sequence[str] | None,
+        label_rows: list[Any] | None,
+        include_embedding: bool,
+    ) -> list[dict]:
+        import torch
+
+        scale = self.logit_scale
         per_attribute = {
             name: scoring.attribute_answers(
                 faces @ self.label_embeddings[name].T, self.attributes.attributes[name], scale
@@ -185,7 +259,7 @@ class Analyzer:
         }
         label_probs = None
         if labels:
-            label_probs = scoring.probabilities(faces @ self.free_text_embeddings(labels).T, scale)
+            label_probs = scoring.probabilities(faces @ torch.stack(label_rows).T, scale)
         results = []
         for index, region in enumerate(regions):
             face: dict[str, Any] = {
@@ -208,6 +282,19 @@ class Analyzer:
 def _face_geometry(face: dict | None) -> dict:
     """The detector's landmarks, geometric pose and role of a face, for the answer."""
     return {key: face[key] for key in ("landmarks", "pose", "role") if face and key in face}
+
+
+def _rows(tensor: Any) -> list[Any]:
+    """A tensor's rows as separate tensors (cached one per label)."""
+    return list(tensor.unbind(0))
+
+
+def face_crop(
+    image: Image.Image, box: dict, landmarks: list | None, margin: float = CROP_MARGIN
+) -> Image.Image:
+    """The crop CLIP sees of one region, in `image`'s own coordinates (the one crop function):
+    eyes level when there are landmarks; margin 0 for a whole-image region."""
+    return aligned_crop(image, box, landmarks, margin=margin)
 
 
 def regions_for(meta: dict, force: bool, max_faces: int | None = None) -> list[Region]:

@@ -12,14 +12,19 @@ from faceapp.errors import FaceappError
 from faceapp.face_models import models
 from faceapp.inputs import pick_source
 from faceapp.output import dump_json, render
-from faceapp.schemas import AnalyzeRequest, ValidateRequest, parse, request_fields
+from faceapp.schemas import AnalyzeRequest, ValidateRequest, parse, request_fields, yes_no
+from faceapp.store import store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 bp.before_request(check_api_key)
 
 
 def _flag(name: str) -> bool:
-    return request.args.get(name, "").lower() in ("1", "true", "yes", "on")
+    """A yes/no query parameter (absent: no); anything else is 400 input.invalid."""
+    try:
+        return yes_no(request.args.get(name, ""))
+    except ValueError as exc:
+        raise FaceappError("input.invalid", f"?{name}: {exc}.", field=name) from None
 
 
 @bp.post("/validate")
@@ -65,7 +70,7 @@ def setup() -> Response:
     return render(
         {
             "ready": True,
-            "model": model.analyzer.describe(),
+            "model": analysis.analyzer().describe(),
             "load_ms": model.load_ms,
             "warmup_ms": model.warmup_ms,
             "worker": {"pid": os.getpid()},
@@ -81,12 +86,13 @@ def health() -> Response:
 
 @bp.get("/ready")
 def ready() -> Response:
-    """Readiness: this worker's model is loaded and warm."""
+    """Readiness: the store answers and takes writes, and this worker's model is loaded and warm."""
+    store.backend.ping()  # 503 store.unavailable when it does not
     model = models.peek()
     if model is None:  # never loads: a probe must answer at once
         raise FaceappError("model.not_ready", f"The model is not ready ({models.reason()}).")
     # The detector is in the answer: a Haar fallback (YuNet missing) is ready, but says so.
-    described = {**model.analyzer.describe(), "detector": faces.describe()}
+    described = {**analysis.analyzer().describe(), "detector": faces.describe()}
     return render({"ready": True, "model": described, "worker": {"pid": os.getpid()}})
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from typing import Any
 
 from flask import Flask
+
+from faceapp.atomic import create_once
 
 DEFAULTS: dict[str, Any] = {
     # The model (faceapp/face_models.py)
@@ -24,6 +25,10 @@ DEFAULTS: dict[str, Any] = {
     "WORKERS": 1,  # set by gunicorn.conf.py; torch threads per worker = cores / workers
     "TORCH_THREADS": 0,  # 0: derive from cores and WORKERS
     "ATTRIBUTES_FILE": None,  # None: the bundled faceapp/attributes.yaml
+    # The inference thread (faceapp/engine.py): images per forward pass, and how long a request
+    # waits for its turn before answering 503 model.busy.
+    "INFERENCE_MAX_BATCH": 8,
+    "INFERENCE_TIMEOUT": 60.0,
     # The store
     "STORE_URL": None,  # None: <instance>/store
     "STORE_MAX_BYTES": 2 * 1024**3,
@@ -145,16 +150,7 @@ def instance_secret_key(instance_dir: str) -> str:
     path = os.path.join(instance_dir, "secret_key")
     if not os.path.exists(path):
         os.makedirs(instance_dir, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=".secret_key-", dir=instance_dir)  # mode 0600
-        try:
-            with os.fdopen(handle, "w", encoding="ascii") as fh:
-                fh.write(secrets.token_hex(32))
-            try:
-                os.link(staging, path)  # never replaces a key another process wrote first
-            except FileExistsError:
-                pass
-        finally:
-            os.unlink(staging)
+        create_once(path, secrets.token_hex(32).encode("ascii"))  # mode 0600
     with open(path, encoding="ascii") as fh:
         key = fh.read().strip()
     if len(key) < 32:

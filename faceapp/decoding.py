@@ -153,13 +153,6 @@ def decode_image(
         raise _corrupt() from exc
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """Encode an image as PNG (lossless, fast compression) for storing the normalised image."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def _normalise(
     opened: Image.Image,
     limit: int,

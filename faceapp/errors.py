@@ -43,6 +43,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "auth.forbidden": 403,
     "rate.limited": 429,
     "model.not_ready": 503,
+    "model.busy": 503,
+    "store.unavailable": 503,
     "request.too_large": 413,
     "request.method_not_allowed": 405,
     "route.not_found": 404,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,12 +18,13 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from faceapp.atomic import replace_folder, staging_folder
+from faceapp.engine import engine
 from faceapp.errors import FaceappError
 from faceapp.model_files import (
     build_manifest,
     pull_model,
     read_manifest,
-    replace_folder,
     resolve_model_folder,
     weights_version,
     write_manifest,
@@ -34,7 +33,8 @@ from faceapp.model_files import (
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "faceapp.models"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "int8")  # int8: faceapp/onnx_int8.py
+LOAD_TIMEOUT = 900.0  # a first load may pull and convert weights: minutes, not hours
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,10 +136,7 @@ def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> s
     torch.manual_seed(seed)
     model = CLIPModel(config)
 
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".random-", dir=parent)
-    try:
+    with staging_folder(os.path.dirname(os.path.abspath(folder)), ".random-") as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         manifest = build_manifest(
@@ -147,8 +144,6 @@ def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> s
         )
         write_manifest(staging, manifest)
         replace_folder(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -192,6 +187,10 @@ def choose_dtype(requested: str, device: str):
     if requested == "float16" and device == "cpu":
         log.warning("DTYPE=float16 is slow and inexact on the CPU; using float32")
         requested = "float32"
+    if requested == "int8":
+        if device != "cpu":
+            raise RuntimeError("DTYPE=int8 runs on the CPU (ONNX Runtime); set DEVICE=cpu")
+        requested = "float32"  # the torch model (text encoder); images go through ONNX Runtime
     return getattr(torch, requested)
 
 
@@ -229,6 +228,7 @@ class LoadedModel:
     processor: Any
     load_ms: float = 0.0
     warmup_ms: float = 0.0
+    image_session: Any = field(default=None, repr=False)  # DTYPE=int8: onnx_int8.ImageSession
     text_encoder_calls: int = field(default=0, repr=False)
 
     @property
@@ -253,7 +253,7 @@ class LoadedModel:
             "name": self.name,
             "version": self.version,
             "device": self.device,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": "int8" if self.image_session else str(self.dtype).removeprefix("torch."),
         }
         if self.random_weights:
             info["random_weights"] = True
@@ -263,6 +263,10 @@ class LoadedModel:
         """L2-normalised image embeddings (float32, on the CPU) for a batch of PIL images."""
         import torch
 
+        if self.image_session is not None:
+            pixels = self.processor(images=list(images), return_tensors="np")["pixel_values"]
+            features = torch.from_numpy(self.image_session(pixels.astype("float32")))
+            return torch.nn.functional.normalize(features, dim=-1)
         inputs = self.processor(images=list(images), return_tensors="pt")
         pixels = inputs["pixel_values"].to(self.device, self.dtype)
         with torch.inference_mode():
@@ -341,6 +345,9 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
             f"model folder {folder} could not be loaded ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200]}); pull it again with `flask --app wsgi models pull`"
         ) from exc
+    image_session = None
+    if str(config.get("DTYPE") or "").strip().lower() == "int8":
+        image_session = _int8_image_session(model, models_dir, manifest, torch_threads(config))
     load_ms = (time.perf_counter() - started) * 1000
     return LoadedModel(
         name=name if not os.path.isdir(name) else manifest.get("id", name),
@@ -351,7 +358,24 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
         model=model,
         processor=processor,
         load_ms=load_ms,
+        image_session=image_session,
     )
+
+
+def _int8_image_session(model: Any, models_dir: str, manifest: dict, threads: int) -> Any:
+    """DTYPE=int8: the image encoder exported (once per weights version) and quantized."""
+    try:
+        from faceapp import onnx_int8
+
+        path = onnx_int8.ensure_image_encoder(
+            model, int(model.config.vision_config.image_size), models_dir, weights_version(manifest)
+        )
+        return onnx_int8.ImageSession(path, threads)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"DTYPE=int8 needs ONNX Runtime ({exc.name} is missing): "
+            "pip install 'faceapp[int8]' (onnxruntime and onnx)"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +433,12 @@ class ModelHolder:
         self._state(app).on_ready.append(hook)
 
     def load(self, app: Flask | None = None, *, retry: bool = False) -> LoadedModel | None:
-        """Load and warm the model once; a failure is remembered (and logged once) until `retry`."""
+        """Load and warm the model once; a failure is remembered (and logged once) until `retry`.
+
+        Loading, warm-up and the ready hooks run on this worker's inference thread
+        (faceapp/engine.py), like every other torch call.
+        """
+        app = app or current_app._get_current_object()
         state = self._state(app)
         if state.status == "ready" or (state.status == "failed" and not retry):
             return state.model
@@ -418,10 +447,7 @@ class ModelHolder:
                 return state.model
             state.status, state.error = "loading", None
             try:
-                model = state.loader(state.config)
-                model.warm_up()
-                for hook in state.on_ready:
-                    hook(model)
+                model = engine.get(app).run(lambda: self._load_now(state), timeout=LOAD_TIMEOUT)
             except Exception as exc:  # noqa: BLE001 - any load failure must leave the service up
                 state.status, state.error = "failed", str(exc) or type(exc).__name__
                 log.error("model not ready: %s", state.error)
@@ -437,6 +463,14 @@ class ModelHolder:
                 model.warmup_ms,
             )
             return model
+
+    @staticmethod
+    def _load_now(state: _HolderState) -> LoadedModel:
+        model = state.loader(state.config)
+        model.warm_up()
+        for hook in state.on_ready:
+            hook(model)
+        return model
 
     def load_in_background(self, app: Flask) -> threading.Thread | None:
         """Start loading in a thread (gunicorn's post_worker_init), if LOAD_MODEL_ON_START."""

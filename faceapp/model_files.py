@@ -12,11 +12,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from faceapp.atomic import replace_folder, staging_folder, write_json
 
 MANIFEST_NAME = "faceapp-manifest.json"
 # Files a CLIP checkpoint needs; `models pull` fetches only these.
@@ -56,7 +56,7 @@ def build_manifest(folder: str, model_id: str, revision: str | None, **extra: An
 
 def write_manifest(folder: str, manifest: dict) -> None:
     """Write the manifest beside the model files (temporary file, then rename)."""
-    write_json_atomic(os.path.join(folder, MANIFEST_NAME), manifest)
+    write_json(os.path.join(folder, MANIFEST_NAME), manifest, indent=2)
 
 
 def read_manifest(folder: str) -> dict | None:
@@ -108,8 +108,7 @@ def pull_model(
 
     os.makedirs(models_dir, exist_ok=True)
     final = os.path.join(models_dir, folder_name(model_id))
-    staging = tempfile.mkdtemp(prefix=".pull-", dir=models_dir)
-    try:
+    with staging_folder(models_dir, ".pull-") as staging:
         (enable_progress_bars if progress else disable_progress_bars)()
         snapshot_download(
             repo_id=model_id, revision=revision, local_dir=staging, allow_patterns=PULL_PATTERNS
@@ -118,33 +117,7 @@ def pull_model(
         info = HfApi().model_info(model_id, revision=revision)
         write_manifest(staging, build_manifest(staging, model_id, info.sha, source="hub"))
         replace_folder(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return final
-
-
-def replace_folder(staging: str, final: str) -> None:
-    """Move a finished staging folder into place, replacing an older copy by rename."""
-    if os.path.isdir(final):
-        retired = f"{final}.old-{os.getpid()}-{time.monotonic_ns()}"
-        os.rename(final, retired)
-        os.rename(staging, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, final)
-
-
-def write_json_atomic(path: str, document: Any) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,8 +175,7 @@ def pull_file(
     expected = sha256.strip().lower()
     os.makedirs(models_dir, exist_ok=True)
     final = os.path.join(models_dir, folder_name(model_id))
-    staging = tempfile.mkdtemp(prefix=".pull-", dir=models_dir)
-    try:
+    with staging_folder(models_dir, ".pull-") as staging:
         target = os.path.join(staging, filename)
         digest, received = hashlib.sha256(), 0
         try:
@@ -242,8 +214,6 @@ def pull_file(
             )
         write_manifest(staging, build_manifest(staging, model_id, revision, source="url", url=url))
         replace_folder(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return os.path.join(final, filename)
 
 

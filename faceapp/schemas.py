@@ -10,15 +10,36 @@ from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from faceapp.errors import STATUS_BY_CODE, FaceappError
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+
+
+def yes_no(value: Any) -> bool:
+    """The one yes/no parser: a bool, 1/0, true/false, yes/no, on/off (any case; "" is no).
+
+    Raises ValueError for anything else (callers turn it into their own clear error).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise ValueError(f"{value!r} is not a yes/no value (true/false, yes/no, on/off, 1/0)")
+
 
 class Flag(fields.Boolean):
-    """A boolean that also accepts the usual form spellings (1/0, yes/no, on/off).
+    """A boolean field that reads the usual form spellings through :func:`yes_no`."""
 
-    (1 and 0 are in the sets as True and False: equal values, one set entry.)
-    """
-
-    truthy = {True, "1", "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"}
-    falsy = {False, "0", "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF", ""}
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        try:
+            return yes_no(value)
+        except ValueError:
+            raise self.make_error("invalid", input=value) from None
 
 
 class SourceSchema(Schema):

@@ -6,7 +6,8 @@ lives in faceapp/analysis.py. Views parse, call one function here, and render wh
 
 from __future__ import annotations
 
-import io
+import hashlib
+import json
 import logging
 import os
 import time
@@ -14,20 +15,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, current_app, g
-from PIL import Image
+from flask import current_app, g
 
-from faceapp import analysis, decoding, faces, metrics, validation
+from faceapp import analysis, decoding, faces, metrics, stored_image, validation
 from faceapp.errors import FaceappError
 from faceapp.inputs import ImageSource, source_bytes, source_name
 from faceapp.store import check_image_id, image_id_for, not_found, store
 
 log = logging.getLogger(__name__)
-
-
-def init_app(app: Flask) -> None:
-    """Load the analyzer's attribute set (a bad one fails the start)."""
-    analysis.init_app(app)
 
 
 def now_iso() -> str:
@@ -113,7 +108,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     g.image_id = image_id
     timings = {"receive": (time.perf_counter() - started) * 1000}
 
-    meta = backend.get_meta(image_id)
+    meta = store.current_meta(image_id)
     detector = faces.describe()
     if meta is not None and not wipe_cache and faces.same_detector(meta, detector):
         timings["total"] = (time.perf_counter() - started) * 1000
@@ -127,11 +122,14 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
             name=source_name(source),
         )
         return meta
-    if meta is not None:  # wipe_cache: results go, the image is validated afresh, the trace stays
+    if meta is not None and not wipe_cache:
+        # Another detector finds other faces, so the stored face contexts go too: the image is
+        # stored afresh (its trace with it), and the trace says why.
+        backend.delete(image_id)
+        record_event(image_id, "wiped", {}, reason="detector_changed")
+    elif meta is not None:  # wipe_cache: results go, the image is validated afresh, trace stays
         backend.drop_results(image_id)
-        record_event(
-            image_id, "wiped", {}, reason="wipe_cache" if wipe_cache else "detector_changed"
-        )
+        record_event(image_id, "wiped", {}, reason="wipe_cache")
 
     step = time.perf_counter()
     decoded = _decode(data, source.kind, config)
@@ -143,7 +141,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     report = validation.assess(decoded.image, found, validation.Thresholds.from_config(config))
     timings["validate"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
-    png = decoding.encode_png(decoded.image)
+    face_dicts = [face.to_dict() for face in found]
+    parts, stored = stored_image.build_parts(decoded.image, face_dicts)
     meta = {
         "image_id": image_id,
         "created": time.time(),
@@ -164,10 +163,13 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
             "warnings": [issue.to_dict() for issue in report.warnings],
             "quality": report.quality,
         },
+        "stored": stored,
     }
     meta = _plain(meta)
-    if not backend.put_image(image_id, png, meta):
-        backend.set_meta(image_id, meta)  # stored already (wipe_cache, or a concurrent request)
+    if not backend.put_image(image_id, data, meta, parts):
+        # Stored already (wipe_cache, or a concurrent request): the same bytes give the same
+        # parts, so only the metadata is renewed.
+        backend.set_meta(image_id, meta)
     timings["store"] = (time.perf_counter() - step) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     record_event(
@@ -206,7 +208,9 @@ def analyze(
     """POST /api/analyze: score the faces of a stored (or just sent) image, cached per options."""
     started = time.perf_counter()
     names = analysis.check_attribute_names(attributes)
+    max_faces = max_faces or int(current_app.config["MAX_FACES"])
     timings: dict[str, float] = {}
+    batch: dict[str, Any] = {}  # how the inference thread ran it (the trace shows it)
     if source is not None:
         meta = ingest(source, wipe_cache=wipe_cache)
         image_id = meta["image_id"]
@@ -226,34 +230,32 @@ def analyze(
             field="image_id",
         )
     scorer = analysis.analyzer()  # 503 model.not_ready before any work is done
-    key = "|".join(
-        [
-            scorer.version,
-            ",".join(names),
-            "\x1f".join(labels or []),
-            f"embedding={bool(include_embedding)}",
-            f"force={bool(force)}",
-            f"detector={faces.describe()['version']}",
-            f"max_faces={max_faces or current_app.config['MAX_FACES']}",
-        ]
+    key = result_key(
+        scorer.version,
+        names,
+        labels,
+        include_embedding,
+        force,
+        detector=faces.describe()["version"],
+        max_faces=max_faces,
     )
     faces_doc = store.backend.get_result(image_id, key)
     cached = faces_doc is not None
     if not cached:
         step = time.perf_counter()
-        image = Image.open(io.BytesIO(image_png(image_id)))
-        image.load()
+        regions = analysis.regions_for(meta, force, max_faces)
+        crops = stored_image.region_crops(
+            meta, regions, lambda name: store.backend.get_part(image_id, name), analysis.face_crop
+        )
+        if crops is None:  # deleted or evicted since its metadata was read
+            raise not_found(image_id)
         timings["decode"] = (time.perf_counter() - step) * 1000
         step = time.perf_counter()
-        faces_doc = _plain(
-            scorer.analyze(
-                image,
-                analysis.regions_for(meta, force, max_faces or current_app.config["MAX_FACES"]),
-                names,
-                labels,
-                include_embedding,
-            )
-        )
+        found, stats = scorer.analyze(crops, regions, names, labels, include_embedding)
+        faces_doc = _plain(found)
+        if stats is not None:
+            timings["queue"] = stats.queue_ms
+            batch = {"batch_size": stats.batch_size, "queue_ms": round(stats.queue_ms, 2)}
         timings["encode"] = (time.perf_counter() - step) * 1000
         store.backend.put_result(image_id, key, faces_doc)
     timings["total"] = (time.perf_counter() - started) * 1000
@@ -268,6 +270,7 @@ def analyze(
         labels=list(labels or []),
         include_embedding=bool(include_embedding),
         force=bool(force),
+        **batch,
     )
     return {
         "image_id": image_id,
@@ -278,11 +281,39 @@ def analyze(
     }
 
 
+def result_key(
+    model_version: str,
+    attribute_names: list[str],
+    labels: list[str] | None,
+    include_embedding: bool,
+    force: bool,
+    *,
+    detector: str,
+    max_faces: int,
+) -> str:
+    """The cache key of an analysis: SHA-256 of the canonical JSON of everything it depends on.
+
+    JSON escapes every character that could join two labels into one, so no two different
+    requests share a key (a label "a\u001fb" is not the labels "a" and "b").
+    """
+    document = {
+        "model": model_version,
+        "attributes": list(attribute_names),
+        "labels": list(labels or []),
+        "embedding": bool(include_embedding),
+        "force": bool(force),
+        "detector": detector,
+        "max_faces": int(max_faces),
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
 def image_record(image_id: str) -> dict:
     """GET /api/images/<id>: the stored metadata and the validation answer."""
     meta = store.meta_or_404(image_id)
     g.image_id = image_id
-    return dict(meta)
+    return {key: value for key, value in meta.items() if key != "stored"}  # storage's own notes
 
 
 def image_trace(image_id: str) -> dict:
@@ -292,10 +323,10 @@ def image_trace(image_id: str) -> dict:
     return {"image_id": image_id, "events": store.backend.events(image_id)}
 
 
-def image_png(image_id: str) -> bytes:
-    """The stored, normalised image (PNG bytes)."""
-    check_image_id(image_id)
-    data = store.backend.get_image(image_id)
+def image_preview(image_id: str) -> bytes:
+    """The stored image's bounded preview (JPEG bytes, upright, at most 1024 px a side)."""
+    meta = store.meta_or_404(image_id)
+    data = store.backend.get_part(image_id, meta["stored"]["preview"]["part"])
     if data is None:
         raise not_found(image_id)
     return data

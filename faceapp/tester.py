@@ -39,6 +39,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
 from faceapp import access, security, services
+from faceapp.analysis import analyzers
 from faceapp.config import instance_secret_key
 from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes
 from faceapp.face_models import models
@@ -253,14 +254,14 @@ def read_run(image_id: str, run_id: str) -> dict | None:
 
 @bp.get("/images/<image_id>/image.png")
 def image_png(image_id: str) -> Response:
-    """The stored, normalised image."""
-    return Response(services.image_png(image_id), mimetype="image/png")
+    """The stored image's preview (a JPEG of at most 1024 px, written at validation)."""
+    return Response(services.image_preview(image_id), mimetype="image/jpeg")
 
 
 @bp.get("/images/<image_id>/thumbnail.jpg")
 def thumbnail(image_id: str) -> Response:
     """A small JPEG of the stored image for the recent list."""
-    image = Image.open(io.BytesIO(services.image_png(image_id)))
+    image = Image.open(io.BytesIO(services.image_preview(image_id)))
     image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=80)
@@ -407,7 +408,7 @@ def page_context() -> dict[str, Any]:
         return {
             **signed_in,
             "model_status": "ready",
-            "model_info": model.analyzer.describe(),
+            "model_info": analyzers.peek().describe(),
             "random_weights": model.random_weights,
             "model_reason": "",
         }

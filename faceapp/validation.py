@@ -28,14 +28,14 @@ import numpy as np
 from PIL import Image
 
 from faceapp.faces import FaceBox
+from faceapp.schemas import yes_no
 
 #: Side of the square the face region is resampled to before measuring its sharpness.
 SHARPNESS_SIDE = 64
+#: Brightness and contrast are measured on a copy at most this many pixels a side.
+QUALITY_MAX_SIDE = 512
 #: Grey-level standard deviation the region is normalised to before measuring its sharpness.
 SHARPNESS_CONTRAST = 50.0
-
-_TRUE_WORDS = {"1", "true", "yes", "on"}
-_FALSE_WORDS = {"0", "false", "no", "off", ""}
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,12 @@ class QualityReport:
 
 
 def assess(image: Image.Image, faces: list[FaceBox], thresholds: Thresholds) -> QualityReport:
-    """Check an image and the faces found in it against the thresholds."""
-    luma = image.convert("L")
+    """Check an image and the faces found in it against the thresholds.
+
+    Brightness and contrast are measured on a copy at most ``QUALITY_MAX_SIDE`` pixels a side
+    (a box-filtered reduction: the mean is kept); sharpness on the largest face's own pixels.
+    """
+    luma = bounded_copy(image, QUALITY_MAX_SIDE).convert("L")
     pixels = np.asarray(luma, dtype=np.float32)
     brightness = float(pixels.mean())
     largest = max(faces, key=lambda face: face.area, default=None)
@@ -116,7 +120,7 @@ def assess(image: Image.Image, faces: list[FaceBox], thresholds: Thresholds) -> 
         face_px = 0
     else:
         box = (largest.x, largest.y, largest.x + largest.width, largest.y + largest.height)
-        sharpness = measure_sharpness(luma.crop(box))
+        sharpness = measure_sharpness(image.crop(box))
         face_px = min(largest.width, largest.height)
     image_px = min(image.size)
 
@@ -210,6 +214,12 @@ def face_roles(faces: list[FaceBox], image_size: tuple[int, int], ratio: float) 
     return roles
 
 
+def bounded_copy(image: Image.Image, max_side: int) -> Image.Image:
+    """The image reduced by a whole factor (box filter) until it is at most `max_side` a side."""
+    factor = -(-max(image.size) // max_side)  # ceiling division
+    return image.reduce(factor) if factor > 1 else image
+
+
 def measure_sharpness(region: Image.Image) -> float:
     """Variance of the Laplacian of a greyscale region, at a fixed size and contrast."""
     grey = region.convert("L")
@@ -223,11 +233,7 @@ def measure_sharpness(region: Image.Image) -> float:
 
 
 def _as_bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    word = str(value).strip().lower()
-    if word in _TRUE_WORDS:
-        return True
-    if word in _FALSE_WORDS:
-        return False
-    raise ValueError(f"{key} must be true or false, not {value!r}.")
+    try:
+        return yes_no(value)
+    except ValueError:
+        raise ValueError(f"{key} must be true or false, not {value!r}.") from None

@@ -4,6 +4,8 @@
 # MODEL_NAME = "openai/clip-vit-base-patch32"   # a hub id (pulled into MODELS_DIR) or a folder
 # DEVICE = "auto"                               # auto, cpu, cuda, cuda:N, mps
 # DTYPE = "float32"                             # float32, bfloat16, float16
+# INFERENCE_MAX_BATCH = 8                       # images per forward pass, across requests
+# INFERENCE_TIMEOUT = 60                        # s a request waits for the model: then 503 model.busy
 # STORE_URL = "redis://127.0.0.1:6379/0"        # default: the store/ folder in this instance folder
 # API_KEYS = "key-for-app-a,key-for-app-b"    # needed on /api and on the /app pages too
 # ADMIN_KEYS = "a-long-random-admin-key"

@@ -31,6 +31,15 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A private redis-server on a free loopback port (no persistence), stopped afterwards."""
+    from tests.servers import redis_server
+
+    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
+        yield url
+
+
 @pytest.fixture
 def config(tmp_path, tiny_model_dir) -> dict:
     """The test configuration; tests may change it before asking for `app`."""

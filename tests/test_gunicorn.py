@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
+import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -140,53 +144,94 @@ def _worker_pids(master: int) -> list[int]:
         return [int(pid) for pid in fh.read().split()]
 
 
-def test_sigterm_lets_in_flight_requests_finish(tmp_path, tiny_model_dir, astronaut_jpeg):
-    """A request still running when gunicorn is told to stop gets its answer (graceful_timeout)."""
-    import http.server
-    import signal
-    import threading
+@contextmanager
+def slow_image_server(image: bytes, pause: float = 2.0):
+    """A local server that sends half of `image`, waits `pause` seconds, then the rest."""
 
     class SlowImage(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's naming
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(astronaut_jpeg)))
+            self.send_header("Content-Length", str(len(image)))
             self.end_headers()
-            half = len(astronaut_jpeg) // 2
-            self.wfile.write(astronaut_jpeg[:half])
+            half = len(image) // 2
+            self.wfile.write(image[:half])
             self.wfile.flush()
-            time.sleep(2)  # the request is in flight when SIGTERM arrives
-            self.wfile.write(astronaut_jpeg[half:])
+            time.sleep(pause)  # the request is in flight when SIGTERM arrives
+            self.wfile.write(image[half:])
 
         def log_message(self, *args):
             pass
 
     slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowImage)
     threading.Thread(target=slow.serve_forever, daemon=True).start()
-    env = {
+    try:
+        yield f"http://127.0.0.1:{slow.server_address[1]}/slow.jpg"
+    finally:
+        slow.shutdown()
+        slow.server_close()
+
+
+def _one_worker_env(tmp_path, tiny_model_dir) -> dict:
+    return {
         "FACEAPP_INSTANCE_PATH": str(tmp_path / "instance"),
         "FACEAPP_MODEL_NAME": tiny_model_dir,
         "FACEAPP_MODEL_AUTO_PULL": "false",
         "FACEAPP_URL_ALLOW_PRIVATE_NETWORKS": "true",
+        "FACEAPP_RATELIMIT_ENABLED": "false",
     }
-    try:
-        with gunicorn(env, workers=1) as (base, process):
-            result = {}
 
-            def fetch():
-                url = f"http://127.0.0.1:{slow.server_address[1]}/slow.jpg"
-                result["answer"] = requests.post(
-                    base + "/api/validate", json={"image_url": url}, timeout=30
-                )
 
-            client = threading.Thread(target=fetch)
+def test_sigterm_lets_in_flight_requests_finish(tmp_path, tiny_model_dir, astronaut_jpeg):
+    """A request still running when gunicorn is told to stop gets its answer (graceful_timeout)."""
+    with (
+        slow_image_server(astronaut_jpeg) as url,
+        gunicorn(_one_worker_env(tmp_path, tiny_model_dir), workers=1) as (base, process),
+    ):
+        result = {}
+
+        def fetch():
+            result["answer"] = requests.post(
+                base + "/api/validate", json={"image_url": url}, timeout=30
+            )
+
+        client = threading.Thread(target=fetch)
+        client.start()
+        time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        client.join(timeout=30)
+        assert process.wait(timeout=30) == 0
+    assert result["answer"].status_code == 200
+    assert result["answer"].json()["valid"] is True
+
+
+def test_sigterm_drains_the_inference_queue(tmp_path, tiny_model_dir, astronaut_jpeg):
+    """Analyses that reach the inference thread after SIGTERM still run, then the worker exits."""
+    log_path = str(tmp_path / "gunicorn.log")
+    env = _one_worker_env(tmp_path, tiny_model_dir)
+    with (
+        slow_image_server(astronaut_jpeg, pause=1.5) as url,
+        gunicorn(env, workers=1, log_path=log_path) as (base, process),
+    ):
+        wait_until(
+            lambda: requests.get(base + "/api/ready", timeout=5).status_code == 200, 60, "ready"
+        )
+        answers: list = [None] * 3
+
+        def analyze(index: int) -> None:
+            body = {"image_url": url, "labels": [f"label {index}", "other"]}
+            answers[index] = requests.post(base + "/api/analyze", json=body, timeout=30)
+
+        clients = [threading.Thread(target=analyze, args=(i,)) for i in range(3)]
+        for client in clients:
             client.start()
-            time.sleep(1)
-            process.send_signal(signal.SIGTERM)
+        time.sleep(0.7)  # every request is waiting for its image
+        process.send_signal(signal.SIGTERM)
+        for client in clients:
             client.join(timeout=30)
-            assert process.wait(timeout=30) == 0
-        assert result["answer"].status_code == 200
-        assert result["answer"].json()["valid"] is True
-    finally:
-        slow.shutdown()
-        slow.server_close()
+        assert process.wait(timeout=30) == 0
+    for answer in answers:
+        assert answer is not None and answer.status_code == 200, answer and answer.text
+        assert answer.json()["faces"][0]["attributes"]
+    with open(log_path, encoding="utf-8") as fh:
+        assert "Traceback" not in fh.read()

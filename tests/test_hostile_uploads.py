@@ -89,7 +89,7 @@ def test_grey_cmyk_and_transparent_inputs_become_rgb(client, app, astronaut_jpeg
         with app.app_context():
             from faceapp import services
 
-            stored = Image.open(io.BytesIO(services.image_png(answer.get_json()["image_id"])))
+            stored = Image.open(io.BytesIO(services.image_preview(answer.get_json()["image_id"])))
         assert stored.mode == "RGB", mode
 
 

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from faceapp import create_app
-from faceapp.store_redis import RedisStore
+from faceapp.store.redis_backend import RedisStore
 from tests.conftest import ADMIN
 from tests.servers import redis_server
 

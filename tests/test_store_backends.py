@@ -4,6 +4,7 @@ against a real redis-server started on a free loopback port."""
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -13,17 +14,10 @@ import redis
 
 from faceapp.errors import FaceappError
 from faceapp.store import FileStore, image_id_for, open_backend
-from faceapp.store_redis import RedisStore
-from tests.servers import free_port, redis_server
+from faceapp.store.redis_backend import RedisStore
+from tests.servers import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # every byte value: the store is binary-safe
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    """A private redis-server on a free loopback port (no persistence), stopped afterwards."""
-    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
-        yield url
 
 
 @pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.slow)])
@@ -430,3 +424,94 @@ def test_filestore_sweeps_what_killed_writers_left_behind(tmp_path):
         os.utime(path, (two_hours_ago, two_hours_ago))
     FileStore(str(tmp_path))  # a worker (re)starting on the same folder
     assert sorted(os.listdir(store.scratch)) == [".new-in-progress"]
+
+
+# -- parts, the format, outages ---------------------------------------------------------------
+def test_parts_are_stored_with_the_image_and_go_with_it(store):
+    image_id, data = _image(1)
+    parts = {"preview.jpg": b"\xff\xd8preview", "face-0.jpg": bytes(range(256))}
+    assert store.put_image(image_id, data, {"n": 1}, parts) is True
+    assert store.get_image(image_id) == data
+    assert store.get_part(image_id, "preview.jpg") == parts["preview.jpg"]
+    assert store.get_part(image_id, "face-0.jpg") == parts["face-0.jpg"]
+    assert store.get_part(image_id, "face-1.jpg") is None
+    # A second put of the same bytes changes no part.
+    assert store.put_image(image_id, data, {"n": 2}, {"preview.jpg": b"other"}) is False
+    assert store.get_part(image_id, "preview.jpg") == parts["preview.jpg"]
+    assert store.delete(image_id)
+    assert store.get_part(image_id, "preview.jpg") is None
+
+
+@pytest.mark.parametrize("name", ["../meta.json", "meta", "Preview.jpg", "a/b.jpg", "x" * 60])
+def test_part_names_are_checked(store, name):
+    image_id, data = _image(1)
+    with pytest.raises(ValueError):
+        store.put_image(image_id, data, {"n": 1}, {name: b"x"})
+    assert store.get_meta(image_id) is None
+
+
+def _delete_just_before(store, monkeypatch, image_id: str, method: str) -> None:
+    """Make the image vanish between the backend's existence check and its write."""
+    if isinstance(store, FileStore):
+        real = store._atomic_write
+
+        def write(path, data):
+            store.delete(image_id)
+            return real(path, data)
+
+        monkeypatch.setattr(store, "_atomic_write", write)
+    else:  # Redis checks and writes in one script: the delete lands just before it
+        script = getattr(store, method)
+
+        def run(*args, **kwargs):
+            store.delete(image_id)
+            return script(*args, **kwargs)
+
+        monkeypatch.setattr(store, method, run)
+
+
+@pytest.mark.parametrize(
+    ("method", "write"),
+    [
+        ("_set_meta", lambda store, image_id: store.set_meta(image_id, {"n": 2})),
+        ("_put_result", lambda store, image_id: store.put_result(image_id, "k", {"r": 1})),
+    ],
+)
+def test_image_deleted_while_writing_is_not_found_and_leaves_no_husk(
+    store, monkeypatch, method, write
+):
+    image_id, data = _image(1)
+    assert store.put_image(image_id, data, {"n": 1})
+    _delete_just_before(store, monkeypatch, image_id, method)
+    with pytest.raises(FaceappError) as caught:
+        write(store, image_id)
+    assert caught.value.code == "image_id.not_found"
+    monkeypatch.undo()
+    assert store.get_meta(image_id) is None and store.get_result(image_id, "k") is None
+    # Nothing half-made stands in the way: the same bytes are stored again, whole.
+    assert store.put_image(image_id, data, {"n": 3}) is True
+    assert store.get_meta(image_id) == {"n": 3} and store.get_image(image_id) == data
+
+
+def test_filestore_ping_fails_when_the_store_cannot_be_written(tmp_path):
+    store = FileStore(str(tmp_path / "store"))
+    store.ping()
+    shutil.rmtree(store.images)
+    with open(store.images, "w") as fh:  # a file where the images folder was: nothing fits
+        fh.write("not a folder")
+    with pytest.raises(OSError) as caught:
+        store.ping()
+    assert store.is_outage(caught.value)
+
+
+def test_outage_errors_are_told_apart_from_bugs(tmp_path):
+    store = FileStore(str(tmp_path / "store"))
+    assert store.is_outage(OSError(28, "No space left on device"))
+    assert not store.is_outage(ValueError("a bug"))
+    down = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    try:
+        with pytest.raises(redis.exceptions.RedisError) as caught:
+            down.get_meta("a" * 64)
+        assert down.is_outage(caught.value) and not down.is_outage(KeyError("x"))
+    finally:
+        down.close()

@@ -214,7 +214,9 @@ def test_an_image_url_is_fetched_like_the_api_does(config, astronaut_jpeg, https
 def test_stored_image_and_thumbnail(client, astronaut_jpeg):
     page = page_of(client, astronaut_jpeg)
     png = client.get(page + "/image.png")
-    assert png.status_code == 200 and png.mimetype == "image/png"
+    # The stored preview: a JPEG since the store keeps the bytes as received (no PNG re-encode).
+    assert png.status_code == 200 and png.mimetype == "image/jpeg"
+    assert png.headers["Cache-Control"] == "no-store"  # image data is never cached
     assert Image.open(io.BytesIO(png.data)).size == (512, 512)
     thumb = client.get(page + "/thumbnail.jpg")
     assert thumb.mimetype == "image/jpeg"

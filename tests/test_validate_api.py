@@ -67,16 +67,19 @@ def test_details_describe_the_stored_upright_image(client, astronaut_jpeg):
     assert "brightness" in details["quality"]
 
 
-def test_stored_record_and_png(client, app, astronaut_jpeg):
+def test_stored_record_bytes_and_preview(client, app, astronaut_jpeg):
     image_id = upload(client, astronaut_jpeg).get_json()["image_id"]
     record = client.get(f"/api/images/{image_id}").get_json()
     assert record["image_id"] == image_id and record["validation"]["valid"] is True
     assert record["bytes"] == len(astronaut_jpeg) and record["format"] == "JPEG"
+    assert "stored" not in record  # how it is stored is the store's business
     with app.app_context():
         from faceapp import services
+        from faceapp.store import store
 
-        png = Image.open(io.BytesIO(services.image_png(image_id)))
-    assert png.format == "PNG" and png.mode == "RGB" and png.size == (512, 512)
+        assert store.backend.get_image(image_id) == astronaut_jpeg  # kept as received
+        preview = Image.open(io.BytesIO(services.image_preview(image_id)))
+    assert preview.format == "JPEG" and preview.mode == "RGB" and preview.size == (512, 512)
 
 
 def test_trace_records_each_validation(client, astronaut_jpeg):

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 from skimage import data
 
 from faceapp.config import DEFAULTS
 from faceapp.faces import FaceBox, detect_faces
-from faceapp.validation import Issue, QualityReport, Thresholds, assess, measure_sharpness
+from faceapp.validation import (
+    QUALITY_MAX_SIDE,
+    Issue,
+    QualityReport,
+    Thresholds,
+    assess,
+    bounded_copy,
+    measure_sharpness,
+)
 
 THRESHOLDS = Thresholds.from_config(DEFAULTS)
 
@@ -157,3 +166,16 @@ def test_report_to_dict():
         "errors": [{"code": "face.none", "message": "No face was found in the image."}],
         "warnings": [],
     }
+
+
+def test_brightness_and_contrast_of_a_large_image_come_from_a_bounded_copy():
+    rng = np.random.default_rng(1)
+    tiles = rng.integers(0, 255, (30, 40), dtype=np.uint8)
+    large = Image.fromarray(np.kron(tiles, np.ones((100, 100), np.uint8))).convert("RGB")
+    assert large.size == (4000, 3000)
+    reduced = bounded_copy(large, QUALITY_MAX_SIDE)
+    assert max(reduced.size) <= QUALITY_MAX_SIDE
+    report = assess(large, [], Thresholds())
+    full = np.asarray(large.convert("L"), dtype=np.float32)
+    assert abs(report.quality["brightness"] - full.mean()) < 0.5
+    assert abs(report.quality["contrast"] - full.std()) < 0.03 * full.std()  # edges soften a little

@@ -1,11 +1,8 @@
-"""Where images, their metadata, analysis results and traces live, keyed by image_id.
+"""The folder store backend: one folder per image, written so that nothing is ever half there.
 
-STORE_URL picks the backend: a folder path or ``file://`` URL (:class:`FileStore`, the default,
-under the instance folder) or ``redis://host:port/db`` (:class:`faceapp.store_redis.RedisStore`).
-Every worker of every instance sharing the store sees the same images.
-
-Nothing is ever half-written: files are written under a temporary name and renamed into place,
-a new image appears as a whole folder (one rename), and deleting one renames it away first.
+Chosen by a folder path or ``file://`` URL as STORE_URL (the default: ``<instance>/store``).
+Files are written under a temporary name and renamed into place, a new image appears as a whole
+folder (one rename), and deleting one renames it away first.
 """
 
 from __future__ import annotations
@@ -14,78 +11,33 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Protocol
-from urllib.parse import urlparse
+from collections.abc import Mapping
 
-from flask import Flask, current_app
-
-from faceapp import metrics
-from faceapp.errors import FaceappError
+from faceapp.atomic import write_bytes
+from faceapp.store.base import (
+    IMAGE_ID_RE,
+    EvictionSchedule,
+    check_image_id,
+    check_part_name,
+    log_evicted,
+    not_found,
+)
 
 log = logging.getLogger(__name__)
 
-IMAGE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
-EXTENSION_KEY = "faceapp.store"
 
+class FileStore(EvictionSchedule):
+    """A content-addressed folder: ``images/<ab>/<id>/{image,meta.json,part-*,trace.jsonl}``."""
 
-def image_id_for(data: bytes) -> str:
-    """The image_id of some bytes: their lowercase hex SHA-256."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def check_image_id(value: Any) -> str:
-    """Return `value` if it is a well-formed image_id, else raise 400 image_id.invalid."""
-    if not isinstance(value, str) or not IMAGE_ID_RE.fullmatch(value):
-        raise FaceappError(
-            "image_id.invalid",
-            "An image_id is the 64-character lowercase hex SHA-256 of the image bytes.",
-            field="image_id",
-        )
-    return value
-
-
-def not_found(image_id: str) -> FaceappError:
-    """The 404 for a well-formed image_id the store does not hold."""
-    return FaceappError(
-        "image_id.not_found",
-        f"No stored image has the id {image_id[:12]}…; it expired, was wiped or never existed. "
-        "Send the image to /api/validate again.",
-        field="image_id",
-    )
-
-
-class Backend(Protocol):
-    """What every store backend provides."""
-
-    def put_image(self, image_id: str, image_bytes: bytes, meta: dict) -> bool: ...
-    def get_meta(self, image_id: str) -> dict | None: ...
-    def set_meta(self, image_id: str, meta: dict) -> None: ...
-    def get_image(self, image_id: str) -> bytes | None: ...
-    def put_result(self, image_id: str, key: str, document: dict) -> None: ...
-    def get_result(self, image_id: str, key: str) -> dict | None: ...
-    def drop_results(self, image_id: str) -> None: ...
-    def append_event(self, image_id: str, event: dict) -> None: ...
-    def events(self, image_id: str) -> list[dict]: ...
-    def delete(self, image_id: str) -> bool: ...
-    def wipe(self) -> int: ...
-    def recent(self, limit: int) -> list[dict]: ...
-    def evict(self) -> int: ...
-    def usage(self) -> tuple[int, int]: ...
-    def ping(self) -> None: ...
-
-
-class FileStore:
-    """A content-addressed folder: ``images/<ab>/<image_id>/{image.png,meta.json,trace.jsonl}``."""
-
-    IMAGE = "image.png"
+    IMAGE = "image"  # the bytes received, as received
     META = "meta.json"
     TRACE = "trace.jsonl"
+    PART = "part-"
     RESULTS = "results"
 
     def __init__(
@@ -135,18 +87,17 @@ class FileStore:
         return os.path.join(self.images, image_id[:2], image_id)
 
     def _atomic_write(self, path: str, data: bytes) -> None:
-        handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.scratch)
-        try:
-            with os.fdopen(handle, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
+        write_bytes(path, data, scratch=self.scratch)
 
     # -- images --------------------------------------------------------------------------------
-    def put_image(self, image_id: str, image_bytes: bytes, meta: dict) -> bool:
-        """Store an image and its metadata; False (and no change) when it is already stored."""
+    def put_image(
+        self,
+        image_id: str,
+        image_bytes: bytes,
+        meta: dict,
+        parts: Mapping[str, bytes] | None = None,
+    ) -> bool:
+        """Store an image, its metadata and parts; False (and no change) when already stored."""
         final = self._dir(image_id)
         if os.path.isdir(final):
             return False
@@ -154,6 +105,9 @@ class FileStore:
         try:
             with open(os.path.join(staging, self.IMAGE), "wb") as fh:
                 fh.write(image_bytes)
+            for name, data in (parts or {}).items():
+                with open(os.path.join(staging, self.PART + check_part_name(name)), "wb") as fh:
+                    fh.write(data)
             with open(os.path.join(staging, self.META), "w", encoding="utf-8") as fh:
                 json.dump(meta, fh)
             os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -181,11 +135,11 @@ class FileStore:
             raise not_found(image_id) from None
 
     def get_image(self, image_id: str) -> bytes | None:
-        try:
-            with open(os.path.join(self._dir(image_id), self.IMAGE), "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            return None
+        return _read_bytes(os.path.join(self._dir(image_id), self.IMAGE))
+
+    def get_part(self, image_id: str, name: str) -> bytes | None:
+        folder = self._dir(image_id)
+        return _read_bytes(os.path.join(folder, self.PART + check_part_name(name)))
 
     # -- results -------------------------------------------------------------------------------
     def _result_path(self, image_id: str, key: str) -> str:
@@ -298,12 +252,6 @@ class FileStore:
         metas.sort(key=lambda m: m.get("created", 0), reverse=True)
         return metas[:limit]
 
-    def maybe_evict(self) -> None:
-        """Evict at most every `evict_interval` seconds (a scan of the folder is not free)."""
-        due = time.monotonic() - self._last_evict > self.evict_interval
-        if (self.max_bytes or self.max_age) and due:
-            self.evict()
-
     def evict(self) -> int:
         """Drop images past the age limit, then the oldest until the store fits its size limit."""
         if not self._evict_lock.acquire(blocking=False):
@@ -341,15 +289,22 @@ class FileStore:
         return len(folders), sum(_folder_size(folder) for _, folder in folders)
 
     def ping(self) -> None:
-        if not os.access(self.images, os.W_OK):
-            raise OSError(f"store folder {self.images} is not writable")
+        """Raise OSError unless a file can be written into the store and removed again."""
+        probe = os.path.join(self.images, f".ping-{os.getpid()}-{threading.get_ident()}")
+        self._atomic_write(probe, b"ok")
+        os.unlink(probe)
+
+    def is_outage(self, exc: BaseException) -> bool:
+        """Any OSError escaping this backend is the folder failing (gone, full, read-only)."""
+        return isinstance(exc, OSError)
 
 
-def log_evicted(count: int, max_bytes: int, max_age: float) -> None:
-    """One log line for an eviction pass that removed anything (both backends)."""
-    metrics.count_evicted(count)
-    if count:
-        log.info("store evicted %d image(s) (limits: %s bytes, %s s)", count, max_bytes, max_age)
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _read_json(path: str) -> dict | None:
@@ -369,57 +324,3 @@ def _folder_size(folder: str) -> int:
             except FileNotFoundError:
                 pass
     return total
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def open_backend(url: str, max_bytes: int = 0, max_age_seconds: float = 0) -> Backend:
-    """The backend STORE_URL names: a folder, ``file://`` URL or ``redis://`` URL."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("redis", "rediss", "unix"):
-        from faceapp.store_redis import RedisStore
-
-        return RedisStore(url, max_bytes=max_bytes, max_age_seconds=max_age_seconds)
-    if parsed.scheme == "file":
-        url = parsed.path
-    elif parsed.scheme and len(parsed.scheme) > 1:
-        raise ValueError(f"STORE_URL {url!r}: use a folder, file:// or redis://")
-    return FileStore(url, max_bytes=max_bytes, max_age_seconds=max_age_seconds)
-
-
-class ImageStore:
-    """Flask extension giving views the configured backend (``store.backend``)."""
-
-    def __init__(self, app: Flask | None = None) -> None:
-        if app is not None:
-            self.init_app(app)
-
-    def init_app(self, app: Flask) -> None:
-        app.extensions[EXTENSION_KEY] = open_backend(
-            app.config["STORE_URL"],
-            max_bytes=app.config["STORE_MAX_BYTES"],
-            max_age_seconds=app.config["STORE_MAX_AGE_SECONDS"],
-        )
-
-    @property
-    def backend(self) -> Backend:
-        try:
-            return current_app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError("ImageStore is used before init_app(app) was called") from None
-
-    def meta_or_404(self, image_id: str) -> dict:
-        """The stored metadata of a valid image_id, else 400 image_id.invalid / 404 not_found."""
-        check_image_id(image_id)
-        meta = self.backend.get_meta(image_id)
-        if meta is None:
-            raise not_found(image_id)
-        return meta
-
-
-store = ImageStore()

@@ -3,7 +3,8 @@
 Chosen by ``STORE_URL=redis://host:port/db`` (see :func:`faceapp.store.open_backend`). Every key
 starts with a prefix (``faceapp:`` by default), so several apps can share one database::
 
-    <prefix>image:<image_id>     hash {image: PNG bytes, meta: JSON} (one key: both or neither)
+    <prefix>image:<image_id>     hash {image: bytes received, meta: JSON, part:<name>: bytes...}
+                                 (one key: all of them or none)
     <prefix>results:<image_id>   hash {result key: JSON document}
     <prefix>trace:<image_id>     list of JSON events, oldest first
     <prefix>created              sorted set of image_ids scored by creation time (recent, eviction)
@@ -18,7 +19,8 @@ its image, and two workers storing the same image store one copy.
 
 Errors: an unreachable server raises :class:`redis.exceptions.ConnectionError`, a server too slow
 to answer raises :class:`redis.exceptions.TimeoutError` (both are ``redis.exceptions.RedisError``);
-they are not turned into :class:`~faceapp.errors.FaceappError` here, the app maps them.
+they are not turned into :class:`~faceapp.errors.FaceappError` here: :meth:`RedisStore.is_outage`
+tells the store extension (faceapp/store/__init__.py) to answer them as 503 store.unavailable.
 
 The server should run with ``maxmemory-policy noeviction`` (or a ``volatile-*`` policy): keys
 Redis evicts by itself would leave ids in the index, which :meth:`RedisStore.recent` and
@@ -31,19 +33,32 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import redis
 
-from faceapp.store import IMAGE_ID_RE, check_image_id, log_evicted, not_found
+from faceapp.store.base import (
+    IMAGE_ID_RE,
+    EvictionSchedule,
+    check_image_id,
+    check_part_name,
+    log_evicted,
+    not_found,
+)
 
-# KEYS: image, results, trace, created, bytes. ARGV: image_id, image bytes, meta JSON, score.
+# KEYS: image, results, trace, created, bytes. ARGV: image_id, image bytes, meta JSON, score,
+# then (part field, part bytes) pairs.
 _PUT_IMAGE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3])
+local size = #ARGV[2] + #ARGV[3]
 redis.call('HSET', KEYS[1], 'image', ARGV[2], 'meta', ARGV[3])
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  size = size + #ARGV[i + 1]
+end
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-redis.call('HSET', KEYS[5], ARGV[1], #ARGV[2] + #ARGV[3])
+redis.call('HSET', KEYS[5], ARGV[1], size)
 return 1
 """
 
@@ -107,7 +122,7 @@ return 0
 """
 
 
-class RedisStore:
+class RedisStore(EvictionSchedule):
     """The store in a Redis database, shared by every worker and instance that points at it."""
 
     EVICT_LOCK_MS = 60_000
@@ -163,13 +178,19 @@ class RedisStore:
         ]
 
     # -- images --------------------------------------------------------------------------------
-    def put_image(self, image_id: str, image_bytes: bytes, meta: dict) -> bool:
-        """Store an image and its metadata; False (and no change) when it is already stored."""
+    def put_image(
+        self,
+        image_id: str,
+        image_bytes: bytes,
+        meta: dict,
+        parts: Mapping[str, bytes] | None = None,
+    ) -> bool:
+        """Store an image, its metadata and parts; False (and no change) when already stored."""
         keys = self._keys(image_id)
-        stored = self._put_image(
-            keys=keys,
-            args=[image_id, image_bytes, json.dumps(meta), _score(meta, default=time.time())],
-        )
+        args = [image_id, image_bytes, json.dumps(meta), _score(meta, default=time.time())]
+        for name, data in (parts or {}).items():
+            args += [f"part:{check_part_name(name)}", data]
+        stored = self._put_image(keys=keys, args=args)
         if not stored:
             return False
         self.maybe_evict()
@@ -185,6 +206,9 @@ class RedisStore:
 
     def get_image(self, image_id: str) -> bytes | None:
         return self.client.hget(self._key("image", image_id), "image")
+
+    def get_part(self, image_id: str, name: str) -> bytes | None:
+        return self.client.hget(self._key("image", image_id), f"part:{check_part_name(name)}")
 
     # -- results -------------------------------------------------------------------------------
     def put_result(self, image_id: str, key: str, document: dict) -> None:
@@ -257,12 +281,6 @@ class RedisStore:
         metas.sort(key=lambda m: m.get("created", 0), reverse=True)
         return metas[: max(limit, 0)]
 
-    def maybe_evict(self) -> None:
-        """Evict at most every `evict_interval` seconds per process."""
-        due = time.monotonic() - self._last_evict > self.evict_interval
-        if (self.max_bytes or self.max_age) and due:
-            self.evict()
-
     def evict(self) -> int:
         """Drop images past the age limit, then the oldest until the store fits its size limit."""
         if not self._evict_lock.acquire(blocking=False):
@@ -310,6 +328,10 @@ class RedisStore:
     def ping(self) -> None:
         """Raise (redis.exceptions.ConnectionError) unless the server answers."""
         self.client.ping()
+
+    def is_outage(self, exc: BaseException) -> bool:
+        """Connection, timeout, read-only replica, out of memory: the server, not the request."""
+        return isinstance(exc, redis.exceptions.RedisError)
 
 
 def _score(meta: dict, default: float | str) -> float | str:

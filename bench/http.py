@@ -1,0 +1,474 @@
+"""The service over HTTP: gunicorn as `make run` starts it, against the bare model in this process.
+
+Each section is one interleaved comparison (see bench/timing.py): A is what a client of the
+service sees, B the limit it should approach (the bare encoder forward, the bare decode, the
+bare encoder at batch 8 on every core). The servers run with the rate limits off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess  # noqa: S404 - runs gunicorn from this same virtual environment
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import requests
+from PIL import Image
+
+from bench.timing import Comparison
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ADMIN_KEY = "bench-admin-key"
+CLIENT_COUNTS = (1, 8, 32)
+
+
+@dataclass
+class Server:
+    """A running gunicorn: its URL, its master's pid, and how long it took to become ready."""
+
+    url: str
+    process: subprocess.Popen
+    ready_s: float
+    worker_pids: set[int] = field(default_factory=set)
+
+
+_SESSIONS: list[requests.Session] = []
+
+
+def _session() -> requests.Session:
+    """A keep-alive HTTP session, closed when the run's servers stop (close_sessions)."""
+    session = requests.Session()
+    _SESSIONS.append(session)
+    return session
+
+
+def close_sessions() -> None:
+    while _SESSIONS:
+        _SESSIONS.pop().close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(
+    folder: str, scratch: str, workers: int, name: str, dtype: str = "float32"
+) -> Iterator[Server]:
+    """`make run`'s gunicorn on a free port, serving the checkpoint in `folder`, rate limits off.
+
+    The checkpoint's folder is the models folder too, so the label-embedding cache and the int8
+    export persist from run to run; each server has its own store. Yields once every worker
+    answers /api/ready.
+    """
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WORKERS": str(workers),
+        "MAX_REQUESTS": "1000000",  # no recycling in the middle of a measurement
+        "LOG_LEVEL": "warning",
+        "FACEAPP_LOG_LEVEL": "WARNING",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "FACEAPP_INSTANCE_PATH": os.path.join(scratch, f"instance-{name}"),
+        "FACEAPP_MODEL_NAME": folder,
+        "FACEAPP_MODELS_DIR": folder,
+        "FACEAPP_DTYPE": dtype,
+        "FACEAPP_STORE_URL": os.path.join(scratch, f"store-{name}"),
+        "FACEAPP_MODEL_AUTO_PULL": "false",
+        "FACEAPP_RATELIMIT_ENABLED": "false",  # benchmarks run with the limits off
+        "FACEAPP_TESTER_ENABLED": "false",
+        "FACEAPP_ADMIN_KEYS": ADMIN_KEY,
+        "FACEAPP_SECRET_KEY": "bench-secret-key-" + "x" * 32,
+    }
+    gunicorn_bin = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    # A file, not a pipe: a pipe nobody reads fills up and blocks the workers' logging.
+    log = open(os.path.join(scratch, f"gunicorn-{name}.log"), "wb")  # noqa: SIM115 - closed below
+    started = time.perf_counter()
+    process = subprocess.Popen(  # noqa: S603 - fixed arguments
+        [gunicorn_bin, "--config", "gunicorn.conf.py", "wsgi:app"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        pids = _wait_ready(url, process, workers, log.name)
+        yield Server(url, process, time.perf_counter() - started, pids)
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _wait_ready(url: str, process: subprocess.Popen, workers: int, log_path: str) -> set[int]:
+    deadline = time.monotonic() + 300
+    ready: set[int] = set()
+
+    def log_tail() -> str:
+        with open(log_path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()[-2000:]
+
+    with requests.Session() as session:
+        while len(ready) < workers:
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn not ready after 300 s:\n{log_tail()}")
+            try:
+                # A new connection each time, so that every worker gets asked.
+                answer = session.get(f"{url}/api/ready", timeout=5, headers={"Connection": "close"})
+                if answer.status_code == 200:
+                    ready.add(answer.json()["worker"]["pid"])
+                    continue
+            except requests.RequestException:
+                pass
+            time.sleep(0.02)
+    return ready
+
+
+def post_json(session: requests.Session, url: str, body: dict) -> dict:
+    answer = session.post(url, json=body, timeout=120)
+    if answer.status_code != 200:
+        raise RuntimeError(f"{url} answered {answer.status_code}: {answer.text[:300]}")
+    return answer.json()
+
+
+def upload(session: requests.Session, server: Server, data: bytes, wipe: bool = False) -> str:
+    answer = session.post(
+        f"{server.url}/api/validate",
+        files={"file": ("photo.jpg", data, "image/jpeg")},
+        data={"wipe_cache": "true" if wipe else "false"},
+        timeout=120,
+    )
+    if answer.status_code != 200:
+        raise RuntimeError(f"validate answered {answer.status_code}: {answer.text[:300]}")
+    return answer.json()["image_id"]
+
+
+def trace_timings(session: requests.Session, server: Server, image_id: str, event: str) -> dict:
+    """Medians of each timing, batch size and queue wait over one image's `event` events."""
+    events = session.get(f"{server.url}/api/images/{image_id}/trace", timeout=30).json()["events"]
+    chosen = [e for e in events if e["event"] == event]
+    keys = {key for e in chosen for key in e["timings_ms"]}
+    found = {f"{k}_ms": statistics.median(e["timings_ms"].get(k, 0) for e in chosen) for k in keys}
+    sizes = [e["batch_size"] for e in chosen if "batch_size" in e]
+    if sizes:
+        found["mean_batch_size"] = statistics.fmean(sizes)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+def bench_analyze(plan, server: Server, model, image_id: str, crop: Image.Image) -> Comparison:
+    """POST /api/analyze by image_id (computed, 1 face) vs the bare image-encoder forward."""
+    session = _session()
+    body = {"image_id": image_id, "wipe_cache": True}
+
+    def http() -> None:
+        if post_json(session, f"{server.url}/api/analyze", body)["cached"]:
+            raise RuntimeError("analyze with wipe_cache was a cache hit")
+
+    a_ms, b_ms = plan.compare(http, lambda: model.encode_images([crop]))
+    return Comparison(
+        "http_analyze",
+        "analyze by id, 1 face",
+        "HTTP, 1 worker",
+        "bare forward",
+        a_ms,
+        b_ms,
+        "analyze over HTTP (1 gunicorn worker, computed, not cached) costs this many times the "
+        "bare image-encoder forward with the same torch threads (goal <= 1.15)",
+        sanity=trace_timings(session, server, image_id, "analyzed"),
+    )
+
+
+def bench_analyze_int8(plan, fp32: Server, int8: Server, jpeg: bytes) -> Comparison:
+    """POST /api/analyze by image_id (computed) on a float32 worker vs an int8 worker."""
+    session = _session()
+    ids = {server.url: upload(session, server, jpeg) for server in (fp32, int8)}
+
+    def analyze(server: Server) -> Callable[[], None]:
+        body = {"image_id": ids[server.url], "wipe_cache": True}
+        return lambda: post_json(session, f"{server.url}/api/analyze", body)
+
+    a_ms, b_ms = plan.compare(analyze(fp32), analyze(int8))
+    return Comparison(
+        "http_analyze_int8",
+        "analyze by id, DTYPE",
+        "HTTP float32",
+        "HTTP int8",
+        a_ms,
+        b_ms,
+        "an int8 worker (ONNX Runtime) answers analyze by id this many times faster than a "
+        "float32 one (goal >= 2.5)",
+    )
+
+
+def bench_validate(plan, server: Server, large: bytes) -> Comparison:
+    """POST /api/validate of a 4000x3000 JPEG (validated afresh) vs decoding it alone."""
+    from faceapp.config import DEFAULTS
+    from faceapp.decoding import decode_image
+
+    session = _session()
+    state = {}
+
+    def http() -> None:
+        state["id"] = upload(session, server, large, wipe=True)
+
+    def decode() -> None:
+        decode_image(
+            large,
+            max_bytes=len(large) + 1,
+            max_pixels=DEFAULTS["MAX_IMAGE_PIXELS"],
+            max_side=DEFAULTS["STORED_MAX_SIDE"],
+        )
+
+    a_ms, b_ms = plan.compare(http, decode)
+    return Comparison(
+        "http_validate",
+        "validate 4000x3000 JPEG",
+        "HTTP validate",
+        "decode alone",
+        a_ms,
+        b_ms,
+        f"validating a {len(large) // 1024} KB 4000x3000 JPEG over HTTP costs this many times "
+        "decoding it (goal: validate <= 80 ms)",
+        sanity={
+            "jpeg_bytes": len(large),
+            **trace_timings(session, server, state["id"], "validated"),
+        },
+    )
+
+
+def run_clients(server: Server, image_ids: list[str], clients: int, seconds: float) -> dict:
+    """`clients` threads posting analyze (computed: wipe_cache) for `seconds`; what they saw."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client(index: int) -> None:
+        session = _session()
+        body = {"image_id": image_ids[index % len(image_ids)], "wipe_cache": True}
+        start.wait()
+        while time.perf_counter() < deadline[0]:
+            began = time.perf_counter()
+            try:
+                answer = session.post(f"{server.url}/api/analyze", json=body, timeout=120)
+                ok = answer.status_code == 200
+                problem = f"{answer.status_code}" if not ok else ""
+            except requests.RequestException as exc:
+                ok, problem = False, type(exc).__name__
+            with lock:
+                (latencies.append((time.perf_counter() - began) * 1000) if ok else None)
+                if not ok:
+                    errors.append(problem)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    began = time.perf_counter()
+    deadline[0] = began + seconds
+    start.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    ordered = sorted(latencies) or [0.0]
+    return {
+        "images_per_s": len(latencies) / elapsed,
+        "p50_ms": ordered[len(ordered) // 2],
+        "p95_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+    }
+
+
+def bare_throughput(model, crops: list[Image.Image], seconds: float) -> float:
+    """Images per second of the bare encoder at the batch size of `crops`, for `seconds`."""
+    done, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds or done == 0:
+        model.encode_images(crops)
+        done += len(crops)
+    return done / (time.perf_counter() - began)
+
+
+def bench_clients(
+    plan, server: Server, model, image_ids: list[str], crops8: list[Image.Image]
+) -> list[Comparison]:
+    """1, 8 and 32 clients on 2 workers vs the bare encoder at batch 8 on every core.
+
+    Rounds interleave a window of each client count with a window of the bare encoder; the
+    comparison is in milliseconds per image (A/B > 1: the service is slower than the bare model).
+    """
+    window = plan.window_s
+    seen: dict[int, list[dict]] = {n: [] for n in CLIENT_COUNTS}
+    bare: dict[int, list[float]] = {n: [] for n in CLIENT_COUNTS}
+    run_clients(server, image_ids, 2, min(window, 2))  # warm both workers
+    for _ in range(plan.rounds):
+        for clients in CLIENT_COUNTS:
+            bare[clients].append(bare_throughput(model, crops8, window))
+            seen[clients].append(run_clients(server, image_ids, clients, window))
+    session = _session()
+    batching = trace_timings(session, server, image_ids[0], "analyzed")
+    results = []
+    for clients in CLIENT_COUNTS:
+        runs = seen[clients]
+        results.append(
+            Comparison(
+                f"http_clients_{clients}",
+                f"{clients} client(s), 2 workers",
+                "HTTP ms/image",
+                "bare batch-8 ms/img",
+                [1000 / max(r["images_per_s"], 1e-9) for r in runs],
+                [1000 / x for x in bare[clients]],
+                f"{clients} concurrent client(s) analysing over HTTP get one image per this many "
+                "times the bare encoder's batch-8 time on every core (goal for 8: <= 1.25, "
+                "i.e. >= 0.8x the bare images/s)",
+                sanity={
+                    "http_images_per_s": statistics.median(r["images_per_s"] for r in runs),
+                    "bare_images_per_s": statistics.median(bare[clients]),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                    "p95_ms": statistics.median(r["p95_ms"] for r in runs),
+                    "requests": sum(r["requests"] for r in runs),
+                    "errors": sum(r["errors"] for r in runs),
+                    "error_kinds": sorted({k for r in runs for k in r["error_kinds"]}),
+                    **({"trace": batching} if clients == CLIENT_COUNTS[-1] else {}),
+                },
+            )
+        )
+    return results
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size of one process (shared pages split among their sharers)."""
+    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Pss line for {pid}")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+            found.extend(int(x) for x in fh.read().split())
+    return found
+
+
+def bench_memory(server: Server, folder: str) -> Comparison:
+    """PSS of the master and its 2 warm workers vs the size of the weights they share."""
+    master = server.process.pid
+    workers = children(master)
+    per_process = {pid: pss_mb(pid) for pid in [master, *workers]}
+    total = sum(per_process.values())
+    weights = sum(
+        os.path.getsize(os.path.join(folder, name))
+        for name in os.listdir(folder)
+        if name.endswith(".safetensors")
+    ) / (1024 * 1024)
+    return Comparison(
+        "http_memory",
+        "PSS, 2 warm workers",
+        "master + workers",
+        "weights file",
+        [total],
+        [weights],
+        "2 warm workers and the master hold this many times the weights file in proportional "
+        "memory (goal: <= 1.2 GB in total for the real model)",
+        unit="MB",
+        sanity={
+            "total_MB": total,
+            "master_MB": per_process[master],
+            "workers_MB": [per_process[pid] for pid in workers],
+        },
+    )
+
+
+def bench_start(folder: str, scratch: str, rounds: int, load_s: Callable[[], float]) -> Comparison:
+    """gunicorn (1 worker) start to /api/ready, label cache warm, vs a bare load + warm-up."""
+    started: list[float] = []
+    bare: list[float] = []
+    for index in range(rounds):
+        bare.append(load_s() * 1000)
+        with gunicorn(folder, scratch, 1, f"start-{index}") as server:
+            started.append(server.ready_s * 1000)
+    return Comparison(
+        "http_start",
+        "worker start to ready",
+        "gunicorn start",
+        "bare load+warm",
+        started,
+        bare,
+        "a gunicorn worker (label cache warm) is ready this many times later than a bare "
+        "load_clip + warm-up in a warm process (goal: start to ready <= 4 s)",
+    )
+
+
+def run_http(plan, folder: str, photo: Image.Image, large: bytes, jpeg: bytes) -> list:
+    """Every HTTP section, on servers started and stopped here."""
+    from bench.run import face_regions, load_model
+    from faceapp.analysis import face_crop
+    from faceapp.face_models import available_cores
+
+    regions = face_regions(photo)
+    crop = face_crop(photo, regions[0].box, None)
+    results = []
+    scratch = tempfile.mkdtemp(prefix="faceapp-bench-http-")
+    try:
+        variants = [_variant(photo, quality) for quality in range(85, 93)]
+        # One worker gets every core: the model in this process gets as many threads.
+        model = load_model(folder, "float32", plan.threads or available_cores())
+        with gunicorn(folder, scratch, 1, "one") as server:
+            session = _session()
+            image_id = upload(session, server, jpeg)
+            results.append(bench_analyze(plan, server, model, image_id, crop))
+            results.append(bench_validate(plan, server, large))
+            with gunicorn(folder, scratch, 1, "int8", dtype="int8") as int8:
+                results.append(bench_analyze_int8(plan, server, int8, jpeg))
+        with gunicorn(folder, scratch, 2, "two") as server:
+            session = _session()
+            ids = [upload(session, server, data) for data in variants]
+            results.extend(bench_clients(plan, server, model, ids, [crop] * 8))
+            results.append(bench_memory(server, folder))
+
+        def load_s() -> float:
+            began = time.perf_counter()
+            load_model(folder, "float32", plan.threads or available_cores())
+            return time.perf_counter() - began
+
+        results.append(bench_start(folder, scratch, plan.start_rounds, load_s))
+    finally:
+        close_sessions()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def _variant(photo: Image.Image, quality: int) -> bytes:
+    from bench.photos import jpeg_bytes
+
+    return jpeg_bytes(photo, quality=quality)

@@ -1,0 +1,140 @@
+"""What validate keeps of an image besides its bytes, so that analyze never decodes the original.
+
+At validate time the image is already decoded and its faces located. Around each face a square
+CONTEXT region (``CONTEXT_FACTOR`` times the face's longer side, centred on its box, padded with
+black beyond the image's edges) is cut out, shrunk to at most ``CONTEXT_MAX_SIDE`` pixels and
+kept as a JPEG, with the offset and scale that map the image's coordinates into it. The context
+is generous on purpose: the face crop CLIP sees (a margin around the box, or an eye-aligned,
+rotated square) fits inside it. A bounded preview (``PREVIEW_MAX_SIDE``) serves the tester's
+pages and whole-image analysis (``force=true`` on an image without a face).
+
+Reading an item back is the reverse: :func:`region_crops` maps each face's box (and landmarks,
+if the detector gave some) into its context and cuts the crop there.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+
+from faceapp.face_geometry import FILL
+from faceapp.store.base import STORE_FORMAT
+
+CONTEXT_FACTOR = 2.2
+CONTEXT_MAX_SIDE = 512
+PREVIEW_MAX_SIDE = 1024
+PREVIEW_PART = "preview.jpg"
+JPEG_QUALITY = 90
+
+
+def build_parts(image: Image.Image, faces: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
+    """The parts to store beside the bytes (name -> JPEG) and meta's ``stored`` description."""
+    parts: dict[str, bytes] = {}
+    contexts = []
+    for index, face in enumerate(faces):
+        context, placement = cut_context(image, face["box"])
+        name = f"face-{index}.jpg"
+        parts[name] = _jpeg(context)
+        contexts.append({"part": name, **placement})
+    preview = image.copy()
+    # reducing_gap: Pillow first shrinks by whole factors (cheap box filter), then resamples.
+    preview.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.BICUBIC, 2.0)
+    parts[PREVIEW_PART] = _jpeg(preview)
+    stored = {
+        "format": STORE_FORMAT,
+        "preview": {"part": PREVIEW_PART, "width": preview.width, "height": preview.height},
+        "faces": contexts,
+    }
+    return parts, stored
+
+
+def cut_context(image: Image.Image, box: Mapping[str, float]) -> tuple[Image.Image, dict]:
+    """The square context around `box` and its placement: image point p -> (p - left) * scale."""
+    side = max(1, round(max(box["width"], box["height"]) * CONTEXT_FACTOR))
+    left = round(box["x"] + box["width"] / 2 - side / 2)
+    top = round(box["y"] + box["height"] / 2 - side / 2)
+    # Beyond the image's edges the context is the aligned crop's own fill, so a face at the
+    # border is cropped from a context exactly as it would be from the whole image.
+    context = Image.new("RGB", (side, side), FILL)
+    right, bottom = min(left + side, image.width), min(top + side, image.height)
+    inside = (max(left, 0), max(top, 0), right, bottom)
+    if inside[0] < inside[2] and inside[1] < inside[3]:
+        context.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
+    scale = 1.0
+    if side > CONTEXT_MAX_SIDE:
+        context = context.resize(
+            (CONTEXT_MAX_SIDE, CONTEXT_MAX_SIDE), Image.Resampling.BICUBIC, reducing_gap=2.0
+        )
+        scale = CONTEXT_MAX_SIDE / side
+    return context, {"left": left, "top": top, "scale": scale}
+
+
+def to_context(placement: Mapping[str, float], box: Mapping[str, float]) -> dict:
+    """A box in the image's coordinates, in its context's coordinates."""
+    scale = placement["scale"]
+    return {
+        "x": (box["x"] - placement["left"]) * scale,
+        "y": (box["y"] - placement["top"]) * scale,
+        "width": box["width"] * scale,
+        "height": box["height"] * scale,
+    }
+
+
+def points_to_context(placement: Mapping[str, float], points: Sequence[Sequence[float]] | None):
+    """Landmark points in the image's coordinates, in its context's coordinates."""
+    if not points:
+        return None
+    scale = placement["scale"]
+    return [
+        [(x - placement["left"]) * scale, (y - placement["top"]) * scale] for x, y, *_ in points
+    ]
+
+
+def region_crops(
+    meta: Mapping[str, Any],
+    regions: Sequence[Any],
+    read_part: Callable[[str], bytes | None],
+    crop: Callable[..., Image.Image],
+) -> list[Image.Image] | None:
+    """One crop per region, cut from the stored parts (None when a part has gone missing).
+
+    A detected region ``i`` is face ``i`` of the metadata and is cut from its context; the
+    whole-image region (``force`` without a face) is the preview. `crop(image, box, landmarks)`
+    is the face-crop function, applied in the part's own coordinates.
+    """
+    stored = meta["stored"]
+    crops = []
+    for index, region in enumerate(regions):
+        if region.detected:
+            placement = stored["faces"][index]
+            face = meta["faces"][index]
+            image = _open(read_part(placement["part"]))
+            if image is None:
+                return None
+            box = to_context(placement, face["box"])
+            landmarks = points_to_context(placement, face.get("landmarks"))
+            crops.append(crop(image, box, landmarks))
+        else:
+            preview = _open(read_part(stored["preview"]["part"]))
+            if preview is None:
+                return None
+            placement = {"left": 0, "top": 0, "scale": preview.width / meta["width"]}
+            crops.append(crop(preview, to_context(placement, region.box), None, margin=0.0))
+    return crops
+
+
+def _open(data: bytes | None) -> Image.Image | None:
+    if data is None:
+        return None
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()

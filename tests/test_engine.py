@@ -1,0 +1,303 @@
+"""faceapp/engine.py: one inference thread, dynamic batching, error isolation, timeouts, drain."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from faceapp.engine import InferenceEngine
+from faceapp.errors import FaceappError
+from tests.conftest import ADMIN
+
+
+class Recorder:
+    """A batch function that records each batch and the thread it ran on; can be held or fail."""
+
+    def __init__(self, fail_on: object = None) -> None:
+        self.batches: list[list] = []
+        self.threads: set[str] = set()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+
+    def __call__(self, items: list) -> list:
+        self.gate.wait(10)
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(items))
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"cannot encode {self.fail_on!r}")
+        return [f"row:{item}" for item in items]
+
+
+def _in_threads(count: int, target) -> list:
+    results: list = [None] * count
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, _catch(target, i)))
+        for i in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    return results
+
+
+def _catch(target, i):
+    try:
+        return target(i)
+    except Exception as exc:  # noqa: BLE001 - the test inspects what each caller got
+        return exc
+
+
+def _hold(engine: InferenceEngine, encode: Recorder, item: object = "held") -> threading.Thread:
+    """Start a job whose batch blocks inside `encode` until its gate opens; return its thread."""
+    encode.gate.clear()
+    blocker = threading.Thread(target=lambda: engine.encode(encode, [item]))
+    blocker.start()
+    _wait_for(lambda: engine.pending() == 0)
+    time.sleep(0.05)  # the held batch is now inside encode
+    return blocker
+
+
+def _wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def engine():
+    made = InferenceEngine(max_batch=8, timeout=10)
+    yield made
+    made.stop(5)
+
+
+def test_every_call_runs_on_one_thread_that_is_not_the_callers(engine):
+    encode = Recorder()
+    results = _in_threads(6, lambda i: engine.encode(encode, [i])[0])
+    assert results == [[f"row:{i}"] for i in range(6)]
+    assert encode.threads == {"faceapp-infer"}
+    assert engine.run(lambda: threading.current_thread().name) == "faceapp-infer"
+
+
+def test_jobs_queued_while_a_batch_runs_form_the_next_batch(engine):
+    encode = Recorder()
+    encode.gate.clear()
+    first = threading.Thread(target=lambda: engine.encode(encode, ["first"]))
+    first.start()
+    _wait_for(lambda: engine.pending() == 0 and not encode.gate.is_set())
+    time.sleep(0.05)  # the first batch is now blocked inside encode
+    waiting = [
+        threading.Thread(target=lambda i=i: engine.encode(encode, [f"a{i}", f"b{i}"]))
+        for i in range(5)
+    ]
+    for thread in waiting:
+        thread.start()
+    _wait_for(lambda: engine.pending() == 5)
+    encode.gate.set()
+    first.join(10)
+    for thread in waiting:
+        thread.join(10)
+    sizes = [len(batch) for batch in encode.batches]
+    # 1 alone, then 10 queued items split at max_batch=8 along job boundaries: 8 and 2.
+    assert sizes == [1, 8, 2]
+    assert sorted(item for batch in encode.batches for item in batch) == sorted(
+        ["first"] + [f"{p}{i}" for i in range(5) for p in "ab"]
+    )
+
+
+def test_each_job_gets_its_own_rows_and_stats(engine):
+    encode = Recorder()
+    blocker = _hold(engine, encode, "x")
+    got: dict = {}
+
+    def submit(name: str, items: list) -> None:
+        got[name] = engine.encode(encode, items, finish=lambda rows: (name, list(rows)))
+
+    threads = [
+        threading.Thread(target=submit, args=("one", [1, 2])),
+        threading.Thread(target=submit, args=("two", [3])),
+    ]
+    for thread in threads:
+        thread.start()
+    _wait_for(lambda: engine.pending() == 2)
+    time.sleep(0.02)
+    encode.gate.set()
+    for thread in [blocker, *threads]:
+        thread.join(10)
+    (name_one, rows_one), stats_one = got["one"]
+    (name_two, rows_two), stats_two = got["two"]
+    assert (name_one, rows_one) == ("one", ["row:1", "row:2"])
+    assert (name_two, rows_two) == ("two", ["row:3"])
+    assert stats_one.batch_size == stats_two.batch_size == 3
+    assert stats_one.queue_ms >= 20 and stats_two.queue_ms >= 20
+
+
+def test_different_batch_functions_never_share_a_batch(engine):
+    images, texts = Recorder(), Recorder()
+    blocker = _hold(engine, images)
+    threads = [
+        threading.Thread(target=lambda i=i: engine.encode(images if i % 2 else texts, [i]))
+        for i in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    _wait_for(lambda: engine.pending() == 6)
+    images.gate.set()
+    for thread in [blocker, *threads]:
+        thread.join(10)
+    assert images.batches == [["held"], [1, 3, 5]]
+    assert texts.batches == [[0, 2, 4]]
+
+
+def test_an_error_reaches_only_its_own_request(engine):
+    encode = Recorder(fail_on="bad")
+    blocker = _hold(engine, encode, "ok")
+    items = ["good1", "bad", "good2"]
+    results: list = [None] * 3
+
+    def submit(i: int) -> None:
+        results[i] = _catch(lambda _: engine.encode(encode, [items[i]])[0], i)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    _wait_for(lambda: engine.pending() == 3)
+    encode.gate.set()
+    for thread in [blocker, *threads]:
+        thread.join(10)
+    assert results[0] == ["row:good1"] and results[2] == ["row:good2"]
+    assert isinstance(results[1], ValueError) and "bad" in str(results[1])
+    # The thread is alive and serving after the failed batch.
+    assert engine.encode(encode, ["after"])[0] == ["row:after"]
+
+
+def test_an_error_in_finish_stays_with_its_job(engine):
+    encode = Recorder()
+
+    def broken(rows):
+        raise KeyError("scoring failed")
+
+    with pytest.raises(KeyError):
+        engine.encode(encode, ["a"], finish=broken)
+    assert engine.run(lambda: 42) == 42
+
+
+def test_a_request_that_waits_too_long_gets_503_and_its_job_never_runs(engine):
+    encode = Recorder()
+    blocker = _hold(engine, encode, "held")
+    with pytest.raises(FaceappError) as caught:
+        engine.encode(encode, ["late"], timeout=0.1)
+    assert caught.value.code == "model.busy" and caught.value.status == 503
+    encode.gate.set()
+    blocker.join(10)
+    assert engine.encode(encode, ["next"])[0] == ["row:next"]
+    assert ["late"] not in encode.batches and all("late" not in b for b in encode.batches)
+
+
+def test_stop_drains_the_queue_then_refuses_new_work():
+    engine = InferenceEngine(max_batch=1, timeout=10)
+    encode = Recorder()
+    encode.gate.clear()
+    results = []
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(engine.encode(encode, [i])[0]))
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    _wait_for(lambda: engine.pending() == 3)
+    stopper = threading.Thread(target=engine.stop, args=(10,))
+    stopper.start()
+    _wait_for(lambda: not engine._accepting)
+    with pytest.raises(FaceappError) as caught:
+        engine.encode(encode, ["too late"])
+    assert caught.value.code == "model.not_ready"
+    encode.gate.set()
+    stopper.join(10)
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == [[f"row:{i}"] for i in range(4)]
+    assert not stopper.is_alive()
+
+
+def test_stop_without_any_work_returns_at_once():
+    assert InferenceEngine().stop(1) is True
+
+
+def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
+    app, client, astronaut_jpeg, monkeypatch
+):
+    from faceapp import face_models
+
+    seen: list[tuple[str, str]] = []
+    real_images = face_models.LoadedModel.encode_images
+    real_texts = face_models.LoadedModel.encode_texts
+    real_loader = face_models.load_clip
+
+    def images(self, batch):
+        seen.append(("images", threading.current_thread().name))
+        return real_images(self, batch)
+
+    def texts(self, batch):
+        seen.append(("texts", threading.current_thread().name))
+        return real_texts(self, batch)
+
+    def loader(config):
+        seen.append(("load", threading.current_thread().name))
+        return real_loader(config)
+
+    monkeypatch.setattr(face_models.LoadedModel, "encode_images", images)
+    monkeypatch.setattr(face_models.LoadedModel, "encode_texts", texts)
+    monkeypatch.setattr(app.extensions[face_models.EXTENSION_KEY], "loader", loader)
+    stored = client.post("/api/validate", data={"file": (_file(astronaut_jpeg), "a.jpg")})
+    image_id = stored.get_json()["image_id"]
+    answer = client.post("/api/analyze", json={"image_id": image_id, "labels": ["a cat", "a dog"]})
+    assert answer.status_code == 200, answer.get_json()
+    kinds = {kind for kind, _ in seen}
+    assert kinds == {"load", "images", "texts"}
+    assert {name for _, name in seen} == {"faceapp-infer"}
+    timings = answer.get_json()["timings_ms"]
+    assert timings["queue"] >= 0
+    event = client.get(f"/api/images/{image_id}/trace").get_json()["events"][-1]
+    assert event["event"] == "analyzed" and event["batch_size"] == 1
+    assert event["queue_ms"] >= 0
+
+
+def test_concurrent_analyses_over_the_app_share_batches_and_answer_alike(app, astronaut_jpeg):
+    client = app.test_client()
+    assert client.post("/api/setup", headers=ADMIN).status_code == 200
+    image_id = client.post(
+        "/api/validate", data={"file": (_file(astronaut_jpeg), "a.jpg")}
+    ).get_json()["image_id"]
+    from faceapp.engine import engine as extension
+
+    with app.app_context():
+        inference = extension.get()
+    before = inference.batches
+
+    def analyze(i: int) -> dict:
+        body = {"image_id": image_id, "wipe_cache": False, "labels": [f"label {i}", "other"]}
+        answer = app.test_client().post("/api/analyze", json=body)
+        assert answer.status_code == 200
+        return answer.get_json()
+
+    answers = _in_threads(8, analyze)
+    assert all(isinstance(a, dict) for a in answers), answers
+    expression = {json_key(a) for a in answers}
+    assert len(expression) == 1  # the same image scores the same, whatever batch it was in
+    assert inference.batches - before <= 16  # 8 image jobs + at most 8 text jobs, often fewer
+
+
+def json_key(answer: dict) -> str:
+    face = answer["faces"][0]
+    return repr(sorted((k, round(v["score"], 4)) for k, v in face["attributes"].items()))
+
+
+def _file(data: bytes):
+    import io
+
+    return io.BytesIO(data)
