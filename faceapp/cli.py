@@ -140,6 +140,7 @@ def eval_command(
     from faceapp import eval_report, evaluation, faces
     from faceapp.analysis import Analyzer
     from faceapp.attributes import DEFAULT_FILE, AttributeFileError, load_attribute_set
+    from faceapp.engine import engine
 
     config = current_app.config
     attributes_file = attributes_file or config.get("ATTRIBUTES_FILE") or DEFAULT_FILE
@@ -157,10 +158,11 @@ def eval_command(
     except (AttributeFileError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     cache_dir = os.path.join(config["MODELS_DIR"], ".label-embeddings")
-    embeddings = Analyzer(model, attribute_set, cache_dir).label_embeddings
+    inference = engine.get()  # label prompts are encoded as a worker encodes them
+    embeddings = Analyzer(model, attribute_set, cache_dir, inference).label_embeddings
     other = None
     if other_set is not None:
-        other = (other_set, Analyzer(model, other_set, cache_dir).label_embeddings)
+        other = (other_set, Analyzer(model, other_set, cache_dir, inference).label_embeddings)
     if attribute_set.calibration_model not in (None, model.version):
         click.echo(
             f"warning: the temperatures in {attributes_file} were fitted for weights "

@@ -122,11 +122,12 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
             name=source_name(source),
         )
         return meta
+    history: list[dict] = []
     if meta is not None and not wipe_cache:
-        # Another detector finds other faces, so the stored face contexts go too: the image is
-        # stored afresh (its trace with it), and the trace says why.
+        # Another detector finds other faces, so the stored face contexts must go too: the image
+        # is stored afresh below, and its trace carried over.
+        history = backend.events(image_id)
         backend.delete(image_id)
-        record_event(image_id, "wiped", {}, reason="detector_changed")
     elif meta is not None:  # wipe_cache: results go, the image is validated afresh, trace stays
         backend.drop_results(image_id)
         record_event(image_id, "wiped", {}, reason="wipe_cache")
@@ -170,6 +171,10 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         # Stored already (wipe_cache, or a concurrent request): the same bytes give the same
         # parts, so only the metadata is renewed.
         backend.set_meta(image_id, meta)
+    if history:
+        for event in history:
+            backend.append_event(image_id, event)
+        record_event(image_id, "wiped", {}, reason="detector_changed")
     timings["store"] = (time.perf_counter() - step) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     record_event(
