@@ -1,4 +1,4 @@
-"""The JSON API under /api (API.md). Views parse, call one service function, and render."""
+"""The JSON API under /api (docs/API.md). Views parse, call one service function, and render."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Configuration: the defaults, and the order they are overridden in (API.md, "Operating it").
+"""Configuration: the defaults, and the order they are overridden in.
+
+Every key, its default and meaning: docs/API.md, "Configuration".
 
 Order: these defaults, then ``instance/config.py``, then ``FACEAPP_<KEY>`` environment variables
 (or the test mapping given to ``create_app``). Nothing here runs at import time.

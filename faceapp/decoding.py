@@ -1,7 +1,7 @@
 """Decoding untrusted image bytes into the upright RGB image the rest of faceapp works on.
 
 Every way an input can fail ends as a :class:`~faceapp.errors.FaceappError` with an ``image.*``
-code (API.md, "Error codes"); nothing here changes Pillow's global settings, so concurrent
+code (docs/API.md, "Error codes"); nothing here changes Pillow's global settings, so concurrent
 requests in one process cannot disturb each other.
 
 The order of the checks is the defence: byte size first, then the format by its signature, then

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 #: no route matched (faceapp/tester.py sets it), so that /app/<typo> answers a page, not JSON.
 PAGE_ERRORS_KEY = "faceapp.page_errors"
 
-#: Every code a client can receive, with its HTTP status (API.md, "Error codes").
+#: Every code a client can receive, with its HTTP status (docs/API.md, "Error codes").
 STATUS_BY_CODE: dict[str, int] = {
     "input.missing": 400,
     "input.ambiguous": 400,

@@ -133,7 +133,7 @@ class ErrorBody(Schema):
 
 
 class ErrorResponse(Schema):
-    """The envelope of every error answer (API.md, "Conventions")."""
+    """The envelope of every error answer (docs/API.md, "Conventions")."""
 
     error = fields.Nested(ErrorBody, required=True)
 

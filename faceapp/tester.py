@@ -1,4 +1,6 @@
-"""The tester pages under /app: server-rendered forms for QA staff (API.md, "Tester pages").
+"""The tester pages under /app: server-rendered forms for QA staff.
+
+What they show and how they are used: README.md, "The tester pages".
 
 They call the same service functions as the JSON API (never the API over HTTP), work without
 JavaScript (post, redirect, get), and answer every failure as an HTML page with the message.

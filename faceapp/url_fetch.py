@@ -1,4 +1,6 @@
-"""Fetching an image from a client-given URL under the remote-fetch rules (API.md, "image_url").
+"""Fetching an image from a client-given URL under the remote-fetch rules.
+
+The rules, as clients see them: docs/API.md, "image_url: the remote-fetch rules".
 
 Each hop's URL is checked (scheme, credentials, host, port, allow-list), its host name is resolved
 once, every address it resolves to is checked, and the connection goes to the address that was
@@ -54,7 +56,7 @@ _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this host on this network
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    """The limits one image_url download runs under (see API.md, "Operating it")."""
+    """The limits one image_url download runs under (docs/API.md, "Configuration")."""
 
     allowed_hosts: tuple[str, ...] = ()  # whole host names; empty = any public host
     allow_private: bool = False  # URL_ALLOW_PRIVATE_NETWORKS

@@ -1,4 +1,6 @@
-"""Quality checks: is this photo usable for face analysis, and if not, why (API.md, /api/validate).
+"""Quality checks: is this photo usable for face analysis, and if not, why.
+
+The codes, as clients see them: docs/API.md, "POST /api/validate".
 
 Errors make an image invalid (no face, several faces, a face or image too small); warnings only
 inform (background faces, blurry, too dark, too bright). The measures behind them go into
