@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
+
+from faceapp.atomic import atomic_path
 
 DEFAULT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attributes.yaml")
 NAME = validate.Regexp(r"^[a-z][a-z0-9_]{0,63}$", error="names are lower-case words joined by _")
@@ -253,15 +254,9 @@ def write_calibration(
             before="Written by `flask --app wsgi eval --fit`: a softmax temperature per\n"
             "attribute, fitted (lowest NLL) on a labelled folder for the model named here.",
         )
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as fh:
-            yaml.dump(document, fh)
-        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # A reader sees the old file or the new one, never half of one.
+    with atomic_path(os.path.abspath(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        yaml.dump(document, fh)
     load_attribute_set(path)  # what was written must load
 
 

@@ -254,8 +254,8 @@ def read_run(image_id: str, run_id: str) -> dict | None:
     return store.backend.get_result(image_id, RUN_PREFIX + run_id)
 
 
-@bp.get("/images/<image_id>/image.png")
-def image_png(image_id: str) -> Response:
+@bp.get("/images/<image_id>/preview.jpg")
+def preview(image_id: str) -> Response:
     """The stored image's preview (a JPEG of at most 1024 px, written at validation)."""
     return Response(services.image_preview(image_id), mimetype="image/jpeg")
 

@@ -172,7 +172,7 @@ STORE_ROUTES = [
     ("delete", "/api/images/" + "a" * 64, {"headers": ADMIN}),
     ("post", "/api/cache/wipe", {"headers": ADMIN}),
     ("get", "/api/ready", {}),
-    ("get", "/app/images/" + "a" * 64 + "/image.png", {}),
+    ("get", "/app/images/" + "a" * 64 + "/preview.jpg", {}),
 ]
 
 

@@ -41,7 +41,7 @@ def page_routes(image_id: str) -> list[tuple[str, str]]:
         ("GET", page),
         ("POST", page),
         ("GET", f"{page}?run=AAAAAAAAAAAAAAAA"),
-        ("GET", f"{page}/image.png"),
+        ("GET", f"{page}/preview.jpg"),
         ("GET", f"{page}/thumbnail.jpg"),
     ]
 
@@ -80,7 +80,7 @@ def test_scripts_and_proxies_use_the_apis_headers_on_pages(keyed, astronaut_jpeg
         answer = upload(client, astronaut_jpeg, headers=headers)
         assert answer.status_code == 303 and answer.headers["Location"].startswith("/app/images/")
         page = answer.headers["Location"]
-        assert client.get(page + "/image.png", headers=headers).mimetype == "image/png"
+        assert client.get(page + "/preview.jpg", headers=headers).mimetype == "image/jpeg"
         run = client.post(page, headers=headers, data={"labels": "a hat"})
         assert run.status_code == 303
         assert_html_page(client.get(run.headers["Location"], headers=headers), 200)
@@ -185,7 +185,7 @@ def test_pages_count_against_the_rate_limit(config, astronaut_jpeg):
     client = create_app(config).test_client()
     page = upload(client, astronaut_jpeg, headers=USER).headers["Location"]
     assert client.get(page + "/thumbnail.jpg", headers=USER).status_code == 200
-    assert client.get(page + "/image.png", headers=USER).status_code == 200
+    assert client.get(page + "/preview.jpg", headers=USER).status_code == 200
     assert client.get("/api/attributes", headers=USER).status_code == 200  # one count for both
     answer = client.get(page + "/thumbnail.jpg", headers=USER)
     text = assert_html_page(answer, 429)

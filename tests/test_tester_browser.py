@@ -297,7 +297,7 @@ def test_sign_in_busy_button_label_errors_and_copy_over_http_in_chromium(
 
         page.click("#logout-button")
         page.wait_for_url(re.compile(r"/app/login$"))
-        page.goto(f"{base}/app/images/{image_id}/image.png")
+        page.goto(f"{base}/app/images/{image_id}/preview.jpg")
         assert "/app/login" in page.url  # signed out: the image is no longer served
         assert console_errors == []
     finally:

@@ -213,7 +213,7 @@ def test_an_image_url_is_fetched_like_the_api_does(config, astronaut_jpeg, https
 
 def test_stored_image_and_thumbnail(client, astronaut_jpeg):
     page = page_of(client, astronaut_jpeg)
-    png = client.get(page + "/image.png")
+    png = client.get(page + "/preview.jpg")
     # The stored preview: a JPEG since the store keeps the bytes as received (no PNG re-encode).
     assert png.status_code == 200 and png.mimetype == "image/jpeg"
     assert png.headers["Cache-Control"] == "no-store"  # image data is never cached
@@ -252,7 +252,7 @@ def test_an_oversized_upload_reshows_the_form(config, astronaut_jpeg, limits):
         ("/app/images/" + "0" * 64, 404, "image_id.not_found"),
         ("/app/images/not-an-id", 400, "image_id.invalid"),
         ("/app/images/" + "A" * 64, 400, "image_id.invalid"),
-        ("/app/images/" + "0" * 64 + "/image.png", 404, "image_id.not_found"),
+        ("/app/images/" + "0" * 64 + "/preview.jpg", 404, "image_id.not_found"),
         ("/app/images/" + "0" * 64 + "/thumbnail.jpg", 404, "image_id.not_found"),
     ],
 )
@@ -350,7 +350,7 @@ def test_every_page_has_the_csp_and_nothing_inline(client, astronaut_jpeg, coffe
         client.post(coffee, data={}),
         client.get("/app/images/nope"),
         client.get("/app/images/" + "0" * 64),
-        client.get(page + "/image.png"),
+        client.get(page + "/preview.jpg"),
     ]
     for response in responses:
         csp = response.headers["Content-Security-Policy"]
