@@ -1,0 +1,136 @@
+"""Pixel limits read from every header form: plain lossy WebP, JPEG's rarer frame and restart
+markers, and each format exactly at its limit."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+from PIL import Image
+
+from faceapp.decoding import decode_image
+from faceapp.errors import FaceappError
+
+MB = 1024 * 1024
+
+
+def code_of(data: bytes, max_pixels: int) -> str:
+    with pytest.raises(FaceappError) as caught:
+        decode_image(data, max_bytes=10 * MB, max_pixels=max_pixels)
+    return caught.value.code
+
+
+def save(image: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def no_pillow_open(monkeypatch):
+    """Fail the test if the bytes reach Pillow (and through it libwebp or libjpeg) at all."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Image.open was called")
+
+    monkeypatch.setattr(Image, "open", refuse)
+
+
+def lossy_webp(width_field: int, height_field: int) -> bytes:
+    """A plain lossy WebP ('VP8 ' chunk) whose key frame declares these 16-bit size fields."""
+    payload = b"\x10\x02\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width_field, height_field)
+    payload += b"\x00" * 24  # no real bitstream: libwebp would fail on it, if it got it
+    chunk = b"VP8 " + struct.pack("<I", len(payload)) + payload
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+def jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def sof(marker: int, width: int, height: int) -> bytes:
+    """A start-of-frame segment (one grey component) declaring width x height."""
+    return jpeg_segment(marker, b"\x08" + struct.pack(">HH", height, width) + b"\x01\x01\x11\x00")
+
+
+def with_segments_after_soi(jpeg: bytes, *segments: bytes) -> bytes:
+    return jpeg[:2] + b"".join(segments) + jpeg[2:]
+
+
+@pytest.fixture(scope="module")
+def small_jpeg() -> bytes:
+    return save(Image.new("RGB", (16, 8), (90, 120, 150)), "JPEG", quality=90)
+
+
+# --- plain lossy WebP ---------------------------------------------------------------------------
+
+
+def test_a_lossy_webp_bomb_is_refused_from_its_header(no_pillow_open):
+    assert code_of(lossy_webp(9000, 9000), max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+def test_a_lossy_webp_at_its_pixel_limit_passes_the_header_check(no_pillow_open):
+    # One pixel over the limit is refused before Pillow; exactly at it is handed on (here to the
+    # refusing stand-in, which shows the header check let it through).
+    assert code_of(lossy_webp(1001, 1000), max_pixels=1_000_000) == "image.too_many_pixels"
+    with pytest.raises(AssertionError, match="Image.open"):
+        decode_image(lossy_webp(1000, 1000), max_bytes=MB, max_pixels=1_000_000)
+
+
+def test_the_scale_bits_of_a_lossy_webp_size_are_not_part_of_it(no_pillow_open):
+    # The top two bits of each field are an upscaling hint: 0xC000 | 100 is 100 px wide.
+    with pytest.raises(AssertionError, match="Image.open"):
+        decode_image(lossy_webp(0xC000 | 100, 0x4000 | 100), max_bytes=MB, max_pixels=10_000)
+
+
+# --- JPEG frame markers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xCB, 0xCD, 0xCE, 0xCF])
+def test_every_start_of_frame_marker_is_read(small_jpeg, marker, no_pillow_open):
+    data = with_segments_after_soi(small_jpeg, sof(marker, 60_000, 60_000))
+    assert code_of(data, max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+def test_the_largest_frame_counts_not_the_last(small_jpeg):
+    # Pillow keeps the last frame header (small); libjpeg would size its buffers from the first.
+    data = with_segments_after_soi(small_jpeg, sof(0xCF, 30_000, 30_000), sof(0xC0, 16, 8))
+    assert code_of(data, max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+@pytest.mark.parametrize("marker", [0xD0, 0xD3, 0xD7, 0x01])
+def test_markers_without_a_length_are_stepped_over(small_jpeg, marker, no_pillow_open):
+    data = small_jpeg[:2] + bytes([0xFF, marker]) + sof(0xC0, 60_000, 60_000) + small_jpeg[2:]
+    assert code_of(data, max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+@pytest.mark.parametrize("marker", [0xC4, 0xC8, 0xCC])
+def test_tables_that_share_the_frame_range_are_not_frames(small_jpeg, marker):
+    # DHT, JPG and DAC segments whose bytes would read as 60000x60000 if taken for a frame.
+    table = jpeg_segment(marker, b"\x00\x00\x00" + struct.pack(">HH", 60_000, 60_000) + b"\x00")
+    data = with_segments_after_soi(small_jpeg, table)
+    with pytest.raises(FaceappError) as caught:
+        decode_image(data, max_bytes=MB, max_pixels=40_000_000)
+    assert caught.value.code == "image.corrupt"  # Pillow reads it, and finds it malformed
+
+
+# --- every format exactly at its limit ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "params"),
+    [
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("PNG", {}),
+        ("GIF", {}),
+        ("WEBP", {"lossless": False}),
+        ("WEBP", {"lossless": True}),
+    ],
+)
+def test_each_format_decodes_at_exactly_its_pixel_limit_and_not_one_below(fmt, params):
+    data = save(Image.new("RGB", (37, 23), (200, 100, 50)), fmt, **params)
+    decoded = decode_image(data, max_bytes=MB, max_pixels=37 * 23)
+    assert (decoded.source_width, decoded.source_height) == (37, 23)
+    assert code_of(data, max_pixels=37 * 23 - 1) == "image.too_many_pixels"
