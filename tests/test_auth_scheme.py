@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from faceapp import create_app
+from tests.conftest import ADMIN
 
 
 @pytest.fixture
@@ -39,3 +40,21 @@ def test_the_bearer_scheme_is_case_insensitive_and_spaces_around_the_key_do_not_
     client, authorization
 ):
     assert status_and_code(client, {"Authorization": authorization}) == (200, None)
+
+
+# --- admin operations on a service whose API needs no key (API_KEYS empty) ----------------------
+
+
+@pytest.fixture
+def open_client(config):
+    return create_app({**config, "API_KEYS": ""}).test_client()
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}, {"X-API-Key": " "}]
+)
+def test_admin_operations_still_need_the_admin_key_when_the_api_is_open(open_client, headers):
+    answer = open_client.post("/api/cache/wipe", headers=headers)
+    assert (answer.status_code, answer.get_json()["error"]["code"]) == (401, "auth.required")
+    assert open_client.get("/api/attributes", headers=headers).status_code == 200
+    assert open_client.post("/api/cache/wipe", headers=ADMIN).status_code == 200
