@@ -70,7 +70,10 @@ class Mutant:
     id: str
     line: int
     change: str
-    in_function: bool  # False: module or class level, run at import (every test "reaches" it)
+    # Outside functions a line runs at import, before any test: such a mutant is reached by the
+    # tests that run the lines naming what it changes (the assigned names, or the class).
+    names: tuple[str, ...] = ()
+    in_function: bool = True
 
 
 # --- making mutants ---------------------------------------------------------------------------
@@ -85,6 +88,8 @@ class _Sites(ast.NodeVisitor):
         self.counts: dict[tuple[str, str], int] = defaultdict(int)
         self.mutants: list[Mutant] = []
         self.function_depth = 0
+        self.classes: list[str] = []
+        self.assigned: tuple[str, ...] = ()
 
     def _site(self, node: ast.AST, kind: str, change: str) -> bool:
         """Record a site; True when it is the one to apply."""
@@ -92,8 +97,19 @@ class _Sites(ast.NodeVisitor):
         self.counts[(where, kind)] += 1
         mutant_id = f"{self.module}:{where}:{kind}#{self.counts[(where, kind)]}"
         index = len(self.mutants)
-        self.mutants.append(Mutant(mutant_id, node.lineno, change, self.function_depth > 0))
+        names = (*self.classes[-1:], *self.assigned)
+        self.mutants.append(Mutant(mutant_id, node.lineno, change, names, self.function_depth > 0))
         return index == self.apply
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        if self.function_depth:
+            self.generic_visit(node)
+            return
+        self.assigned = tuple(
+            n.id for target in node.targets for n in ast.walk(target) if isinstance(n, ast.Name)
+        )
+        self.generic_visit(node)
+        self.assigned = ()
 
     def _scoped(self, node, name: str) -> None:
         self.scope.append(name)
@@ -118,7 +134,9 @@ class _Sites(ast.NodeVisitor):
     visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.classes.append(node.name)
         self._scoped(node, node.name)
+        self.classes.pop()
 
     def visit_arguments(self, node: ast.arguments) -> None:
         for default in [*node.defaults, *node.kw_defaults]:
@@ -130,7 +148,10 @@ class _Sites(ast.NodeVisitor):
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         if node.value is not None:
+            if not self.function_depth and isinstance(node.target, ast.Name):
+                self.assigned = (node.target.id,)
             self.visit(node.value)
+            self.assigned = ()
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
@@ -210,6 +231,21 @@ def list_mutants(module: str, source: str) -> list[Mutant]:
     sites = _Sites(module)
     sites.visit(ast.parse(source))
     return sites.mutants
+
+
+def lines_naming(source: str, names: tuple[str, ...]) -> set[int]:
+    """The lines inside functions that use any of `names` (a name, an attribute, a class body)."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef) and node.name in names:
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines.update(range(inner.lineno, (inner.end_lineno or inner.lineno) + 1))
+        elif isinstance(node, ast.Name) and node.id in names:
+            lines.add(node.lineno)
+        elif isinstance(node, ast.Attribute) and node.attr in names:
+            lines.add(node.lineno)
+    return lines
 
 
 def mutated_code(module: str, source: str, path: str, index: int):
@@ -426,7 +462,12 @@ def test_module(name: str, settings: dict, argued: dict[str, str], verbose: bool
     tally = {"caught": 0, "missed": 0, "equivalent": 0}
     missed, stale = [], []
     for index, mutant in enumerate(mutants):
-        tests = sorted(set(traced["seconds"]) if not mutant.in_function else by_line[mutant.line])
+        if mutant.in_function:
+            tests = sorted(set(by_line[mutant.line]))
+        else:
+            lines = lines_naming(source, mutant.names) if mutant.names else set()
+            reaching = {t for line in lines for t in by_line[line]}
+            tests = sorted(reaching or traced["seconds"])
         if tests:
             budget = 3 * sum(traced["seconds"][t] for t in tests) + 20
             mutated = mutated_code(name, source, path, index)

@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter
 
 from faceapp.config import DEFAULTS
 from faceapp.faces import FaceBox
-from faceapp.validation import Thresholds, assess
+from faceapp.validation import Thresholds, assess, measure_sharpness
 
 THRESHOLDS = Thresholds.from_config(DEFAULTS)
 ASTRONAUT_FACE = (177, 66, 95, 95)  # x, y, side of the astronaut's face in the 512 px original
@@ -100,4 +100,48 @@ def test_details_round_brightness_and_contrast_to_two_decimals(client):
     quality = answer.get_json()["details"]["quality"]
     assert quality["brightness"] == 100.12
     assert quality["contrast"] == round(float(pixels.std()), 2) == 1.1
+    sharpness = measure_sharpness(Image.fromarray(pixels))
+    assert round(sharpness, 3) != round(sharpness, 2)  # so the rounding shows
+    assert quality["sharpness"] == round(sharpness, 2)
     assert quality["largest_face_px"] == 0 and quality["face_count"] == 0
+
+
+def test_each_warning_starts_just_past_its_limit(astronaut):
+    image, face = with_face_of(astronaut, 95)
+    box = (face.x, face.y, face.x + face.width, face.y + face.height)
+    sharpness = measure_sharpness(image.convert("L").crop(box))
+    grey = Image.new("RGB", (200, 200), (100, 100, 100))  # brightness exactly 100
+
+    def warnings(picture, faces, **limits) -> list[str]:
+        thresholds = dataclasses.replace(THRESHOLDS, **limits)
+        return [issue.code for issue in assess(picture, faces, thresholds).warnings]
+
+    assert "image.blurry" not in warnings(image, [face], blur_threshold=sharpness)
+    assert "image.blurry" in warnings(image, [face], blur_threshold=sharpness + 0.01)
+    assert warnings(grey, [], dark_threshold=100, bright_threshold=200) == []
+    assert warnings(grey, [], dark_threshold=100.01, bright_threshold=200) == ["image.too_dark"]
+    assert warnings(grey, [], dark_threshold=10, bright_threshold=100) == []
+    assert warnings(grey, [], dark_threshold=10, bright_threshold=99.99) == ["image.too_bright"]
+
+
+def test_the_sharpness_quoted_in_the_docs_is_what_is_measured(astronaut):
+    # validation.py's docstring (and the BLUR_THRESHOLD default) rest on these figures.
+    face = astronaut.convert("L").crop((177, 66, 272, 161))
+    assert measure_sharpness(face) == pytest.approx(1172, rel=0.02)
+
+
+@pytest.mark.parametrize(("low", "high"), [(127, 130), (100, 160), (0, 255)])
+def test_contrast_is_normalised_down_to_one_grey_level(low, high):
+    board = np.indices((64, 64)).sum(axis=0) % 2  # a sharp 64 px checkerboard
+    region = Image.fromarray(np.where(board, high, low).astype(np.uint8))
+    reference = Image.fromarray(np.where(board, 200, 50).astype(np.uint8))
+    assert measure_sharpness(region) == pytest.approx(measure_sharpness(reference))
+
+
+@pytest.mark.parametrize("word", ["1", "true", "Yes", " on "])
+def test_yes_words_turn_single_face_checking_on(word):
+    assert Thresholds.from_config(dict(DEFAULTS, REQUIRE_SINGLE_FACE=word)).require_single_face
+
+
+def test_the_built_in_limits_are_the_configured_defaults():
+    assert Thresholds() == Thresholds.from_config(DEFAULTS)

@@ -10,6 +10,7 @@ import requests
 from pytest_httpserver import HTTPServer
 
 from faceapp import create_app
+from faceapp.config import DEFAULTS
 from faceapp.errors import FaceappError
 from faceapp.url_fetch import (
     FetchPolicy,
@@ -188,3 +189,8 @@ def test_app_config_allow_list_takes_international_names(config, httpserver, mon
         "/api/validate", json={"image_url": f"http://other.example:{httpserver.port}/x.jpg"}
     )
     assert other.get_json()["error"]["code"] == "url.forbidden"
+
+
+def test_the_built_in_policy_is_the_default_configuration():
+    # FetchPolicy() is what callers outside the app get: the same limits the app starts with.
+    assert FetchPolicy() == FetchPolicy.from_config(DEFAULTS)
