@@ -194,3 +194,23 @@ def test_app_config_allow_list_takes_international_names(config, httpserver, mon
 def test_the_built_in_policy_is_the_default_configuration():
     # FetchPolicy() is what callers outside the app get: the same limits the app starts with.
     assert FetchPolicy() == FetchPolicy.from_config(DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("http://images.example/x", 80),
+        ("https://images.example/x", 443),
+        ("http://images.example:1/x", 1),
+        ("https://images.example:65535/x", 65535),
+    ],
+)
+def test_ports_default_by_scheme_and_span_1_to_65535(url, port, no_dns):
+    assert parse_target(url).port == port
+
+
+@pytest.mark.parametrize(
+    "url", ["http://images.example:65536/x", "http://images.example/a\x7fb", "http://a\x00b/x"]
+)
+def test_ports_past_65535_and_control_characters_are_invalid(url, no_dns):
+    assert code_of(parse_target, url) == "url.invalid"
