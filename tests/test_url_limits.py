@@ -15,8 +15,10 @@ from faceapp.errors import FaceappError
 from faceapp.url_fetch import (
     FetchPolicy,
     PinnedAddressAdapter,
+    check_address,
     check_host_allowed,
     fetch_url,
+    normalise_host,
     parse_target,
 )
 from tests.test_url_fetch import connections  # noqa: F401  (a fixture)
@@ -214,3 +216,48 @@ def test_ports_default_by_scheme_and_span_1_to_65535(url, port, no_dns):
 )
 def test_ports_past_65535_and_control_characters_are_invalid(url, no_dns):
     assert code_of(parse_target, url) == "url.invalid"
+
+
+def test_credentials_in_a_url_are_named_as_the_reason(no_dns):
+    with pytest.raises(FaceappError) as caught:
+        parse_target("http://user:secret@images.example/x")
+    assert caught.value.code == "url.invalid"
+    assert "user name or password" in caught.value.message
+    assert "secret" not in caught.value.message
+
+
+@pytest.mark.parametrize("host", ["[::1", "::1]", "[images.example]", "[]"])
+def test_half_bracketed_or_bracketed_names_are_not_hosts(host):
+    with pytest.raises(ValueError):
+        normalise_host(host)
+
+
+def test_an_allow_list_entry_that_is_no_host_name_is_ignored():
+    policy = FetchPolicy.from_config({"URL_ALLOWED_HOSTS": "bad host!, images.example"})
+    check_host_allowed("images.example", policy)
+    assert code_of(check_host_allowed, "other.example", policy) == "url.forbidden"
+
+
+def test_local_use_nat64_is_private_not_public():
+    local_nat64 = "64:ff9b:1::a00:1"  # RFC 8215: never routed on the internet
+    check_address(local_nat64, allow_private=True)
+    with pytest.raises(FaceappError) as caught:
+        check_address(local_nat64)
+    assert caught.value.code == "url.forbidden"
+
+
+def test_check_address_refuses_private_addresses_unless_told_otherwise():
+    with pytest.raises(FaceappError) as caught:
+        check_address("10.0.0.1")
+    assert caught.value.code == "url.forbidden"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [[], [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("not-an-address", 80))]],
+    ids=["no-address", "garbage"],
+)
+def test_a_resolver_answer_without_usable_addresses_is_unreachable(monkeypatch, answer):
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: answer)
+    error = code_of(fetch_url, "http://images.example/x", FetchPolicy())
+    assert error == "url.unreachable"
