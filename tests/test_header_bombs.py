@@ -9,8 +9,10 @@ import struct
 import pytest
 from PIL import Image
 
+from faceapp.config import DEFAULTS
 from faceapp.decoding import decode_image
 from faceapp.errors import FaceappError
+from tests.test_decoding import gif
 
 MB = 1024 * 1024
 
@@ -134,3 +136,11 @@ def test_each_format_decodes_at_exactly_its_pixel_limit_and_not_one_below(fmt, p
     decoded = decode_image(data, max_bytes=MB, max_pixels=37 * 23)
     assert (decoded.source_width, decoded.source_height) == (37, 23)
     assert code_of(data, max_pixels=37 * 23 - 1) == "image.too_many_pixels"
+
+
+def test_the_default_frame_limit_is_the_configured_one():
+    limit = DEFAULTS["MAX_IMAGE_FRAMES"]
+    assert decode_image(gif(limit), max_bytes=MB, max_pixels=100).frames == limit
+    with pytest.raises(FaceappError) as caught:
+        decode_image(gif(limit + 1), max_bytes=MB, max_pixels=100)
+    assert caught.value.code == "image.unsupported_format"
