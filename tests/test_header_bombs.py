@@ -144,3 +144,10 @@ def test_the_default_frame_limit_is_the_configured_one():
     with pytest.raises(FaceappError) as caught:
         decode_image(gif(limit + 1), max_bytes=MB, max_pixels=100)
     assert caught.value.code == "image.unsupported_format"
+
+
+def test_max_side_may_be_one_pixel_but_not_zero():
+    data = save(Image.new("RGB", (37, 23), (200, 100, 50)), "PNG")
+    assert decode_image(data, max_bytes=MB, max_pixels=10_000, max_side=1).image.size == (1, 1)
+    with pytest.raises(ValueError):
+        decode_image(data, max_bytes=MB, max_pixels=10_000, max_side=0)

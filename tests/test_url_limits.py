@@ -4,6 +4,7 @@ and the transport's refusal to connect to a host whose address nobody checked.""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 import requests
@@ -261,3 +262,15 @@ def test_a_resolver_answer_without_usable_addresses_is_unreachable(monkeypatch, 
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: answer)
     error = code_of(fetch_url, "http://images.example/x", FetchPolicy())
     assert error == "url.unreachable"
+
+
+@pytest.mark.parametrize("deadline", [0.0, -1.0])
+def test_no_connection_is_tried_once_the_deadline_is_reached(
+    monkeypatch,
+    connections,  # noqa: F811 (the imported fixture)
+    deadline,
+):
+    monkeypatch.setattr(time, "monotonic", lambda: 1000.0)  # the clock stands still
+    policy = FetchPolicy(deadline=deadline)
+    assert code_of(fetch_url, "http://93.184.215.14/x.png", policy) == "url.timeout"
+    assert connections == []
