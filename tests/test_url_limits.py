@@ -22,7 +22,12 @@ from faceapp.url_fetch import (
     normalise_host,
     parse_target,
 )
-from tests.test_url_fetch import connections  # noqa: F401  (a fixture)
+from tests.test_url_fetch import (  # noqa: F401 (fixtures)
+    connections,
+    local,
+    raw_server,
+    send_head,
+)
 
 LOCAL = FetchPolicy(allow_private=True, connect_timeout=0.5, read_timeout=0.5, deadline=5.0)
 
@@ -274,3 +279,22 @@ def test_no_connection_is_tried_once_the_deadline_is_reached(
     policy = FetchPolicy(deadline=deadline)
     assert code_of(fetch_url, "http://93.184.215.14/x.png", policy) == "url.timeout"
     assert connections == []
+
+
+def test_a_body_that_stops_arriving_is_a_timeout(raw_server):  # noqa: F811 (imported fixture)
+    def stall(conn, stop):
+        send_head(conn, "Content-Type: image/png", "Content-Length: 1000")
+        stop.wait(3.0)
+
+    server = raw_server(stall)
+    policy = FetchPolicy(allow_private=True, connect_timeout=0.5, read_timeout=0.5, deadline=5.0)
+    assert code_of(fetch_url, local(server, "/stall.png"), policy) == "url.timeout"
+
+
+def test_a_body_cut_short_by_the_server_is_unreachable(raw_server):  # noqa: F811
+    def hang_up(conn, stop):
+        send_head(conn, "Content-Type: image/png", "Content-Length: 1000")
+        conn.sendall(b"\x89PNG")
+
+    server = raw_server(hang_up)
+    assert code_of(fetch_url, local(server, "/short.png"), LOCAL) == "url.unreachable"
