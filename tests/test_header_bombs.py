@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -151,3 +152,16 @@ def test_max_side_may_be_one_pixel_but_not_zero():
     assert decode_image(data, max_bytes=MB, max_pixels=10_000, max_side=1).image.size == (1, 1)
     with pytest.raises(ValueError):
         decode_image(data, max_bytes=MB, max_pixels=10_000, max_side=0)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_a_still_is_one_frame_even_when_only_one_is_allowed(fmt):
+    data = save(Image.new("RGB", (8, 8), (10, 20, 30)), fmt)
+    assert decode_image(data, max_bytes=MB, max_pixels=100, max_frames=1).frames == 1
+
+
+def test_sixteen_bit_grey_maps_to_the_nearest_eight_bit_level():
+    levels = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    data = save(Image.fromarray(levels), "PNG")  # mode I;16
+    decoded = np.asarray(decode_image(data, max_bytes=MB, max_pixels=65536).image)[..., 0]
+    assert np.array_equal(decoded, np.round(levels / 257).astype(np.uint8))
