@@ -165,3 +165,25 @@ def test_sixteen_bit_grey_maps_to_the_nearest_eight_bit_level():
     data = save(Image.fromarray(levels), "PNG")  # mode I;16
     decoded = np.asarray(decode_image(data, max_bytes=MB, max_pixels=65536).image)[..., 0]
     assert np.array_equal(decoded, np.round(levels / 257).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("size", "fitted"), [((400, 1), (100, 1)), ((1, 400), (1, 100))])
+def test_a_sliver_keeps_at_least_one_pixel_across(size, fitted):
+    data = save(Image.new("RGB", size, (10, 20, 30)), "PNG")
+    assert decode_image(data, max_bytes=MB, max_pixels=1000, max_side=100).image.size == fitted
+
+
+def test_a_riff_file_that_is_not_webp_is_an_unsupported_format():
+    wave = (
+        b"RIFF"
+        + struct.pack("<I", 36)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 8000, 1, 8)
+    )
+    assert code_of(wave + b"data\x00\x00\x00\x00", max_pixels=100) == "image.unsupported_format"
+
+
+def test_a_png_cut_right_after_its_size_is_judged_by_that_size(no_pillow_open):
+    head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 10**5, 10**5)
+    assert len(head) == 24
+    assert code_of(head, max_pixels=40_000_000) == "image.too_many_pixels"
