@@ -187,3 +187,10 @@ def test_a_png_cut_right_after_its_size_is_judged_by_that_size(no_pillow_open):
     head = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 10**5, 10**5)
     assert len(head) == 24
     assert code_of(head, max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+def test_a_jpeg_with_exactly_the_scan_limit_is_accepted(small_jpeg):
+    # The count covers the whole file, so padding after the end-of-image marker counts too.
+    at_limit = small_jpeg + b"\xff\xda" * (100 - small_jpeg.count(b"\xff\xda"))
+    assert decode_image(at_limit, max_bytes=MB, max_pixels=1000).image.size == (16, 8)
+    assert code_of(at_limit + b"\xff\xda", max_pixels=1000) == "image.unsupported_format"
