@@ -90,7 +90,9 @@ def test_the_scale_bits_of_a_lossy_webp_size_are_not_part_of_it(no_pillow_open):
 # --- JPEG frame markers -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("marker", [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xCB, 0xCD, 0xCE, 0xCF])
+@pytest.mark.parametrize(
+    "marker", [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF]
+)
 def test_every_start_of_frame_marker_is_read(small_jpeg, marker, no_pillow_open):
     data = with_segments_after_soi(small_jpeg, sof(marker, 60_000, 60_000))
     assert code_of(data, max_pixels=40_000_000) == "image.too_many_pixels"
@@ -111,7 +113,7 @@ def test_markers_without_a_length_are_stepped_over(small_jpeg, marker, no_pillow
 @pytest.mark.parametrize("marker", [0xC4, 0xC8, 0xCC])
 def test_tables_that_share_the_frame_range_are_not_frames(small_jpeg, marker):
     # DHT, JPG and DAC segments whose bytes would read as 60000x60000 if taken for a frame.
-    table = jpeg_segment(marker, b"\x00\x00\x00" + struct.pack(">HH", 60_000, 60_000) + b"\x00")
+    table = jpeg_segment(marker, b"\x08" + struct.pack(">HH", 60_000, 60_000) + b"\x00\x00\x00")
     data = with_segments_after_soi(small_jpeg, table)
     with pytest.raises(FaceappError) as caught:
         decode_image(data, max_bytes=MB, max_pixels=40_000_000)
@@ -194,3 +196,18 @@ def test_a_jpeg_with_exactly_the_scan_limit_is_accepted(small_jpeg):
     at_limit = small_jpeg + b"\xff\xda" * (100 - small_jpeg.count(b"\xff\xda"))
     assert decode_image(at_limit, max_bytes=MB, max_pixels=1000).image.size == (16, 8)
     assert code_of(at_limit + b"\xff\xda", max_pixels=1000) == "image.unsupported_format"
+
+
+@pytest.mark.parametrize(
+    "padding", [b"\xff", b"\xff\xff\xff", b"\xff\xd8"], ids=["fill", "fills", "soi"]
+)
+def test_fill_bytes_and_a_repeated_start_marker_are_stepped_over(
+    small_jpeg, padding, no_pillow_open
+):
+    data = small_jpeg[:2] + padding + sof(0xC0, 60_000, 60_000) + small_jpeg[2:]
+    assert code_of(data, max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+def test_a_frame_header_that_ends_the_file_is_still_read(no_pillow_open):
+    data = b"\xff\xd8" + b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 60_000, 60_000)
+    assert code_of(data, max_pixels=40_000_000) == "image.too_many_pixels"
