@@ -211,3 +211,27 @@ def test_fill_bytes_and_a_repeated_start_marker_are_stepped_over(
 def test_a_frame_header_that_ends_the_file_is_still_read(no_pillow_open):
     data = b"\xff\xd8" + b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 60_000, 60_000)
     assert code_of(data, max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+def test_the_frame_with_the_largest_area_counts_whatever_its_shape(small_jpeg, no_pillow_open):
+    # A wide, flat frame of 40000 px, then a narrow, tall one of 2000 px.
+    data = with_segments_after_soi(small_jpeg, sof(0xC0, 4000, 10), sof(0xC1, 20, 100))
+    assert code_of(data, max_pixels=20_000) == "image.too_many_pixels"
+
+
+def test_a_frame_after_other_segments_is_read(small_jpeg, no_pillow_open):
+    comment = jpeg_segment(0xFE, b"a comment")
+    data = with_segments_after_soi(small_jpeg, comment, sof(0xC0, 60_000, 60_000))
+    assert code_of(data, max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+def test_a_lossy_webp_cut_right_after_its_size_is_judged_by_that_size(no_pillow_open):
+    head = lossy_webp(9000, 9000)[:30]
+    assert code_of(head, max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+def test_an_extended_webp_decodes_at_exactly_its_pixel_limit():
+    data = save(Image.new("RGBA", (37, 23), (200, 100, 50, 128)), "WEBP")
+    assert data[12:16] == b"VP8X"
+    assert decode_image(data, max_bytes=MB, max_pixels=37 * 23).source_width == 37
+    assert code_of(data, max_pixels=37 * 23 - 1) == "image.too_many_pixels"
