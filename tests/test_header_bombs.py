@@ -235,3 +235,11 @@ def test_an_extended_webp_decodes_at_exactly_its_pixel_limit():
     assert data[12:16] == b"VP8X"
     assert decode_image(data, max_bytes=MB, max_pixels=37 * 23).source_width == 37
     assert code_of(data, max_pixels=37 * 23 - 1) == "image.too_many_pixels"
+
+
+def test_a_lossless_webp_bomb_is_refused_from_its_header(no_pillow_open):
+    bits = (5000 - 1) | (3000 - 1) << 14  # width-1 and height-1, 14 bits each
+    payload = b"\x2f" + struct.pack("<I", bits) + b"\x00" * 16
+    chunk = b"VP8L" + struct.pack("<I", len(payload)) + payload
+    data = b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+    assert code_of(data, max_pixels=5000 * 3000 - 1) == "image.too_many_pixels"
