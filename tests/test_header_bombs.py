@@ -244,3 +244,20 @@ def test_a_lossless_webp_bomb_is_refused_from_its_header(no_pillow_open, keep):
     chunk = b"VP8L" + struct.pack("<I", len(payload)) + payload
     data = b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
     assert code_of(data[:keep], max_pixels=5000 * 3000 - 1) == "image.too_many_pixels"
+
+
+def test_a_gif_of_just_its_screen_descriptor_is_judged_by_that_size(no_pillow_open):
+    head = b"GIF89a" + struct.pack("<HH", 60_000, 60_000) + b"\x00\x00\x00"
+    assert len(head) == 13
+    assert code_of(head, max_pixels=40_000_000) == "image.too_many_pixels"
+
+
+def test_gif_frames_are_counted_past_a_palette_that_looks_like_blocks():
+    # Palette bytes ';' (trailer) and ',' (image descriptor) must be skipped, not parsed.
+    two_frames = gif(2)
+    palette = b";;;,,,"
+    data = two_frames[:13] + palette + two_frames[19:]
+    with pytest.raises(FaceappError) as caught:
+        decode_image(data, max_bytes=MB, max_pixels=100, max_frames=1)
+    assert caught.value.code == "image.unsupported_format"
+    assert decode_image(data, max_bytes=MB, max_pixels=100, max_frames=2).frames == 2
