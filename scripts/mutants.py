@@ -114,12 +114,16 @@ class _Sites(ast.NodeVisitor):
     def _scoped(self, node, name: str) -> None:
         self.scope.append(name)
         is_function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        self.function_depth += is_function
+        # Decorators and default values run when the def runs (at import), not when it is called.
+        outer = self.assigned
+        self.assigned = (name,) if is_function and not self.function_depth else outer
         for field in ("decorator_list", "bases", "keywords"):
             for child in getattr(node, field, []):
                 self.visit(child)
         if is_function:
             self.visit(node.args)
+        self.assigned = outer
+        self.function_depth += is_function
         body = node.body
         if body and _is_docstring(body[0]):
             body = body[1:]
@@ -237,7 +241,7 @@ def lines_naming(source: str, names: tuple[str, ...]) -> set[int]:
     """The lines inside functions that use any of `names` (a name, an attribute, a class body)."""
     lines: set[int] = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ClassDef) and node.name in names:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name in names:
             for inner in ast.walk(node):
                 if isinstance(inner, ast.FunctionDef | ast.AsyncFunctionDef):
                     lines.update(range(inner.lineno, (inner.end_lineno or inner.lineno) + 1))
