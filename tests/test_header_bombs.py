@@ -261,3 +261,48 @@ def test_gif_frames_are_counted_past_a_palette_that_looks_like_blocks():
         decode_image(data, max_bytes=MB, max_pixels=100, max_frames=1)
     assert caught.value.code == "image.unsupported_format"
     assert decode_image(data, max_bytes=MB, max_pixels=100, max_frames=2).frames == 2
+
+
+FRAME = b",\x00\x00\x00\x00\x01\x00\x01\x00\x00"  # an image descriptor: 1x1 at 0,0, no local table
+PIXEL = b"\x02\x02\x44\x01\x00"  # LZW minimum code size, one sub-block, terminator
+CONTROL = b"\x21\xf9\x04\x00\x00\x00\x00\x00"  # a graphic control extension
+COMMENT = b"\x21\xfe\x06,;,;,;\x00"  # a comment extension whose text looks like blocks
+
+
+def handmade_gif(flags: int, table: bytes, body: bytes) -> bytes:
+    return b"GIF89a" + struct.pack("<HH", 1, 1) + bytes([flags, 0, 0]) + table + body + b";"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        handmade_gif(0x80, b"\0" * 6, (CONTROL + FRAME + PIXEL) * 3),
+        handmade_gif(0x80, b"\0" * 6, (COMMENT + FRAME + PIXEL) * 2),
+        handmade_gif(0x81, b"\x3b" * 12, (FRAME + PIXEL) * 2),
+        handmade_gif(0x07, b"", (FRAME + PIXEL) * 2),
+        handmade_gif(0x80, b"\0" * 6, FRAME[:-1] + b"\x82" + b"\x2c" * 24 + PIXEL + FRAME + PIXEL),
+        handmade_gif(0x80, b"\0" * 6, FRAME + PIXEL) + FRAME + PIXEL,
+    ],
+    ids=[
+        "control-extensions",
+        "comments",
+        "sized-global-table",
+        "no-table-flag",
+        "local-table",
+        "after-trailer",
+    ],
+)
+def test_gif_frame_counts_agree_with_pillows(data):
+    with Image.open(io.BytesIO(data)) as opened:
+        expected = opened.n_frames
+    assert decode_image(data, max_bytes=MB, max_pixels=100, max_frames=50).frames == expected
+
+
+def test_a_gif_cut_inside_an_extension_is_corrupt_not_a_crash():
+    data = handmade_gif(0x80, b"\0" * 6, b"")[:-1] + b"\x21\xf9\x04\x00\x00\x00\x00"
+    assert code_of(data, max_pixels=100) == "image.corrupt"
+
+
+def test_a_gif_cut_right_after_its_first_frame_descriptor_is_judged_by_it(no_pillow_open):
+    data = handmade_gif(0x00, b"", b",\x00\x00\x00\x00" + struct.pack("<HHB", 60_000, 60_000, 0))
+    assert code_of(data[:-1], max_pixels=40_000_000) == "image.too_many_pixels"
