@@ -220,7 +220,7 @@ def test_the_frame_with_the_largest_area_counts_whatever_its_shape(small_jpeg, n
 
 
 def test_a_frame_after_other_segments_is_read(small_jpeg, no_pillow_open):
-    comment = jpeg_segment(0xFE, b"a comment")
+    comment = jpeg_segment(0xFE, b"a comment longer than 255 bytes " * 10)
     data = with_segments_after_soi(small_jpeg, comment, sof(0xC0, 60_000, 60_000))
     assert code_of(data, max_pixels=40_000_000) == "image.too_many_pixels"
 
@@ -239,11 +239,11 @@ def test_an_extended_webp_decodes_at_exactly_its_pixel_limit():
 
 @pytest.mark.parametrize("keep", [None, 25], ids=["whole", "cut-after-size"])
 def test_a_lossless_webp_bomb_is_refused_from_its_header(no_pillow_open, keep):
-    bits = (5000 - 1) | (3000 - 1) << 14  # width-1 and height-1, 14 bits each
+    bits = (5000 - 1) | (3001 - 1) << 14  # width-1 and height-1, 14 bits each
     payload = b"\x2f" + struct.pack("<I", bits) + b"\x00" * 16
     chunk = b"VP8L" + struct.pack("<I", len(payload)) + payload
     data = b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
-    assert code_of(data[:keep], max_pixels=5000 * 3000 - 1) == "image.too_many_pixels"
+    assert code_of(data[:keep], max_pixels=5000 * 3001 - 1) == "image.too_many_pixels"
 
 
 def test_a_gif_of_just_its_screen_descriptor_is_judged_by_that_size(no_pillow_open):
