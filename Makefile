@@ -41,7 +41,7 @@ lint: install
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run
 
-# Mutation testing (not part of CI): caught / missed / equivalent per module, about 20-30 min for
+# Mutation testing (not part of CI): caught / missed / equivalent per module, about 15 min for
 # the default four on two cores. MUTANTS_ARGS=-v prints every verdict.
 mutants: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/mutants.py $(MUTANTS_ARGS) $(MODULES)
