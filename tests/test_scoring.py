@@ -99,3 +99,18 @@ def test_the_default_set_answers_every_attribute_with_its_margin(config, astrona
         ordered = sorted(result["scores"].values(), reverse=True)
         assert result["label"] is not None and result["uncertain"] is False
         assert result["margin"] == pytest.approx(ordered[0] - ordered[1], abs=2e-4)
+
+
+def test_the_tester_page_shows_an_abstaining_attribute_as_uncertain(
+    config, tmp_path, astronaut_jpeg
+):
+    path = tmp_path / "abstaining.yaml"
+    path.write_text(ABSTAINING_YAML)
+    answer, client = analyze_once(config, astronaut_jpeg, path)
+    page = f"/app/images/{answer['image_id']}"
+    posted = client.post(page, data={"labels": ""})
+    assert posted.status_code == 303
+    text = client.get(posted.headers["Location"]).get_data(as_text=True)
+    # lighting abstains (no winner row, said so); image_quality still names its winner
+    assert text.count("attribute-uncertain") == 1 and "uncertain <b>(abstained)</b>" in text
+    assert text.count('<tr class="win">') == 1
