@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -151,6 +152,18 @@ def decode_image(
         ) from exc
     except (*_DECODER_ERRORS, Warning) as exc:
         raise _corrupt() from exc
+
+
+def decode_with_limits(data: bytes, config: Mapping[str, Any]) -> DecodedImage:
+    """:func:`decode_image` under the configured limits (MAX_UPLOAD_BYTES, MAX_IMAGE_PIXELS,
+    STORED_MAX_SIDE, MAX_IMAGE_FRAMES): what the service and `flask eval` both decode with."""
+    return decode_image(
+        data,
+        max_bytes=int(config["MAX_UPLOAD_BYTES"]),
+        max_pixels=int(config["MAX_IMAGE_PIXELS"]),
+        max_side=int(config["STORED_MAX_SIDE"]),
+        max_frames=int(config["MAX_IMAGE_FRAMES"]),
+    )
 
 
 def _normalise(

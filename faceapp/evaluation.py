@@ -190,13 +190,7 @@ def encode_samples(
 def _decode(path: str, config: Mapping[str, Any]) -> Image.Image:
     with open(path, "rb") as fh:
         data = fh.read(int(config["MAX_UPLOAD_BYTES"]) + 1)
-    return decoding.decode_image(
-        data,
-        max_bytes=int(config["MAX_UPLOAD_BYTES"]),
-        max_pixels=int(config["MAX_IMAGE_PIXELS"]),
-        max_side=int(config["STORED_MAX_SIDE"]),
-        max_frames=int(config["MAX_IMAGE_FRAMES"]),
-    ).image
+    return decoding.decode_with_limits(data, config).image
 
 
 # -- scoring and metrics ---------------------------------------------------------------------

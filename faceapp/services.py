@@ -51,13 +51,7 @@ def record_event(
 
 def _decode(data: bytes, source_kind: str, config: Mapping[str, Any]) -> decoding.DecodedImage:
     try:
-        return decoding.decode_image(
-            data,
-            max_bytes=int(config["MAX_UPLOAD_BYTES"]),
-            max_pixels=int(config["MAX_IMAGE_PIXELS"]),
-            max_side=int(config["STORED_MAX_SIDE"]),
-            max_frames=int(config["MAX_IMAGE_FRAMES"]),
-        )
+        return decoding.decode_with_limits(data, config)
     except FaceappError as exc:
         # For a URL, "not an image we decode" is the remote's fault: 422 url.not_image.
         if source_kind == "image_url" and exc.code in (
