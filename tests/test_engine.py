@@ -301,3 +301,19 @@ def _file(data: bytes):
     import io
 
     return io.BytesIO(data)
+
+
+def test_a_batch_below_one_and_an_empty_encode_are_refused(engine):
+    with pytest.raises(ValueError, match="at least 1"):
+        InferenceEngine(max_batch=0)
+    assert InferenceEngine(max_batch=1).max_batch == 1
+    with pytest.raises(ValueError, match="at least one item"):
+        engine.encode(Recorder(), [])
+
+
+def test_batches_counts_forward_passes_not_plain_calls(engine):
+    assert engine.batches == 0
+    engine.run(lambda: "loaded")
+    assert engine.batches == 0
+    engine.encode(Recorder(), [1, 2])
+    assert engine.batches == 1

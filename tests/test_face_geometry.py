@@ -110,3 +110,17 @@ def test_head_pose_is_independent_of_roll():
     pose = head_pose([turn(p) for p in level])
     assert pose["roll"] == pytest.approx(25.0, abs=0.1)
     assert pose["yaw"] == pytest.approx(head_pose(level)["yaw"], abs=0.1)
+
+
+def test_a_greyscale_image_and_a_zero_box_still_give_an_rgb_crop(ramp):
+    grey = ramp.convert("L")
+    crop = aligned_crop(grey, BOX, None)
+    assert crop.mode == "RGB" and crop.size == (90, 90)
+    assert crop.getpixel((45, 45)) == (grey.getpixel((120, 110)),) * 3
+    point = aligned_crop(ramp, {"x": 120, "y": 110, "width": 0, "height": 0}, None)
+    assert point.size == (1, 1)
+
+
+def test_eyes_on_one_point_give_no_yaw():
+    collapsed = [(100, 100), (100, 100), (110, 120), (85, 140), (115, 140)]
+    assert head_pose(collapsed) == {"roll": 0.0, "yaw": 0.0}
