@@ -254,6 +254,21 @@ def test_usage_counts_images_and_their_bytes_and_a_store_at_its_limit_fits(store
     assert store.usage()[0] == 2 and store.usage()[1] < size
 
 
+def test_filestore_usage_is_the_bytes_of_image_and_meta(tmp_path):
+    store = FileStore(str(tmp_path))
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {"n": 1})
+    assert store.usage() == (1, len(data) + len(b'{"n": 1}'))
+
+
+def test_concurrent_evictions_count_each_image_once(store):
+    now = time.time()
+    for n in range(20):
+        _put(store, n, created=now - 1000 + n, size=200)
+    store.max_bytes = 1  # everything must go
+    evicted = _run_threads(6, lambda i: store.evict())
+    assert sum(evicted) == 20 and store.usage() == (0, 0)
+
 def test_put_image_evicts_by_itself(make_store):
     store = make_store(max_bytes=1500, evict_interval=0)
     first = _put(store, 1, created=time.time() - 100, size=1000)
