@@ -269,6 +269,7 @@ def test_concurrent_evictions_count_each_image_once(store):
     evicted = _run_threads(6, lambda i: store.evict())
     assert sum(evicted) == 20 and store.usage() == (0, 0)
 
+
 def test_put_image_evicts_by_itself(make_store):
     store = make_store(max_bytes=1500, evict_interval=0)
     first = _put(store, 1, created=time.time() - 100, size=1000)
