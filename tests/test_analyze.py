@@ -293,3 +293,12 @@ def test_a_restarted_worker_reuses_the_label_embeddings_and_answers_alike(config
     cached = os.listdir(os.path.join(config["MODELS_DIR"], ".label-embeddings"))
     assert [name for name in cached if name.endswith(".safetensors")]
     assert answers[0] == answers[1]
+
+
+def test_the_analyzers_used_before_init_app_say_so():
+    from flask import Flask
+
+    from faceapp import analysis
+
+    with Flask(__name__).app_context(), pytest.raises(RuntimeError, match="init_app"):
+        analysis.attribute_set()
