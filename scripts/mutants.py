@@ -444,9 +444,16 @@ def preload() -> None:
             pass
 
 
+def module_path(name: str) -> Path:
+    """faceapp/<name>.py; a dotted name is a module inside a package (store.base), and a
+    package's own name is its __init__.py."""
+    base = ROOT / "faceapp" / name.replace(".", "/")
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
 def test_module(name: str, settings: dict, argued: dict[str, str], verbose: bool) -> dict:
     module = f"faceapp.{name}"
-    path = str(ROOT / "faceapp" / f"{name}.py")
+    path = str(module_path(name))
     source = Path(path).read_text(encoding="utf-8")
     files, extra = settings["tests"], settings.get("pytest_args", [])
     mutants = list_mutants(name, source)
@@ -515,7 +522,7 @@ def main() -> None:
         sys.exit(f"no tests configured for {', '.join(unknown)} in {CONFIG}")
     if options.list:
         for name in names:
-            source = (ROOT / "faceapp" / f"{name}.py").read_text(encoding="utf-8")
+            source = module_path(name).read_text(encoding="utf-8")
             for mutant in list_mutants(name, source):
                 print(f"{mutant.id}  line {mutant.line}: {mutant.change}")
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import shutil
 
 import pytest
@@ -277,3 +278,27 @@ def test_the_example_attribute_file_loads_with_its_own_templates():
         "a portrait of someone with ginger hair.",
     )
     assert example.digest != load_attribute_set().digest
+
+
+def test_a_restarted_worker_reuses_the_label_embeddings_and_answers_alike(config, astronaut_jpeg):
+    answers = []
+    for _ in range(2):  # the second app finds the first one's label embeddings on disk
+        client = create_app(config).test_client()
+        assert client.post("/api/setup", headers=ADMIN).status_code == 200
+        upload = {"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}
+        image_id = client.post("/api/validate", data=upload).get_json()["image_id"]
+        answer = analyze(client, image_id=image_id, wipe_cache=True)
+        assert answer.status_code == 200, answer.get_json()
+        answers.append(answer.get_json()["faces"][0]["attributes"])
+    cached = os.listdir(os.path.join(config["MODELS_DIR"], ".label-embeddings"))
+    assert [name for name in cached if name.endswith(".safetensors")]
+    assert answers[0] == answers[1]
+
+
+def test_the_analyzers_used_before_init_app_say_so():
+    from flask import Flask
+
+    from faceapp import analysis
+
+    with Flask(__name__).app_context(), pytest.raises(RuntimeError, match="init_app"):
+        analysis.attribute_set()

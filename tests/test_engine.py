@@ -6,8 +6,9 @@ import threading
 import time
 
 import pytest
+from flask import Flask
 
-from faceapp.engine import InferenceEngine
+from faceapp.engine import Engine, InferenceEngine
 from faceapp.errors import FaceappError
 from tests.conftest import ADMIN
 
@@ -104,6 +105,7 @@ def test_jobs_queued_while_a_batch_runs_form_the_next_batch(engine):
     sizes = [len(batch) for batch in encode.batches]
     # 1 alone, then 10 queued items split at max_batch=8 along job boundaries: 8 and 2.
     assert sizes == [1, 8, 2]
+    assert engine.batches == 3  # forward passes, alone or shared
     assert sorted(item for batch in encode.batches for item in batch) == sorted(
         ["first"] + [f"{p}{i}" for i in range(5) for p in "ab"]
     )
@@ -301,3 +303,49 @@ def _file(data: bytes):
     import io
 
     return io.BytesIO(data)
+
+
+def test_a_batch_below_one_and_an_empty_encode_are_refused(engine):
+    with pytest.raises(ValueError, match="at least 1"):
+        InferenceEngine(max_batch=0)
+    assert InferenceEngine(max_batch=1).max_batch == 1
+    with pytest.raises(ValueError, match="at least one item"):
+        engine.encode(Recorder(), [])
+
+
+def test_batches_counts_forward_passes_not_plain_calls(engine):
+    assert engine.batches == 0
+    engine.run(lambda: "loaded")
+    assert engine.batches == 0
+    engine.encode(Recorder(), [1, 2])
+    assert engine.batches == 1
+
+
+def test_stop_says_whether_the_thread_finished():
+    engine = InferenceEngine(timeout=10)
+    assert engine.run(lambda: engine.stop(1)) is False  # the thread cannot join itself
+    engine = InferenceEngine(timeout=10)
+    encode = Recorder()
+    blocker = _hold(engine, encode)
+    assert engine.stop(0.05) is False  # still inside a batch
+    encode.gate.set()
+    blocker.join(10)
+    assert engine.stop(5) is True
+
+
+def test_the_extension_gives_one_engine_per_process_and_stops_it():
+    bare = Flask(__name__)
+    bare.config.update(INFERENCE_MAX_BATCH=3, INFERENCE_TIMEOUT=5)
+    extension = Engine()
+    with pytest.raises(RuntimeError, match="init_app"):
+        extension.get(bare)
+    assert extension.stop(bare) is True  # nothing to stop
+    Engine(bare)  # the constructor sets the app up too
+    assert extension.stop(bare) is True  # set up, but no engine made yet
+    first = extension.get(bare)
+    assert first is extension.get(bare) and first.max_batch == 3
+    assert first.run(lambda: "ok") == "ok"
+    assert extension.stop(bare, timeout=5) is True
+    with pytest.raises(FaceappError) as refused:
+        first.run(lambda: "late")
+    assert refused.value.code == "model.not_ready"

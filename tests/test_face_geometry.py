@@ -110,3 +110,28 @@ def test_head_pose_is_independent_of_roll():
     pose = head_pose([turn(p) for p in level])
     assert pose["roll"] == pytest.approx(25.0, abs=0.1)
     assert pose["yaw"] == pytest.approx(head_pose(level)["yaw"], abs=0.1)
+
+
+def test_a_greyscale_image_and_a_zero_box_still_give_an_rgb_crop(ramp):
+    grey = ramp.convert("L")
+    crop = aligned_crop(grey, BOX, None)
+    assert crop.mode == "RGB" and crop.size == (90, 90)
+    assert crop.getpixel((45, 45)) == (grey.getpixel((120, 110)),) * 3
+    point = aligned_crop(ramp, {"x": 120, "y": 110, "width": 0, "height": 0}, None)
+    assert point.size == (1, 1)
+
+
+def test_eyes_on_one_point_give_no_yaw():
+    collapsed = [(100, 100), (100, 100), (110, 120), (85, 140), (115, 140)]
+    assert head_pose(collapsed) == {"roll": 0.0, "yaw": 0.0}
+
+
+def test_head_pose_is_scale_free_and_given_to_a_tenth_of_a_degree():
+    offset = 0.6 * 40 * math.tan(math.radians(20))
+    turned = [(80, 100), (120, 100), (100 + offset, 120), (85, 140), (115, 140)]
+    tiny = [(x / 100, y / 100) for x, y in turned]  # eyes 0.4 px apart: still a yaw
+    assert head_pose(tiny)["yaw"] == pytest.approx(20.0, abs=0.1)
+    tilted = [(80, 100), (120, 103), (100, 120), (85, 140), (115, 140)]
+    pose = head_pose(tilted)
+    assert pose["roll"] == round(math.degrees(math.atan2(3, 40)), 1) == 4.3
+    assert pose["yaw"] == round(pose["yaw"], 1) != 0.0

@@ -31,6 +31,23 @@ def test_answer_has_the_margin_and_abstains_below_the_threshold():
     assert withheld["scores"] == {"a": 0.2, "b": 0.5, "c": 0.3} and withheld["score"] == 0.5
 
 
+def test_a_single_label_answers_with_its_score_as_the_margin():
+    answer = scoring.answer([0.7], ["only"], abstain_below=0.75)
+    assert answer["margin"] == pytest.approx(0.7)
+    assert answer["label"] is None and answer["uncertain"] is True
+    assert scoring.answer([0.7], ["only"], abstain_below=0.65)["label"] == "only"
+
+
+def test_a_margin_equal_to_the_threshold_answers():
+    assert scoring.answer([0.75, 0.25], ["a", "b"], abstain_below=0.5)["label"] == "a"
+
+
+@pytest.mark.parametrize(("probs", "labels"), [([0.5, 0.5], ["a"]), ([], [])])
+def test_scores_must_match_the_labels(probs, labels):
+    with pytest.raises(ValueError, match=f"{len(probs)} scores for {len(labels)} labels"):
+        scoring.answer(probs, labels)
+
+
 def test_a_temperature_divides_the_log_odds():
     sims = torch.tensor([[0.30, 0.25, 0.10]])
     plain = scoring.probabilities(sims, 100.0)[0]

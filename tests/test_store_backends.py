@@ -105,7 +105,7 @@ def test_second_put_of_same_image_changes_nothing(store):
 def test_concurrent_puts_of_same_image_store_one(store):
     image_id, data = _image(1, size=100_000)
     stored = _run_threads(8, lambda i: store.put_image(image_id, data, {"thread": i}))
-    assert stored.count(True) == 1
+    assert stored.count(True) == 1 and stored.count(False) == 7  # each other put says False
     assert store.get_image(image_id) == data
     assert store.get_meta(image_id) == {"thread": stored.index(True)}
 
@@ -240,12 +240,51 @@ def test_evict_drops_oldest_until_size_fits(store):
     assert store.evict() == 0
 
 
+def test_usage_counts_images_and_their_bytes_and_a_store_at_its_limit_fits(store):
+    assert store.usage() == (0, 0)
+    now = time.time()
+    ids = [_put(store, n, created=now - 100 * (3 - n), size=500) for n in range(3)]
+    store.put_result(ids[0], "k", {"blob": "x" * 300})
+    count, size = store.usage()
+    assert count == 3 and size > 3 * (len(PNG) + 500) + 300
+    store.max_bytes = size  # exactly full is not over the limit
+    assert store.evict() == 0
+    store.max_bytes = size - 1
+    assert store.evict() == 1 and store.get_meta(ids[0]) is None
+    assert store.usage()[0] == 2 and store.usage()[1] < size
+
+
+def test_filestore_usage_is_the_bytes_of_image_and_meta(tmp_path):
+    store = FileStore(str(tmp_path))
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {"n": 1})
+    assert store.usage() == (1, len(data) + len(b'{"n": 1}'))
+
+
+def test_concurrent_evictions_count_each_image_once(store):
+    now = time.time()
+    for n in range(20):
+        _put(store, n, created=now - 1000 + n, size=200)
+    store.max_bytes = 1  # everything must go
+    evicted = _run_threads(6, lambda i: store.evict())
+    assert sum(evicted) == 20 and store.usage() == (0, 0)
+
+
 def test_put_image_evicts_by_itself(make_store):
     store = make_store(max_bytes=1500, evict_interval=0)
     first = _put(store, 1, created=time.time() - 100, size=1000)
     second = _put(store, 2, created=time.time(), size=1000)
     assert store.get_meta(first) is None
     assert store.get_image(second) is not None
+
+
+def test_put_image_evicts_at_most_once_per_interval(make_store):
+    store = make_store(max_bytes=1500, evict_interval=3600)
+    first = _put(store, 1, created=time.time() - 100, size=1000)  # this put's pass is the first
+    second = _put(store, 2, created=time.time(), size=1000)  # over the limit, but no pass is due
+    assert store.get_meta(first) is not None and store.get_meta(second) is not None
+    assert store.evict() == 1  # an explicit pass still runs
+    assert store.get_meta(first) is None
 
 
 def test_results_and_traces_count_towards_the_size_limit(store):
@@ -424,6 +463,9 @@ def test_filestore_sweeps_what_killed_writers_left_behind(tmp_path):
         os.utime(path, (two_hours_ago, two_hours_ago))
     FileStore(str(tmp_path))  # a worker (re)starting on the same folder
     assert sorted(os.listdir(store.scratch)) == [".new-in-progress"]
+    os.utime(fresh, (two_hours_ago, two_hours_ago))
+    assert store.sweep_scratch() == 1  # the count of leftovers removed
+    assert os.listdir(store.scratch) == []
 
 
 # -- parts, the format, outages ---------------------------------------------------------------

@@ -10,7 +10,8 @@ from flask import Flask
 from PIL import Image
 
 from faceapp import create_app
-from faceapp.store import store
+from faceapp.errors import FaceappError
+from faceapp.store import FileStore, ImageStore, store
 
 
 def png(colour: tuple[int, int, int]) -> bytes:
@@ -64,3 +65,21 @@ def test_the_store_used_before_init_app_says_so():
     bare = Flask(__name__)
     with bare.app_context(), pytest.raises(RuntimeError, match="init_app"):
         store.backend.get_meta("0" * 64)
+
+
+def test_the_guarded_backend_passes_errors_and_attributes_through(tmp_path):
+    """Only outages become 503 store.unavailable: the backend's own answers and a bug's
+    exception reach the caller unchanged, and its settings read as they are."""
+    bare = Flask(__name__)
+    bare.config.update(STORE_URL=str(tmp_path / "own"), STORE_MAX_BYTES=1234)
+    bare.config["STORE_MAX_AGE_SECONDS"] = 0
+    ImageStore(bare)  # the extension set up by its constructor
+    with bare.app_context():
+        backend = store.backend
+        assert isinstance(backend, FileStore)
+        assert backend.max_bytes == 1234
+        with pytest.raises(FaceappError) as raised:
+            backend.set_meta("0" * 64, {})
+        assert raised.value.code == "image_id.not_found"
+        with pytest.raises(ValueError, match="bad part name"):
+            backend.get_part("0" * 64, "../escape")
