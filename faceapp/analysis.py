@@ -198,6 +198,9 @@ class Analyzer:
         The missing labels go to the inference thread as one job, batched with other requests'.
         """
         with self._free_text_lock:
+            for label in labels:  # this request's hits become the most recent before any eviction
+                if label in self._free_text:
+                    self._free_text.move_to_end(label)
             missing = [label for label in dict.fromkeys(labels) if label not in self._free_text]
         if missing:
             encoded, _ = self.engine.encode(self.model.encode_texts, missing, _rows)
@@ -208,9 +211,6 @@ class Analyzer:
                     self._free_text.popitem(last=False)
         with self._free_text_lock:
             found = {label: self._free_text.get(label) for label in labels}
-            for label in labels:
-                if label in self._free_text:
-                    self._free_text.move_to_end(label)
         if any(row is None for row in found.values()):  # evicted by other requests meanwhile
             encoded, _ = self.engine.encode(self.model.encode_texts, list(labels), _rows)
             found = dict(zip(labels, encoded, strict=True))

@@ -302,3 +302,52 @@ def test_the_analyzers_used_before_init_app_say_so():
 
     with Flask(__name__).app_context(), pytest.raises(RuntimeError, match="init_app"):
         analysis.attribute_set()
+
+
+def test_label_embeddings_are_the_normalised_mean_of_each_labels_prompts(app, client):
+    """Each label's row is the unit mean of its own prompts' text embeddings, in label order."""
+    import torch
+
+    from faceapp import analysis
+
+    assert (
+        client.post("/api/setup", headers={"Authorization": "Bearer admin-key"}).status_code == 200
+    )
+    with app.app_context():
+        scorer = analysis.analyzer()
+        for name, attribute in scorer.attributes.attributes.items():
+            rows = scorer.label_embeddings[name]
+            assert rows.shape[0] == len(attribute.labels)
+            for index, prompts in enumerate(attribute.prompts):
+                alone = scorer.engine.run(lambda p=prompts: scorer.model.encode_texts(list(p)))
+                expected = torch.nn.functional.normalize(alone.mean(dim=0), dim=-1)
+                assert torch.allclose(rows[index], expected, atol=1e-5), (name, index)
+
+
+def test_free_text_labels_are_kept_in_a_bounded_recently_used_cache(app, client, monkeypatch):
+    import torch
+
+    from faceapp import analysis
+
+    monkeypatch.setattr(analysis, "FREE_TEXT_CACHE_SIZE", 2)
+    assert (
+        client.post("/api/setup", headers={"Authorization": "Bearer admin-key"}).status_code == 200
+    )
+    with app.app_context():
+        scorer = analysis.analyzer()
+        encoded: list[str] = []
+        real = scorer.model.encode_texts
+
+        def counting(texts):
+            encoded.extend(texts)
+            return real(texts)
+
+        monkeypatch.setattr(scorer.model, "encode_texts", counting)
+        first = scorer.free_text_rows(["a", "b"])
+        assert encoded == ["a", "b"]
+        scorer.free_text_rows(["b"])  # a hit: nothing encoded, "b" now the most recent
+        scorer.free_text_rows(["c"])  # evicts "a", the least recently used
+        assert encoded == ["a", "b", "c"]
+        again = scorer.free_text_rows(["b", "a"])  # "b" kept, "a" encoded again
+        assert encoded == ["a", "b", "c", "a"]
+        assert torch.allclose(again[0], first[1]) and torch.allclose(again[1], first[0])
