@@ -122,6 +122,10 @@ def init_rate_limits(app: Flask) -> Limiter:
         # Count unrouted /api paths (404, 405) too; Flask-Limiter skips requests without one.
         request_identifier=lambda: request.endpoint or "unrouted",
         headers_enabled=False,  # it would put Retry-After on every answer; 429s get their own
+        # The counts live in the store's Redis by default: while it is down, count in this
+        # worker's memory instead, and never turn a limiter error into a 500.
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
     )  # RATELIMIT_ENABLED (and Flask-Limiter's other RATELIMIT_* keys) it reads from app.config
     limiter.init_app(app)
     app.extensions[LIMITER_KEY] = limiter

@@ -178,8 +178,8 @@ STORE_ROUTES = [
 
 def test_every_route_answers_503_while_redis_is_down(config):
     down = f"redis://127.0.0.1:{free_port()}/0?socket_timeout=1"
-    # The rate limiter keeps its counts in the store's Redis by default: that is security.py's.
-    app = create_app({**config, "STORE_URL": down, "RATELIMIT_ENABLED": False})
+    # The rate limiter keeps its counts in the same Redis: it falls back to memory, never a 500.
+    app = create_app({**config, "STORE_URL": down, "RATELIMIT_ENABLED": True})
     client = app.test_client()
     for method, path, options in STORE_ROUTES:
         answer = getattr(client, method)(path, **options)
@@ -201,3 +201,13 @@ def test_readiness_covers_the_folder_store(client, app):
     os.unlink(images)
     os.mkdir(images)
     assert client.get("/api/ready").status_code == 200
+
+
+def test_rate_limits_still_count_while_their_redis_is_down(config):
+    down = f"redis://127.0.0.1:{free_port()}/0?socket_timeout=1"
+    app = create_app(
+        {**config, "STORE_URL": down, "RATELIMIT_ENABLED": True, "RATELIMIT": "3 per minute"}
+    )
+    client = app.test_client()
+    codes = [client.get("/api/images/" + "a" * 64).status_code for _ in range(4)]
+    assert codes == [503, 503, 503, 429]  # counted in this worker's memory meanwhile
