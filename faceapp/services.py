@@ -104,7 +104,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
 
     meta = store.current_meta(image_id)
     detector = faces.describe()
-    if meta is not None and not wipe_cache and faces.same_detector(meta, detector):
+    same_detector = meta is not None and faces.same_detector(meta, detector)
+    if same_detector and not wipe_cache:
         timings["total"] = (time.perf_counter() - started) * 1000
         record_event(
             image_id,
@@ -117,9 +118,9 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         )
         return meta
     history: list[dict] = []
-    if meta is not None and not wipe_cache:
+    if meta is not None and not same_detector:
         # Another detector finds other faces, so the stored face contexts must go too: the image
-        # is stored afresh below, and its trace carried over.
+        # is stored afresh below, and its trace carried over (wipe_cache or not).
         history = backend.events(image_id)
         backend.delete(image_id)
     elif meta is not None:  # wipe_cache: results go, the image is validated afresh, trace stays

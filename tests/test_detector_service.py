@@ -188,3 +188,21 @@ def test_max_faces_out_of_range_is_input_invalid(client, astronaut_jpeg, value):
     answer = client.post("/api/analyze", json={"image_id": image_id, "max_faces": value})
     assert answer.status_code == 400
     assert answer.get_json()["error"]["code"] == "input.invalid"
+
+
+def test_wipe_cache_under_a_new_detector_stores_the_image_afresh(
+    config, yunet_config, astronaut_jpeg
+):
+    """wipe_cache under another detector re-stores the image (its face contexts follow the new
+    faces), as a plain re-validation does, and the trace says why."""
+    haar_client = create_app(config).test_client()
+    first = upload(haar_client, astronaut_jpeg, details=1).get_json()
+    client = create_app(yunet_config).test_client()
+    answer = client.post(
+        "/api/validate?details=1",
+        data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"), "wipe_cache": "true"},
+    ).get_json()
+    assert answer["details"]["detector"]["name"] == "yunet"
+    events = client.get(f"/api/images/{first['image_id']}/trace").get_json()["events"]
+    assert [e["event"] for e in events] == ["validated", "wiped", "validated"]
+    assert events[1]["reason"] == "detector_changed"
