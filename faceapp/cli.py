@@ -12,6 +12,7 @@ from flask.cli import AppGroup, with_appcontext
 from faceapp import face_models, model_files
 
 FIT_FEW_IMAGES = 50  # below this many images per attribute, --fit says the fit is unreliable
+EVAL_TIMEOUT_S = 24 * 3600  # one `flask eval` on the inference thread (not a request's 60 s)
 
 models_cli = AppGroup("models", help="Manage the models folder (MODELS_DIR).")
 
@@ -169,17 +170,23 @@ def eval_command(
             f"{attribute_set.calibration_model}, not {model.version}",
             err=True,
         )
+    detector = faces.detector()  # needs the app context, which the inference thread has not
     try:
-        report = evaluation.evaluate(
-            data,
-            model=model,
-            attribute_set=attribute_set,
-            label_embeddings=embeddings,
-            detector=faces.detector(),
-            config=config,
-            against=other,
-            batch_size=batch_size,
-            progress=progress,
+        # The image batches run on the inference thread too, as in a worker: a second OS thread
+        # calling torch gets its own OpenMP team and runs the same forward pass slower.
+        report = inference.run(
+            lambda: evaluation.evaluate(
+                data,
+                model=model,
+                attribute_set=attribute_set,
+                label_embeddings=embeddings,
+                detector=detector,
+                config=config,
+                against=other,
+                batch_size=batch_size,
+                progress=progress,
+            ),
+            timeout=EVAL_TIMEOUT_S,
         )
     except evaluation.DatasetError as exc:
         raise click.ClickException(str(exc)) from None
