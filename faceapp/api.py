@@ -6,7 +6,7 @@ import os
 
 from flask import Blueprint, Response, request
 
-from faceapp import analysis, faces, openapi, services
+from faceapp import analysis, openapi, services
 from faceapp.access import admin_required, check_api_key
 from faceapp.errors import FaceappError
 from faceapp.face_models import models
@@ -92,7 +92,7 @@ def ready() -> Response:
     if model is None:  # never loads: a probe must answer at once
         raise FaceappError("model.not_ready", f"The model is not ready ({models.reason()}).")
     # The detector is in the answer: a Haar fallback (YuNet missing) is ready, but says so.
-    described = {**analysis.analyzer().describe(), "detector": faces.describe()}
+    described = services.describe_model(analysis.analyzer())
     return render({"ready": True, "model": described, "worker": {"pid": os.getpid()}})
 
 

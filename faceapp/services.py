@@ -230,13 +230,14 @@ def analyze(
             field="image_id",
         )
     scorer = analysis.analyzer()  # 503 model.not_ready before any work is done
+    model_info = describe_model(scorer)
     key = result_key(
         scorer.version,
         names,
         labels,
         include_embedding,
         force,
-        detector=faces.describe()["version"],
+        detector=model_info["detector"]["version"],
         max_faces=max_faces,
     )
     faces_doc = store.backend.get_result(image_id, key)
@@ -274,11 +275,17 @@ def analyze(
     )
     return {
         "image_id": image_id,
-        "model": {**scorer.describe(), "detector": faces.describe()},
+        "model": model_info,
         "faces": faces_doc,
         "cached": cached,
         "timings_ms": timings,
     }
+
+
+def describe_model(scorer: analysis.Analyzer) -> dict:
+    """The answers' ``model`` object: the CLIP weights and attribute set, and the face detector
+    (a Haar fallback standing in for YuNet says so there)."""
+    return {**scorer.describe(), "detector": faces.describe()}
 
 
 def result_key(
