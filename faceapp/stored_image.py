@@ -15,6 +15,7 @@ if the detector gave some) into its context and cuts the crop there.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from faceapp.face_geometry import FILL
 from faceapp.store.base import STORE_FORMAT
+from faceapp.validation import bounded_copy
 
 CONTEXT_FACTOR = 2.2
 CONTEXT_MAX_SIDE = 512
@@ -39,9 +41,8 @@ def build_parts(image: Image.Image, faces: Sequence[Mapping[str, Any]]) -> tuple
         name = f"face-{index}.jpg"
         parts[name] = _jpeg(context)
         contexts.append({"part": name, **placement})
-    preview = image.copy()
-    # reducing_gap: Pillow first shrinks by whole factors (cheap box filter), then resamples.
-    preview.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.BICUBIC, 2.0)
+    # A whole-factor box reduction: cheap (no resampling filter) and free of aliasing.
+    preview = bounded_copy(image, PREVIEW_MAX_SIDE)
     parts[PREVIEW_PART] = _jpeg(preview)
     stored = {
         "format": STORE_FORMAT,
@@ -56,19 +57,29 @@ def cut_context(image: Image.Image, box: Mapping[str, float]) -> tuple[Image.Ima
     side = max(1, round(max(box["width"], box["height"]) * CONTEXT_FACTOR))
     left = round(box["x"] + box["width"] / 2 - side / 2)
     top = round(box["y"] + box["height"] / 2 - side / 2)
+    scale = min(1.0, CONTEXT_MAX_SIDE / side)
+    out = max(1, round(side * scale))
     # Beyond the image's edges the context is the aligned crop's own fill, so a face at the
-    # border is cropped from a context exactly as it would be from the whole image.
-    context = Image.new("RGB", (side, side), FILL)
-    right, bottom = min(left + side, image.width), min(top + side, image.height)
-    inside = (max(left, 0), max(top, 0), right, bottom)
-    if inside[0] < inside[2] and inside[1] < inside[3]:
-        context.paste(image.crop(inside), (inside[0] - left, inside[1] - top))
-    scale = 1.0
-    if side > CONTEXT_MAX_SIDE:
-        context = context.resize(
-            (CONTEXT_MAX_SIDE, CONTEXT_MAX_SIDE), Image.Resampling.BICUBIC, reducing_gap=2.0
+    # border is cropped from a context exactly as it would be from the whole image. Only the
+    # image's own part of the square is resampled (never a padded full-size canvas), into the
+    # whole context pixels it covers.
+    context = Image.new("RGB", (out, out), FILL)
+    x0, y0 = math.ceil(max(0, -left) * scale), math.ceil(max(0, -top) * scale)
+    x1 = min(out, math.floor((image.width - left) * scale))
+    y1 = min(out, math.floor((image.height - top) * scale))
+    if x0 < x1 and y0 < y1:
+        source = (
+            left + x0 / scale,
+            top + y0 / scale,
+            min(image.width, left + x1 / scale),
+            min(image.height, top + y1 / scale),
         )
-        scale = CONTEXT_MAX_SIDE / side
+        if scale == 1.0:
+            part = image.crop(tuple(round(value) for value in source))
+        else:
+            # reducing_gap: a box reduction by a whole factor first, then the bicubic filter.
+            part = image.resize((x1 - x0, y1 - y0), Image.Resampling.BICUBIC, source, 2.0)
+        context.paste(part, (x0, y0))
     return context, {"left": left, "top": top, "scale": scale}
 
 

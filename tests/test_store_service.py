@@ -145,7 +145,9 @@ def test_forced_whole_image_analysis_reads_the_preview(client, app):
     with app.app_context():
         meta = store.backend.get_meta(image_id)
     assert meta["stored"]["faces"] == []
-    assert (meta["stored"]["preview"]["width"], meta["stored"]["preview"]["height"]) == (1024, 512)
+    # Decoded at 2000x1000 (STORED_MAX_SIDE), then halved: the largest whole-factor reduction
+    # within PREVIEW_MAX_SIDE, aspect kept.
+    assert (meta["stored"]["preview"]["width"], meta["stored"]["preview"]["height"]) == (1000, 500)
     answer = client.post("/api/analyze", json={"image_id": image_id, "force": True})
     assert answer.status_code == 200, answer.get_json()
     [face] = answer.get_json()["faces"]
