@@ -12,8 +12,9 @@ workers = int(os.environ.get("WORKERS", "2"))
 worker_class = os.environ.get("WORKER_CLASS", "faceapp.gunicorn_worker.HeaderDeadlineWorker")
 threads = int(os.environ.get("THREADS", "8"))
 worker_connections = 1000  # gthread's cap on open connections per worker (idle keep-alives too)
-# The app (and torch) is imported in each worker after fork: loading torch in the master
-# hangs workers (gunicorn #2478, pytorch #49555) and breaks CUDA.
+# The app is created, and the model loaded, in each worker after fork: a model used in the
+# master hangs workers (gunicorn #2478, pytorch #49555) and breaks CUDA. The master only imports
+# the libraries (on_starting below), which runs no torch operation.
 preload_app = False
 timeout = 120
 graceful_timeout = 30  # SIGTERM: in-flight requests get this long to finish
@@ -48,11 +49,20 @@ _metrics_dir = None
 
 
 def on_starting(server):
-    """Give the workers an empty PROMETHEUS_MULTIPROC_DIR (a temporary one unless it is set)."""
+    """Give the workers an empty PROMETHEUS_MULTIPROC_DIR (a temporary one unless it is set),
+    and import the libraries they share (PRELOAD_LIBRARIES=0 leaves that to each worker)."""
     global _metrics_dir
     from faceapp.metrics import prepare_multiprocess_dir
 
     _metrics_dir = prepare_multiprocess_dir()
+    if os.environ.get("PRELOAD_LIBRARIES", "1").strip().lower() not in ("0", "false", "no", "off"):
+        # torch and transformers take seconds to import: once here, not in every worker.
+        from faceapp.face_models import import_libraries
+
+        seconds, failed = import_libraries()
+        server.log.info("imported torch, transformers and faceapp in %.1f s", seconds)
+        if failed:
+            server.log.warning("could not import %s: the workers will say why", ", ".join(failed))
 
 
 def child_exit(server, worker):

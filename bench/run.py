@@ -45,6 +45,7 @@ SECTIONS = (
     "http_clients_32",
     "http_memory",
     "http_start",
+    "http_worker_start",
 )
 
 

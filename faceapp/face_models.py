@@ -303,6 +303,41 @@ def _pooled(output: Any):
     return getattr(output, "pooler_output", output)
 
 
+#: What every worker imports before it can load a model: seconds of CPU each time (torch,
+#: transformers' CLIP classes and the rest of faceapp). :func:`import_libraries` imports them once
+#: in gunicorn's master, so that a worker forked from it (at start, after a crash, when recycled)
+#: only creates the app and loads the weights.
+PRELOADED_MODULES = (
+    "torch",
+    "transformers.models.clip.modeling_clip",
+    "transformers.models.clip.processing_clip",
+    "transformers.models.clip.image_processing_clip",
+    "transformers.models.clip.tokenization_clip",
+    "faceapp.api",
+    "faceapp.tester",
+    "faceapp.cli",
+)
+
+
+def import_libraries(modules: Sequence[str] = PRELOADED_MODULES) -> tuple[float, list[str]]:
+    """Import `modules` (no torch operation runs); returns the seconds taken and what failed.
+
+    Fork-safe: what breaks torch in forked workers (gunicorn #2478, pytorch #49555) is a thread
+    pool started by a torch operation in the parent, and importing runs none. A module that does
+    not import here (an optional one not installed) is left for the worker to report.
+    """
+    import importlib
+
+    started = time.perf_counter()
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            failed.append(name)
+    return time.perf_counter() - started, failed
+
+
 def load_clip(config: Mapping[str, Any]) -> LoadedModel:
     """Load MODEL_NAME on DEVICE in DTYPE (raises RuntimeError with the reason and the fix)."""
     import torch

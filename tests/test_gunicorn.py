@@ -235,3 +235,47 @@ def test_sigterm_drains_the_inference_queue(tmp_path, tiny_model_dir, astronaut_
         assert answer.json()["faces"][0]["attributes"]
     with open(log_path, encoding="utf-8") as fh:
         assert "Traceback" not in fh.read()
+
+
+def _maps_torch(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as fh:
+        return "libtorch_cpu" in fh.read()
+
+
+@pytest.mark.parametrize("preload", ["1", "0"])
+def test_master_imports_torch_once_and_forked_workers_still_run_it(
+    tmp_path, tiny_model_dir, astronaut_jpeg, preload
+):
+    """The master imports torch and transformers (PRELOAD_LIBRARIES, on by default) but runs no
+    torch operation, so a worker it forks later (here: after one is killed) runs the model on
+    two threads without hanging (gunicorn #2478). PRELOAD_LIBRARIES=0 leaves torch to workers."""
+    import os
+
+    env = {
+        **_one_worker_env(tmp_path, tiny_model_dir),
+        "FACEAPP_TORCH_THREADS": "2",
+        "PRELOAD_LIBRARIES": preload,
+    }
+    log_path = tmp_path / "g.log"
+    with gunicorn(env, workers=1, log_path=str(log_path)) as (base, process):
+        assert _maps_torch(process.pid) is (preload == "1")
+        image_id = requests.post(
+            base + "/api/validate", files={"file": ("a.jpg", astronaut_jpeg)}, timeout=30
+        ).json()["image_id"]
+        first = requests.post(base + "/api/analyze", json={"image_id": image_id}, timeout=60)
+        assert first.status_code == 200, first.text
+        (worker,) = _worker_pids(process.pid)
+        os.kill(worker, signal.SIGKILL)
+
+        def replaced() -> bool:
+            pids = _worker_pids(process.pid)
+            return bool(pids) and pids != [worker]
+
+        wait_until(replaced, 30, "a replacement worker")
+        again = requests.post(
+            base + "/api/analyze", json={"image_id": image_id, "wipe_cache": True}, timeout=60
+        )
+        assert again.status_code == 200, again.text
+        assert again.json()["faces"] == first.json()["faces"]
+    imported = "imported torch, transformers and faceapp" in log_path.read_text()
+    assert imported is (preload == "1")
