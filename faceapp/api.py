@@ -70,7 +70,7 @@ def setup() -> Response:
     return render(
         {
             "ready": True,
-            "model": analysis.analyzer().describe(),
+            "model": services.describe_model(analysis.analyzer()),
             "load_ms": model.load_ms,
             "warmup_ms": model.warmup_ms,
             "worker": {"pid": os.getpid()},
