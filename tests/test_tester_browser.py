@@ -16,6 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.conftest import YUNET_FIXTURE
 from tests.servers import ROOT, gunicorn, wait_until
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,8 @@ def served(tmp_path_factory, tiny_model_dir, artifacts):
         "FACEAPP_MODEL_AUTO_PULL": "false",
         "FACEAPP_TESTER_ENABLED": "true",
     }
+    if os.path.isfile(YUNET_FIXTURE):  # the detector users get; without it, the Haar fallback
+        env["FACEAPP_DETECTOR_MODEL"] = YUNET_FIXTURE
     with gunicorn(env, workers=2, log_path=str(artifacts / "gunicorn.log")) as (base, _):
         streak = []
 
