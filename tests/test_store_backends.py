@@ -557,3 +557,16 @@ def test_outage_errors_are_told_apart_from_bugs(tmp_path):
         assert down.is_outage(caught.value) and not down.is_outage(KeyError("x"))
     finally:
         down.close()
+
+
+def test_filestore_recent_reads_only_the_newest_metadata(tmp_path, monkeypatch):
+    """The tester's recent list scans the store on every page load: a stat per image, and only
+    the newest `limit` metadata files read (a store of thousands stays cheap)."""
+    store = FileStore(str(tmp_path))
+    now = time.time()
+    ids = [_put(store, n, created=now - 10 * n) for n in range(30)]
+    read = []
+    real = store.get_meta
+    monkeypatch.setattr(store, "get_meta", lambda image_id: read.append(image_id) or real(image_id))
+    assert [m["image_id"] for m in store.recent(3)] == ids[:3]
+    assert sorted(read) == sorted(ids[:3])
