@@ -324,7 +324,7 @@ def import_libraries(modules: Sequence[str] = PRELOADED_MODULES) -> tuple[float,
 
     Fork-safe: what breaks torch in forked workers (gunicorn #2478, pytorch #49555) is a thread
     pool started by a torch operation in the parent, and importing runs none. A module that does
-    not import here (an optional one not installed) is left for the worker to report.
+    not import here is left to the worker, which imports it again and reports what is wrong.
     """
     import importlib
 
@@ -333,7 +333,7 @@ def import_libraries(modules: Sequence[str] = PRELOADED_MODULES) -> tuple[float,
     for name in modules:
         try:
             importlib.import_module(name)
-        except ImportError:
+        except Exception:  # noqa: BLE001 - the worker imports it again and says what is wrong
             failed.append(name)
     return time.perf_counter() - started, failed
 

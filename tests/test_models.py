@@ -169,3 +169,17 @@ def test_setup_is_an_admin_operation(config):
     assert client.post("/api/setup").status_code == 401
     assert client.post("/api/setup", headers={"X-API-Key": "wrong"}).status_code == 401
     assert client.get("/api/setup").status_code == 405
+
+
+def test_import_libraries_imports_what_it_can_and_names_the_rest():
+    """gunicorn's master imports the workers' libraries with this: a module that fails to import
+    is named, never fatal to the master (the worker tries again and says why)."""
+    import sys
+
+    from faceapp.face_models import PRELOADED_MODULES, import_libraries
+
+    seconds, failed = import_libraries(("json", "faceapp_no_such_module", "faceapp.api"))
+    assert failed == ["faceapp_no_such_module"] and seconds >= 0
+    assert "faceapp.api" in sys.modules
+    assert "torch" in PRELOADED_MODULES
+    assert import_libraries(PRELOADED_MODULES)[1] == []  # everything a worker needs is there
