@@ -151,11 +151,9 @@ class Analyzer:
         from safetensors import SafetensorError
         from safetensors.torch import load_file, save_file
 
-        path = (
-            os.path.join(cache_dir, f"{self.model.version}-{self.attributes.digest}.safetensors")
-            if cache_dir
-            else None
-        )
+        # Keyed on the prompts only: recalibrating a temperature keeps the embeddings.
+        name = f"{self.model.version}-{self.attributes.prompts_digest()}.safetensors"
+        path = os.path.join(cache_dir, name) if cache_dir else None
         if path and os.path.isfile(path):
             try:
                 cached = load_file(path)

@@ -151,6 +151,15 @@ class AttributeSet:
     def names(self) -> list[str]:
         return list(self.attributes)
 
+    def prompts_digest(self) -> str:
+        """A digest of the labels and their prompts only: what the label embeddings depend on.
+
+        A new temperature or abstain threshold changes `digest` (and so cached answers) but not
+        this, so the embeddings computed for the prompts are kept. Without either setting it is
+        `digest` itself.
+        """
+        return _digest(_prompts_of(self.attributes))
+
     def to_dict(self) -> dict:
         return {
             "prompt_version": self.prompt_version,
@@ -208,7 +217,7 @@ def load_attribute_set(path: str | None = None) -> AttributeSet:
             float(temperatures.get(name, 1.0)),
             spec["abstain_below"],
         )
-    canonical: dict[str, Any] = {n: [a.labels, a.prompts] for n, a in attributes.items()}
+    canonical = _prompts_of(attributes)
     scoring = {
         n: [a.temperature, a.abstain_below]
         for n, a in attributes.items()
@@ -216,14 +225,21 @@ def load_attribute_set(path: str | None = None) -> AttributeSet:
     }
     if scoring:  # a set without either keeps the digest it had before they existed
         canonical["scoring"] = scoring
-    digest = hashlib.sha256(json.dumps(canonical).encode()).hexdigest()[:12]
     return AttributeSet(
         attributes,
-        digest,
+        _digest(canonical),
         os.path.abspath(path),
         data["version"],
         (data["calibration"] or {}).get("model"),
     )
+
+
+def _prompts_of(attributes: dict[str, Attribute]) -> dict[str, Any]:
+    return {name: [a.labels, a.prompts] for name, a in attributes.items()}
+
+
+def _digest(canonical: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()[:12]
 
 
 def write_calibration(

@@ -304,6 +304,42 @@ def test_the_analyzers_used_before_init_app_say_so():
         analysis.attribute_set()
 
 
+def test_new_temperatures_keep_the_label_embeddings_but_not_the_answers(config, tmp_path):
+    """The label-embedding cache is keyed on the prompts: recalibrating (`flask eval --fit`)
+    changes the attribute set's version, not the embeddings, so no worker re-encodes them."""
+    import shutil
+
+    from faceapp.attributes import DEFAULT_FILE, write_calibration
+
+    path = tmp_path / "attributes.yaml"
+    shutil.copy(DEFAULT_FILE, path)
+    before = load_attribute_set(str(path))
+    first = create_app({**config, "ATTRIBUTES_FILE": str(path)}).test_client()
+    assert first.post("/api/setup", headers=ADMIN).status_code == 200
+    cache = os.path.join(config["MODELS_DIR"], ".label-embeddings")
+    files = sorted(os.listdir(cache))
+
+    write_calibration(str(path), {"lighting": 2.0}, model="m", fitted_on="d", images=9)
+    after = load_attribute_set(str(path))
+    assert after.digest != before.digest and after.prompts_digest() == before.prompts_digest()
+    app = create_app({**config, "ATTRIBUTES_FILE": str(path)})
+    with app.app_context():
+        from faceapp.face_models import models
+
+        model = models.load()
+        calls = model.text_encoder_calls
+        from faceapp import analysis
+
+        scorer = analysis.analyzer()
+        assert model.text_encoder_calls == calls  # nothing encoded: the cached rows were read
+        assert scorer.describe()["attributes_version"] == after.digest
+    assert sorted(os.listdir(cache)) == files  # the same file, nothing added
+
+    path.write_text(path.read_text().replace("a happy, smiling face", "a joyful face"))
+    changed = load_attribute_set(str(path))
+    assert changed.prompts_digest() != before.prompts_digest()
+
+
 def test_label_embeddings_are_the_normalised_mean_of_each_labels_prompts(app, client):
     """Each label's row is the unit mean of its own prompts' text embeddings, in label order."""
     import torch
