@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "mutants" / "config.toml"
 EQUIVALENT = ROOT / "mutants" / "equivalent.txt"
 MODEL_FIXTURE = "tiny_model_dir"  # tests/conftest.py's session-wide random CLIP
-CHILD_LOG = os.path.join(tempfile.gettempdir(), f"faceapp-mutants-{os.getuid()}.log")  # last run
+# The children's output (the last test run); per run, as two runs may go on side by side.
+CHILD_LOG = os.path.join(tempfile.gettempdir(), f"faceapp-mutants-{os.getuid()}-{os.getpid()}.log")
 FLIPPED = {
     ast.Lt: ast.LtE,
     ast.LtE: ast.Lt,
@@ -529,6 +530,7 @@ def main() -> None:
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
     preload()
+    print(f"the tests' output goes to {CHILD_LOG}", flush=True)
     argued = load_equivalent()
     started = time.monotonic()
     rows = []
