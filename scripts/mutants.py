@@ -538,7 +538,7 @@ def main() -> None:
         module_started = time.monotonic()
         tally = test_module(name, config[name], argued, options.verbose)
         rows.append((name, tally, time.monotonic() - module_started))
-    print(f"\n{'module':12} {'caught':>7} {'missed':>7} {'equiv':>6} {'score':>6} {'time':>6}")
+    print(f"\n{'module':20} {'caught':>7} {'missed':>7} {'equiv':>6} {'score':>6} {'time':>6}")
     total = defaultdict(int)
     for name, tally, seconds in rows:
         for key, value in tally.items():
@@ -551,7 +551,7 @@ def _row(name: str, tally: dict, seconds: float) -> str:
     real = tally["caught"] + tally["missed"]
     score = f"{100 * tally['caught'] / real:.0f}%" if real else "-"
     return (
-        f"{name:12} {tally['caught']:7} {tally['missed']:7} {tally['equivalent']:6} {score:>6}"
+        f"{name:20} {tally['caught']:7} {tally['missed']:7} {tally['equivalent']:6} {score:>6}"
         f" {seconds / 60:5.1f}m"
     )
 
