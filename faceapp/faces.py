@@ -138,7 +138,10 @@ class HaarFaceDetector:
         self._cascades.get()  # fail at start-up, not on the first request
 
     def _load_cascade(self) -> cv2.CascadeClassifier:
-        cascade = cv2.CascadeClassifier(self.cascade_path)
+        try:
+            cascade = cv2.CascadeClassifier(self.cascade_path)
+        except (cv2.error, SystemError) as exc:  # a malformed file: cv2.error, as a SystemError
+            raise ValueError(f"Haar cascade file {self.cascade_path!r} is not a cascade.") from exc
         if cascade.empty():
             raise ValueError(f"Haar cascade file {self.cascade_path!r} could not be loaded.")
         return cascade

@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "mutants" / "config.toml"
 EQUIVALENT = ROOT / "mutants" / "equivalent.txt"
 MODEL_FIXTURE = "tiny_model_dir"  # tests/conftest.py's session-wide random CLIP
-CHILD_LOG = os.path.join(tempfile.gettempdir(), f"faceapp-mutants-{os.getuid()}.log")  # last run
+# The children's output (the last test run); per run, as two runs may go on side by side.
+CHILD_LOG = os.path.join(tempfile.gettempdir(), f"faceapp-mutants-{os.getuid()}-{os.getpid()}.log")
 FLIPPED = {
     ast.Lt: ast.LtE,
     ast.LtE: ast.Lt,
@@ -529,6 +530,7 @@ def main() -> None:
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
     preload()
+    print(f"the tests' output goes to {CHILD_LOG}", flush=True)
     argued = load_equivalent()
     started = time.monotonic()
     rows = []
@@ -536,7 +538,7 @@ def main() -> None:
         module_started = time.monotonic()
         tally = test_module(name, config[name], argued, options.verbose)
         rows.append((name, tally, time.monotonic() - module_started))
-    print(f"\n{'module':12} {'caught':>7} {'missed':>7} {'equiv':>6} {'score':>6} {'time':>6}")
+    print(f"\n{'module':20} {'caught':>7} {'missed':>7} {'equiv':>6} {'score':>6} {'time':>6}")
     total = defaultdict(int)
     for name, tally, seconds in rows:
         for key, value in tally.items():
@@ -549,7 +551,7 @@ def _row(name: str, tally: dict, seconds: float) -> str:
     real = tally["caught"] + tally["missed"]
     score = f"{100 * tally['caught'] / real:.0f}%" if real else "-"
     return (
-        f"{name:12} {tally['caught']:7} {tally['missed']:7} {tally['equivalent']:6} {score:>6}"
+        f"{name:20} {tally['caught']:7} {tally['missed']:7} {tally['equivalent']:6} {score:>6}"
         f" {seconds / 60:5.1f}m"
     )
 

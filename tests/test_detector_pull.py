@@ -133,3 +133,14 @@ def test_a_failed_auto_pull_falls_back_to_haar_with_the_reason(config, httpserve
     assert info["name"] == "haar"
     assert "HTTP 404" in info["fallback"]["reason"]
     assert "flask --app wsgi models pull yunet" in info["fallback"]["reason"]
+
+
+def test_auto_pull_fetches_a_missing_detector_once_and_quietly(config, served, httpserver, capfd):
+    url, sha = served
+    config.update(DETECTOR="yunet", DETECTOR_URL=url, DETECTOR_SHA256=sha, MODEL_AUTO_PULL=True)
+    for _ in range(2):  # a second start finds the file in the models folder
+        with create_app(config).app_context():
+            assert faces.describe()["name"] == "yunet"
+    assert len(httpserver.log) == 1
+    # A worker pulls in the background: no progress bar in the server's log.
+    assert "B/s" not in capfd.readouterr().err

@@ -9,6 +9,7 @@ computable by hand; the tiny random CLIP runs the same thing end to end through 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -19,7 +20,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from faceapp import create_app, evaluation
+from faceapp import create_app, evaluation, scoring
 from faceapp.attributes import DEFAULT_FILE, load_attribute_set
 from faceapp.faces import HaarFaceDetector
 from tests.conftest import jpeg_bytes
@@ -103,12 +104,14 @@ class StubModel:
 
     def __init__(self) -> None:
         self.encoded = 0
+        self.batches: list[int] = []
 
     def describe(self) -> dict:
         return {"name": "stub", "version": self.version, "device": "cpu", "dtype": "float32"}
 
     def encode_images(self, images):
         self.encoded += len(images)
+        self.batches.append(len(images))
         rows = []
         for image in images:
             grey = np.asarray(image.convert("L"), dtype=float)
@@ -152,21 +155,28 @@ def test_metrics_from_the_stub_are_the_hand_computed_ones(labelled, attribute_fi
     assert lighting.recall == {"good": 1.0, "dim": 0.5}
     # Bins [0.8, 0.9): 3 right at 0.88; [0.7, 0.8): 1 right at 0.72; [0.6, 0.7): 1 wrong at 0.64.
     assert lighting.ece == pytest.approx(3 / 5 * 0.12 + 1 / 5 * 0.28 + 1 / 5 * 0.64)
-    # Margins 0.76 (x3), 0.44, 0.28 (the wrong one).
-    coverage = {p["abstain_below"]: p for p in lighting.coverage}
-    assert coverage[0.0] == {"abstain_below": 0.0, "coverage": 1.0, "accuracy": pytest.approx(0.8)}
-    assert coverage[0.3]["coverage"] == pytest.approx(4 / 5) and coverage[0.3]["accuracy"] == 1
-    assert coverage[0.5]["coverage"] == pytest.approx(3 / 5) and coverage[0.5]["accuracy"] == 1
-    assert coverage[0.8] == {"abstain_below": 0.8, "coverage": 0.0, "accuracy": None}
+    assert [b["count"] for b in lighting.reliability] == [0, 0, 0, 0, 0, 0, 1, 1, 3, 0]
+    # Margins 0.76 (x3), 0.44, 0.28 (the wrong one), at every threshold from 0 to 0.9.
+    everyone, confident, sure = (1.0, pytest.approx(0.8)), (pytest.approx(0.8), 1.0), (0.6, 1.0)
+    expected = {0.0: everyone, 0.05: everyone, 0.1: everyone, 0.15: everyone, 0.2: everyone}
+    expected.update({0.3: confident, 0.4: confident, 0.5: sure, 0.6: sure, 0.7: sure})
+    expected.update({0.8: (0.0, None), 0.9: (0.0, None)})
+    assert [
+        {"abstain_below": t, "coverage": pytest.approx(c), "accuracy": a}
+        for t, (c, a) in expected.items()
+    ] == lighting.coverage
 
     quality = report.result.attributes["image_quality"]
     # sharp: sideways (EXIF-rotated) and small at 0.9; blurry: blur-1.5 at 0.57, blur-5 at 0.95.
     assert quality.confusion == [[2, 0], [0, 2]]
     assert quality.accuracy == 1.0 and quality.balanced_accuracy == 1.0
     assert quality.ece == pytest.approx(2 / 4 * 0.1 + 1 / 4 * 0.43 + 1 / 4 * 0.05)
+    top = quality.reliability[-1]  # the bin [0.9, 1.0] holds blur-5's 0.95
+    assert top["low"] == 0.9 and top["high"] == 1.0 and top["count"] >= 1
+    assert top["confidence"] >= 0.9
 
     assert report.images == 12  # 9 faces, coffee, broken.jpg and notes.txt
-    assert model.encoded == 9
+    assert model.encoded == 9 and model.batches == [3, 3, 3]  # never more than --batch-size
     assert report.no_face == ["lighting/good/coffee.jpg"]
     reasons = {item["path"]: item["reason"] for item in report.skipped}
     assert set(reasons) == {
@@ -210,7 +220,7 @@ def test_a_csv_manifest_gives_the_same_figures(labelled, attribute_file, tmp_pat
     for name, result in from_folder.result.attributes.items():
         assert from_csv.result.attributes[name].to_json() == result.to_json()
     reasons = {item["path"]: item["reason"] for item in from_csv.skipped}
-    assert "unreadable file" in reasons["missing.jpg"]
+    assert reasons["missing.jpg"] == "unreadable file (No such file or directory)"
     assert reasons[f"manifest.csv:{len(rows) + 3}"] == "incomplete row"  # after header, missing
 
 
@@ -219,6 +229,11 @@ def test_a_manifest_without_its_columns_is_a_clear_error(tmp_path):
     manifest.write_text("file,label\na.jpg,x\n")
     with pytest.raises(evaluation.DatasetError, match="missing: attribute, path"):
         evaluation.read_dataset(str(manifest))
+    manifest.write_bytes(b"path,attribute,label\n\xff\xfe\x00photo.jpg,a,b\n")  # not UTF-8
+    with pytest.raises(evaluation.DatasetError, match="not a CSV manifest"):
+        evaluation.read_dataset(str(manifest))
+    with pytest.raises(evaluation.DatasetError, match="neither a folder nor a CSV"):
+        evaluation.read_dataset(str(tmp_path / "nowhere"))
 
 
 def test_against_scores_both_sets_on_crops_encoded_once(labelled, attribute_file, tmp_path):
@@ -270,14 +285,43 @@ def test_the_fitted_temperature_lowers_ece_on_overconfident_answers():
     assert evaluation.nll(logits, truth, temperature) < evaluation.nll(logits, truth, 1.0)
 
 
-def test_the_fit_finds_the_temperature_the_labels_were_drawn_with():
+@pytest.mark.parametrize("drawn_with", [2.5, 0.5])  # overconfident, and underconfident logits
+def test_the_fit_finds_the_temperature_the_labels_were_drawn_with(drawn_with):
     rng = np.random.default_rng(1)
     logits = rng.normal(0, 3, (4000, 4))
-    z = logits / 2.5
+    z = logits / drawn_with
     probs = np.exp(z - z.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     truth = np.array([rng.choice(4, p=row) for row in probs])
-    assert evaluation.fit_temperature(logits, truth) == pytest.approx(2.5, rel=0.1)
+    assert evaluation.fit_temperature(logits, truth) == pytest.approx(drawn_with, rel=0.1)
+
+
+@pytest.mark.parametrize("labels", [1, 2, 3, 5])
+def test_margins_are_the_services_margins(labels):
+    probs = np.random.default_rng(labels).dirichlet(np.ones(labels), size=20)
+    expected = [scoring.margin_of(row) for row in probs.tolist()]
+    assert evaluation.margins(probs).tolist() == pytest.approx(expected)
+
+
+def test_an_answer_at_exactly_the_margin_is_kept_as_the_service_keeps_it():
+    margin = np.array([0.3, 0.2, 0.1])
+    curve = {p["abstain_below"]: p for p in evaluation.coverage_curve(margin, np.ones(3, bool))}
+    for threshold in (0.1, 0.2, 0.3):
+        kept = [not scoring.answer([m, 0.0], ["a", "b"], threshold)["uncertain"] for m in margin]
+        assert curve[threshold]["coverage"] == pytest.approx(sum(kept) / 3)
+
+
+def test_confidence_bins_tile_zero_to_one():
+    _, bins = evaluation.calibration_error(np.array([0.05, 0.55, 0.99]), np.ones(3, bool))
+    assert bins[0]["low"] == 0.0 and bins[-1]["high"] == 1.0
+    assert all(a["high"] == pytest.approx(b["low"]) for a, b in zip(bins, bins[1:], strict=False))
+    assert [b["count"] for b in bins] == [1, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_throughput_is_images_per_second_of_the_run(labelled, attribute_file):
+    report, _ = stub_report(labelled, attribute_file)
+    assert dataclasses.replace(report, seconds=0.5).images_per_s == 2 * report.images
+    assert dataclasses.replace(report, seconds=0.0).images_per_s == 0.0
 
 
 # -- the CLI on the tiny random CLIP --------------------------------------------------------------
