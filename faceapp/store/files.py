@@ -150,7 +150,7 @@ class FileStore(EvictionSchedule):
         folder = self._dir(image_id)
         path = self._result_path(image_id, key)
         data = json.dumps({"key": key, "document": document}).encode()
-        for attempt in range(3):
+        while True:
             # mkdir, never makedirs: if a delete took the image folder away meanwhile, creating
             # it again would leave a husk without image or meta that put_image takes as stored.
             try:
@@ -165,9 +165,11 @@ class FileStore(EvictionSchedule):
             except FileNotFoundError:
                 if not os.path.isdir(folder):
                     raise not_found(image_id) from None
-                if attempt == 2:
-                    raise
-                # else drop_results moved results/ away meanwhile: make it again
+                if not os.path.isdir(self.scratch):
+                    raise  # the store's own folder is gone: an outage, not a race
+                # drop_results (wipe_cache) moved results/ away meanwhile: make it again. Each
+                # pass means another drop finished, so this ends; a fixed number of tries would
+                # answer a healthy store's race with 503 store.unavailable.
 
     def get_result(self, image_id: str, key: str) -> dict | None:
         stored = _read_json(self._result_path(image_id, key))
