@@ -1,10 +1,12 @@
 """The folder store's race paths, made to happen on cue: a wipe (drop_results) or a delete lands
-between put_result's making of results/ and its write, as often as a test asks."""
+between put_result's making of results/ and its write, as often as a test asks; another worker
+stores the same bytes between put_image's check and its rename."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -86,3 +88,23 @@ def test_put_result_on_a_store_without_its_scratch_folder_is_an_outage(stored, m
         Guarded(store).put_result(image_id, "k", {"r": 1})
     assert wrapped.value.code == "store.unavailable"
     assert store.get_result(image_id, "k") is None
+
+
+def test_a_put_that_loses_the_race_for_the_same_bytes_is_false_and_changes_nothing(
+    tmp_path, monkeypatch
+):
+    store = FileStore(str(tmp_path / "store"))
+    image_id = image_id_for(PNG)
+    real, raced = tempfile.mkdtemp, []
+
+    def mkdtemp(*args, **kwargs):
+        if not raced:  # another worker stores the same bytes just after this put's check
+            raced.append(True)
+            assert store.put_image(image_id, PNG, {"by": "first"}, {"face-0.jpg": b"first"})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    assert store.put_image(image_id, PNG, {"by": "second"}, {"face-0.jpg": b"second"}) is False
+    assert raced and store.get_meta(image_id) == {"by": "first"}
+    assert store.get_part(image_id, "face-0.jpg") == b"first" and store.get_image(image_id) == PNG
+    assert os.listdir(store.scratch) == []  # the loser's staging folder went
