@@ -60,6 +60,8 @@ SMALL_FACES = [
     {"x": -5, "y": 185, "width": 28, "height": 22},  # bottom-left corner
     {"x": 400, "y": 80, "width": 20, "height": 20},  # right of the image: nothing of it inside
     {"x": 120, "y": 400, "width": 20, "height": 20},  # below the image
+    {"x": 312, "y": 80, "width": 20, "height": 20},  # its context starts at the right edge
+    {"x": 120, "y": 212, "width": 20, "height": 20},  # its context starts at the bottom edge
     {"x": 120.4, "y": 70.6, "width": 39.5, "height": 50.2},  # a detector's fractional box
 ]
 
