@@ -171,7 +171,7 @@ def test_invalid_image_needs_force(client, coffee_jpeg):
     assert "face.none" in refused.get_json()["error"]["message"]
     forced = analyze(client, image_id=image_id, force=True).get_json()
     [region] = forced["faces"]
-    assert region["detected"] is False
+    assert region["detected"] is False and region["confidence"] == 0.0  # no detector found it
     assert region["box"] == {"x": 0, "y": 0, "width": 600, "height": 400}  # the whole photo
 
 

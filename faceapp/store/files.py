@@ -148,27 +148,27 @@ class FileStore(EvictionSchedule):
         return os.path.join(self._dir(image_id), self.RESULTS, f"{safe}.json")
 
     def put_result(self, image_id: str, key: str, document: dict) -> None:
-        folder = self._dir(image_id)
         path = self._result_path(image_id, key)
         data = json.dumps({"key": key, "document": document}).encode()
-        for attempt in range(3):
+        while True:
             # mkdir, never makedirs: if a delete took the image folder away meanwhile, creating
             # it again would leave a husk without image or meta that put_image takes as stored.
             try:
                 os.mkdir(os.path.dirname(path))
             except FileExistsError:
                 pass
-            except FileNotFoundError:
+            except FileNotFoundError:  # the image is gone (deleted or evicted)
                 raise not_found(image_id) from None
             try:
                 self._atomic_write(path, data)
                 return
             except FileNotFoundError:
-                if not os.path.isdir(folder):
-                    raise not_found(image_id) from None
-                if attempt == 2:
-                    raise
-                # else drop_results moved results/ away meanwhile: make it again
+                if not os.path.isdir(self.scratch):
+                    raise  # the store's own folder is gone: an outage, not a race
+                # results/ went away meanwhile: drop_results (wipe_cache) moved it, or a delete
+                # took the whole image, which the mkdir above then answers with 404. Each pass
+                # means another drop finished, so this ends; a fixed number of tries would
+                # answer a healthy store's race with 503 store.unavailable.
 
     def get_result(self, image_id: str, key: str) -> dict | None:
         stored = _read_json(self._result_path(image_id, key))
