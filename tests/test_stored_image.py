@@ -148,6 +148,13 @@ def test_a_large_image_has_a_preview_bounded_by_its_limit_that_keeps_its_aspect(
     assert meta["stored"]["faces"] == []
 
 
+def test_a_preview_is_never_wider_than_1024_px():
+    """The documented bound: one pixel over it, and the preview is halved."""
+    parts, meta = _parts_and_meta(Image.new("RGB", (1025, 700), (40, 160, 90)), [])
+    preview = _decode(parts[meta["stored"]["preview"]["part"]])
+    assert preview.size == (513, 350)
+
+
 def _face_regions(count: int) -> list:
     return [SimpleNamespace(detected=True) for _ in range(count)]
 
