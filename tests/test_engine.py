@@ -349,3 +349,34 @@ def test_the_extension_gives_one_engine_per_process_and_stops_it():
     with pytest.raises(FaceappError) as refused:
         first.run(lambda: "late")
     assert refused.value.code == "model.not_ready"
+
+
+def test_a_forked_worker_gets_an_engine_of_its_own():
+    """gunicorn forks workers: an engine made before the fork has no thread in the child, so the
+    child must get a new one (the parent's would never answer)."""
+    import os
+
+    bare = Flask(__name__)
+    bare.config.update(INFERENCE_MAX_BATCH=3, INFERENCE_TIMEOUT=5)
+    extension = Engine(bare)
+    parent = extension.get(bare)
+    assert parent.run(lambda: "parent") == "parent"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        verdict = b"0"
+        try:
+            child = extension.get(bare)
+            if child is not parent and child.run(lambda: "child", timeout=5) == "child":
+                verdict = b"1"
+        finally:
+            os.write(write, verdict)
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert extension.get(bare) is parent  # the parent keeps its own
+    assert extension.stop(bare, timeout=5) is True
