@@ -108,3 +108,18 @@ def test_a_put_that_loses_the_race_for_the_same_bytes_is_false_and_changes_nothi
     assert raced and store.get_meta(image_id) == {"by": "first"}
     assert store.get_part(image_id, "face-0.jpg") == b"first" and store.get_image(image_id) == PNG
     assert os.listdir(store.scratch) == []  # the loser's staging folder went
+
+
+def test_put_result_that_never_lands_gives_up_as_an_outage_not_a_hung_thread(stored, monkeypatch):
+    """Wipes landing before every single write: put_result stops after RESULT_TRIES passes and
+    the app answers 503 store.unavailable, instead of spinning in a request thread forever."""
+    store, image_id = stored
+    monkeypatch.setattr(store, "RESULT_TRIES", 7)
+    written = _before_each_write(monkeypatch, store, [lambda: store.drop_results(image_id)] * 40)
+    with pytest.raises(OSError, match="kept disappearing"):
+        store.put_result(image_id, "k", {"r": 1})
+    assert len(written) == 7
+    with pytest.raises(FaceappError) as caught:
+        Guarded(store).put_result(image_id, "k", {"r": 1})
+    assert caught.value.code == "store.unavailable" and len(written) == 14
+    assert store.get_result(image_id, "k") is None and store.get_meta(image_id) == {"n": 1}

@@ -40,6 +40,9 @@ class FileStore(EvictionSchedule):
     TRACE = "trace.jsonl"
     PART = "part-"
     RESULTS = "results"
+    #: put_result's bound on passes: each pass lost to a concurrent drop of results/; far more
+    #: than any burst of wipe_cache gives, and never a request thread spinning forever.
+    RESULT_TRIES = 100
 
     def __init__(
         self,
@@ -150,7 +153,7 @@ class FileStore(EvictionSchedule):
     def put_result(self, image_id: str, key: str, document: dict) -> None:
         path = self._result_path(image_id, key)
         data = json.dumps({"key": key, "document": document}).encode()
-        while True:
+        for _ in range(self.RESULT_TRIES):
             # mkdir, never makedirs: if a delete took the image folder away meanwhile, creating
             # it again would leave a husk without image or meta that put_image takes as stored.
             try:
@@ -167,8 +170,9 @@ class FileStore(EvictionSchedule):
                     raise  # the store's own folder is gone: an outage, not a race
                 # results/ went away meanwhile: drop_results (wipe_cache) moved it, or a delete
                 # took the whole image, which the mkdir above then answers with 404. Each pass
-                # means another drop finished, so this ends; a fixed number of tries would
-                # answer a healthy store's race with 503 store.unavailable.
+                # means another drop finished; three tries used to answer a healthy store's
+                # race with 503 store.unavailable.
+        raise OSError(f"results of {image_id} kept disappearing while being written")
 
     def get_result(self, image_id: str, key: str) -> dict | None:
         stored = _read_json(self._result_path(image_id, key))
