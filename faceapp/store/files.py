@@ -242,6 +242,17 @@ class FileStore(EvictionSchedule):
                 )
         return found
 
+    def _dated(self) -> list[tuple[float, str, str]]:
+        """(time its meta.json was written, image_id, folder) of every stored image: the image's
+        age for eviction and its place in `recent`."""
+        dated = []
+        for image_id, folder in self._all():
+            try:
+                dated.append((os.stat(os.path.join(folder, self.META)).st_mtime, image_id, folder))
+            except FileNotFoundError:  # deleted meanwhile, or still being stored
+                continue
+        return dated
+
     def wipe(self) -> int:
         count = 0
         for image_id, _ in self._all():
@@ -255,14 +266,8 @@ class FileStore(EvictionSchedule):
         is validated, with that moment as "created", so its modification time sorts alike, and
         a stat per image is what the rest cost (not a read and a parse each).
         """
-        written = []
-        for image_id, folder in self._all():
-            try:
-                written.append((os.stat(os.path.join(folder, self.META)).st_mtime, image_id))
-            except FileNotFoundError:  # deleted meanwhile, or still being stored
-                continue
         metas = []
-        for _, image_id in heapq.nlargest(max(limit, 0), written):
+        for _, image_id, _ in heapq.nlargest(max(limit, 0), self._dated()):
             meta = self.get_meta(image_id)
             if meta:
                 metas.append(meta)
@@ -275,15 +280,9 @@ class FileStore(EvictionSchedule):
             return 0
         try:
             self._last_evict = time.monotonic()
-            entries = []
-            for image_id, folder in self._all():
-                size = _folder_size(folder)
-                try:
-                    mtime = os.path.getmtime(os.path.join(folder, self.META))
-                except FileNotFoundError:
-                    continue
-                entries.append((mtime, size, image_id))
-            entries.sort()
+            entries = sorted(
+                (mtime, _folder_size(folder), image_id) for mtime, image_id, folder in self._dated()
+            )
             total = sum(size for _, size, _ in entries)
             now = time.time()
             evicted = 0
