@@ -55,7 +55,13 @@ def on_starting(server):
     from faceapp.metrics import prepare_multiprocess_dir
 
     _metrics_dir = prepare_multiprocess_dir()
-    if os.environ.get("PRELOAD_LIBRARIES", "1").strip().lower() not in ("0", "false", "no", "off"):
+    from faceapp.schemas import yes_no
+
+    try:
+        preload = yes_no(os.environ.get("PRELOAD_LIBRARIES") or "1")
+    except ValueError as exc:
+        raise ValueError(f"PRELOAD_LIBRARIES: {exc}") from None
+    if preload:
         # torch and transformers take seconds to import: once here, not in every worker.
         from faceapp.face_models import import_libraries
 
