@@ -39,6 +39,13 @@ DEFAULTS: dict[str, Any] = {
     "MAX_UPLOAD_BYTES": 10 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 40_000_000,
     "MAX_IMAGE_FRAMES": 1000,
+    # What decoding may hold in memory (faceapp/decoding.py): one image at most MAX_DECODE_MEMORY
+    # bytes (its estimate; more is 413 image.too_many_pixels), and all of a worker's decodes at
+    # once DECODE_MEMORY_BUDGET bytes (a decode waits its turn up to DECODE_WAIT_SECONDS, then
+    # 503 image.busy). A 40 MP RGB PNG needs about 250 MB, a 12 MP JPEG photo about 12 MB.
+    "MAX_DECODE_MEMORY": 320 * 1024**2,
+    "DECODE_MEMORY_BUDGET": 512 * 1024**2,
+    "DECODE_WAIT_SECONDS": 30.0,
     # The stored, normalised image is at most this wide and tall. 2000, not 2048: a 4000 px JPEG
     # then decodes at half scale (JPEG's draft mode never goes below the size asked for).
     "STORED_MAX_SIDE": 2000,

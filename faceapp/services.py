@@ -51,7 +51,7 @@ def record_event(
 
 def _decode(data: bytes, source_kind: str, config: Mapping[str, Any]) -> decoding.DecodedImage:
     try:
-        return decoding.decode_with_limits(data, config)
+        return decoding.decode_with_limits(data, config, decoding.budget_for(current_app))
     except FaceappError as exc:
         # For a URL, "not an image we decode" is the remote's fault: 422 url.not_image.
         if source_kind == "image_url" and exc.code in (
