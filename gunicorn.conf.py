@@ -38,8 +38,10 @@ control_socket_disable = True
 
 def post_worker_init(worker):
     """Load this worker's model in the background: health answers at once, ready once loaded."""
+    from faceapp.decoding import return_large_buffers_to_the_os
     from faceapp.face_models import models
 
+    return_large_buffers_to_the_os()  # so the decode budget bounds what the worker holds
     models.load_in_background(worker.wsgi)
 
 

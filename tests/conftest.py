@@ -139,3 +139,14 @@ def yunet(yunet_model):
     from faceapp.faces import YuNetFaceDetector
 
     return YuNetFaceDetector(yunet_model)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The hostile-input report: the worst memory and CPU cost of any input measured."""
+    from tests.costs import summary_lines
+
+    lines = summary_lines()
+    if lines:
+        terminalreporter.section("costs of hostile inputs")
+        for line in lines:
+            terminalreporter.write_line(line)
