@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
     "DETECTOR_AUTO_PULL": None,  # None: as MODEL_AUTO_PULL
     "DETECTOR_URL": None,  # None: OpenCV's published file (faceapp/model_files.py YUNET)
     "DETECTOR_SHA256": None,  # the SHA-256 DETECTOR_URL's file must have; None: the pinned one
+    # Seconds a detector pull may take in all (connect, headers, body); a worker pulls in the
+    # background, never while a request waits (faceapp/faces.py).
+    "DETECTOR_PULL_DEADLINE": 120.0,
     "YUNET_SCORE_THRESHOLD": None,  # None: 0.75, calibrated on real photos (docs/DETECTOR.md)
     "HAAR_MIN_CONFIDENCE": None,  # None: 0.85, calibrated on real photos
     "DETECT_MAX_SIDE": 640,
