@@ -3,14 +3,14 @@
 gunicorn's gthread worker reads a request's headers on a pool thread from a blocking socket with
 no time limit, so a client that sends one header line every few seconds holds a thread for as
 long as it likes: a handful of them stall the worker, health checks included. This worker gives
-each request FACEAPP_HEADER_TIMEOUT seconds (default 5) from its first byte to its last header,
-each later read of the body FACEAPP_BODY_READ_TIMEOUT seconds (default 30, like nginx's
-client_body_timeout), and the whole body
-FACEAPP_BODY_TIMEOUT seconds (default 120: a byte every 29 s would pass the per-read limit). The
-body must also keep up a minimum rate: after a grace of FACEAPP_BODY_RATE_GRACE seconds (default
-5) it must have brought FACEAPP_BODY_MIN_RATE bytes (default 1024) for every further second, so
-a client sending one byte every 5 s is cut off after about 5 s, not 120. A client over any of
-them is disconnected; the view sees a cut-off body (a 400).
+each request HEADER_TIMEOUT seconds (default 5) from its first byte to its last header, each
+later read of the body BODY_READ_TIMEOUT seconds (default 30, like nginx's client_body_timeout),
+and the whole body BODY_TIMEOUT seconds (default 120: a byte every 29 s would pass the per-read
+limit). The body must also keep up a minimum rate: after a grace of BODY_RATE_GRACE seconds
+(default 5) it must have brought BODY_MIN_RATE bytes (default 1024) for every further second, so
+a client sending one byte every 5 s is cut off after about 5 s, not 120. They are faceapp
+settings (FACEAPP_HEADER_TIMEOUT...), read from the app's config. A client over any of them is
+disconnected; the view sees a cut-off body (a 400).
 
 An answer given without reading the whole body (401 without a key, 429, 413 for a declared
 length over the limit) closes the connection with ``Connection: close``: draining a body nobody
@@ -23,17 +23,12 @@ requests before gunicorn sees them, so slow headers and bodies cost no gunicorn 
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
 from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
-
-
-def _seconds(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
 
 
 class DeadlineSocket:
@@ -104,18 +99,26 @@ class DeadlineSocket:
 class HeaderDeadlineWorker(ThreadWorker):
     """gthread, with the header and body read deadlines of :class:`DeadlineSocket`."""
 
+    # header, each body read, whole body, minimum body rate, its grace: until the app is loaded
+    deadlines = (5.0, 30.0, 120.0, 1024.0, 5.0)
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        config = getattr(self.wsgi, "config", None) or {}
+        names = ("HEADER_TIMEOUT", "BODY_READ_TIMEOUT", "BODY_TIMEOUT")
+        names += ("BODY_MIN_RATE", "BODY_RATE_GRACE")
+        self.deadlines = tuple(
+            config.get(name, default) for name, default in zip(names, self.deadlines, strict=True)
+        )
+        # As a Flask middleware (wsgi_app): the hooks use self.wsgi as the Flask app itself.
+        if hasattr(self.wsgi, "wsgi_app"):
+            self.wsgi.wsgi_app = close_when_body_unread(self.wsgi.wsgi_app)
+
     def handle(self, conn):
         # Not under gunicorn's own TLS (it wraps the socket itself); faceapp leaves TLS to nginx.
         fresh = not conn.initialized and not self.cfg.is_ssl
         if fresh and not isinstance(conn.sock, DeadlineSocket):
-            conn.sock = DeadlineSocket(
-                conn.sock,
-                _seconds("FACEAPP_HEADER_TIMEOUT", 5.0),
-                _seconds("FACEAPP_BODY_READ_TIMEOUT", 30.0),
-                _seconds("FACEAPP_BODY_TIMEOUT", 120.0),
-                _seconds("FACEAPP_BODY_MIN_RATE", 1024.0),
-                _seconds("FACEAPP_BODY_RATE_GRACE", 5.0),
-            )
+            conn.sock = DeadlineSocket(conn.sock, *self.deadlines)
         if isinstance(conn.sock, DeadlineSocket):
             conn.sock.expect_headers()  # each request on a kept-alive connection gets its own
         return super().handle(conn)
@@ -124,12 +127,6 @@ class HeaderDeadlineWorker(ThreadWorker):
         if isinstance(conn.sock, DeadlineSocket):
             conn.sock.expect_body()
         return super().handle_request(req, conn)
-
-    def load_wsgi(self):
-        super().load_wsgi()
-        # As a Flask middleware (wsgi_app): the hooks use self.wsgi as the Flask app itself.
-        if hasattr(self.wsgi, "wsgi_app"):
-            self.wsgi.wsgi_app = close_when_body_unread(self.wsgi.wsgi_app)
 
 
 def close_when_body_unread(app):
