@@ -331,6 +331,9 @@ def _pull_in_background(state: _DetectorState) -> None:
         )
     except (model_files.DownloadError, OSError) as exc:
         error = str(exc)
+    except Exception as exc:  # no request sees this thread: the fallback's reason must say it
+        log.exception("the background pull of YuNet failed")
+        error = f"the pull failed: {type(exc).__name__}"
     with state.lock:
         state.pull_error = error
         state.active = None  # rebuilt on the next request: YuNet now, or Haar saying why not
