@@ -261,7 +261,7 @@ def _check_pixels(size: tuple[int, int], limit: int) -> None:
             count, most = f"{width * height:,} pixels", f"{limit:,} pixels"
         raise FaceappError(
             "image.too_many_pixels",
-            f"The image is {width}×{height} pixels ({count}); the largest accepted is {most}.",
+            f"The image is {width}x{height} pixels ({count}); the largest accepted is {most}.",
         )
 
 

@@ -470,7 +470,7 @@ def test_pixel_counts_are_written_for_people():
     with pytest.raises(FaceappError) as over:
         _check_pixels((8000, 6000), 40_000_000)
     assert over.value.message == (
-        "The image is 8000×6000 pixels (48 MP); the largest accepted is 40 MP."
+        "The image is 8000x6000 pixels (48 MP); the largest accepted is 40 MP."
     )
     with pytest.raises(FaceappError) as just_over:  # rounded, both would read "40 MP"
         _check_pixels((40_001, 1000), 40_000_000)
