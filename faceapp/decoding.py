@@ -233,7 +233,10 @@ def decode_image(
     reserve = None
     if memory is not None and claimed == "WEBP" and size is not None:
         held.enter_context(
-            memory.reserve(decode_memory("WEBP", "RGBA", size, _fit(size, max_side)), "WebP")
+            memory.reserve(
+                decode_memory("WEBP", "RGBA", size, _fit(size, max_side)),
+                f"{size[0]}x{size[1]} WebP",
+            )
         )
     elif memory is not None:
 
@@ -396,7 +399,7 @@ def _normalise(
     if reserve is not None:
         fmt = opened.format or ""
         cost = decode_memory(fmt, opened.mode, opened.size, target, coefficients=coefficients)
-        reserve(cost, fmt)
+        reserve(cost, f"{width}x{height} {fmt or 'image'}")
     opened.load()  # frame 0: a freshly opened file is positioned there
     upright = _upright_transpose(opened)
     if opened.mode == "RGB" and not opened.has_transparency_data:
