@@ -157,6 +157,28 @@ NULLABLE: dict[str, type] = {
     "RATELIMIT_STORAGE_URI": str,
     "MAX_CONTENT_LENGTH": int,  # Flask's own; derived from MAX_UPLOAD_BYTES when unset
 }
+# Settings that must be above 0: a zero here would refuse every image or wait, or divide by it.
+POSITIVE = frozenset(
+    {
+        "INFERENCE_MAX_BATCH",
+        "INFERENCE_TIMEOUT",
+        "MAX_UPLOAD_BYTES",
+        "MAX_IMAGE_PIXELS",
+        "MAX_IMAGE_FRAMES",
+        "MAX_DECODE_MEMORY",
+        "DECODE_MEMORY_BUDGET",
+        "STORED_MAX_SIDE",
+        "URL_CONNECT_TIMEOUT",
+        "URL_READ_TIMEOUT",
+        "URL_DEADLINE",
+        "DETECTOR_PULL_DEADLINE",
+        "DETECT_MAX_SIDE",
+        "MAX_FACES",
+        "HEADER_TIMEOUT",
+        "BODY_READ_TIMEOUT",
+        "BODY_TIMEOUT",
+    }
+)
 # Comma-separated in the environment; a list (or the same string) in instance/config.py.
 LISTS = frozenset({"API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"})
 
@@ -268,9 +290,9 @@ def convert(name: str, value: Any, kind: Any) -> Any:
         if kind is str:
             return _text(value)
         if kind is int:
-            return _non_negative(_whole_number(value))
+            return _in_range(key, _whole_number(value))
         if kind is float:
-            return _non_negative(_finite_number(value))
+            return _in_range(key, _finite_number(value))
     except ValueError as exc:
         raise SettingError(f"{name}: {exc}") from None
     return value
@@ -313,7 +335,9 @@ def _finite_number(value: Any) -> float:
     return number
 
 
-def _non_negative(number: Any) -> Any:
+def _in_range(key: str, number: Any) -> Any:
+    if key in POSITIVE and number <= 0:
+        raise ValueError(f"{number!r} must be above 0")
     if number < 0:
         raise ValueError(f"{number!r} is below 0")
     return number
