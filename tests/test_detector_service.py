@@ -206,3 +206,16 @@ def test_wipe_cache_under_a_new_detector_stores_the_image_afresh(
     events = client.get(f"/api/images/{first['image_id']}/trace").get_json()["events"]
     assert [e["event"] for e in events] == ["validated", "wiped", "validated"]
     assert events[1]["reason"] == "detector_changed"
+
+
+def test_tiny_images_between_photos_are_too_small_never_a_500(yunet_config, astronaut_jpeg):
+    client = create_app(yunet_config).test_client()
+    for side, level in [(5, 128), (12, 255), (10, 0), (1, 128), (2, 0), (31, 255)] * 2:
+        assert upload(client, astronaut_jpeg, wipe_cache=1).get_json()["valid"] is True
+        tiny = io.BytesIO()
+        Image.new("RGB", (side, side), (level,) * 3).save(tiny, "PNG")
+        answer = upload(client, tiny.getvalue(), wipe_cache=1, details=1)
+        assert answer.status_code == 200, answer.get_data(as_text=True)[:300]
+        body = answer.get_json()
+        assert [issue["code"] for issue in body["errors"]][:1] == ["image.too_small"]
+        assert body["details"]["faces"] == []
