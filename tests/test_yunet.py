@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 from skimage import data
 
 from faceapp.face_geometry import eye_roll
 from faceapp.faces import HaarFaceDetector, aligned_crop, detect_faces
-from faceapp.validation import Thresholds, assess
+from faceapp.validation import Thresholds, assess, main_first
 
 # Her face in skimage's 512 x 512 photo, hair included (checked by drawing the box).
 ASTRONAUT_FACE = (160, 50, 280, 200)  # left, top, right, bottom
@@ -168,6 +168,46 @@ def test_a_face_cut_by_the_border_is_background(yunet, astronaut):
     assert len(found) == 2
     assert report.roles == ["main", "background"]
     assert report.valid
+
+
+def blurred_beside(astronaut: Image.Image, radius: float, side: int = 512) -> Image.Image:
+    """The sharp astronaut, and beside her a copy of `side` px blurred with `radius` (bokeh)."""
+    canvas = Image.new("RGB", (512 + side, 600), (70, 80, 90))
+    canvas.paste(astronaut, (0, 44))
+    copy = astronaut.resize((side, side), Image.Resampling.LANCZOS)
+    canvas.paste(copy.filter(ImageFilter.GaussianBlur(radius)), (512, 44))
+    return canvas
+
+
+@pytest.mark.parametrize("radius", [6, 10])
+def test_a_face_far_less_sharp_than_the_main_one_is_background(yunet, astronaut, radius):
+    # The same face at the same size, heavily blurred: YuNet finds it (0.90 at 6, 0.80 at 10).
+    found, report = check(yunet, blurred_beside(astronaut, radius))
+    assert len(found) == 2
+    assert report.valid, report.errors
+    main = report.roles.index("main")
+    assert found[main].x < 512  # the sharp one
+    assert sorted(report.roles) == ["background", "main"]
+    assert [issue.code for issue in report.warnings] == ["face.background"]
+    assert "out-of-focus" in report.warnings[0].message
+    assert report.sharpness[1 - main] < 0.1 * report.sharpness[main]
+
+
+def test_a_larger_blurred_face_does_not_become_the_main_face(yunet, astronaut):
+    found, report = check(yunet, blurred_beside(astronaut, 10, side=600))
+    main = report.roles.index("main")
+    assert found[main].area < found[1 - main].area and found[main].x < 512
+    assert report.valid and report.quality["sharpness"] > 1000
+    (face,) = [f for f in found if f.x < 512]
+    faces = main_first(found, report)
+    assert faces[0] == face and report.roles == ["main", "background"]
+
+
+def test_a_slightly_soft_second_face_still_counts(yunet, astronaut):
+    # Blur radius 1 leaves a face a third as sharp: still a second subject.
+    _found, report = check(yunet, blurred_beside(astronaut, 1))
+    assert sorted(report.roles) == ["comparable", "main"]
+    assert [issue.code for issue in report.errors] == ["face.multiple"]
 
 
 def test_the_detector_benchmark_runs(yunet_model, capsys):
