@@ -172,9 +172,13 @@ class Face(Open):
     role = fields.String(
         validate=validate.OneOf(["main", "comparable", "background"]),
         metadata={
-            "description": "main: the largest face; comparable: counts toward "
-            "face.multiple; background: smaller or cut by the border (face.background)."
+            "description": "main: the largest face in focus; comparable: counts toward "
+            "face.multiple; background: smaller, cut by the border or out of focus "
+            "(face.background)."
         },
+    )
+    sharpness = fields.Float(
+        metadata={"description": "The face's sharpness (Laplacian variance, as BLUR_THRESHOLD)."}
     )
 
 
@@ -244,10 +248,22 @@ class AnalyzedFace(Face):
     embedding = fields.List(fields.Float(allow_none=True))
 
 
+class FaceCount(Schema):
+    found = fields.Integer(required=True, metadata={"description": "Faces validation found."})
+    not_analysed = fields.Integer(
+        required=True,
+        metadata={"description": "Found faces left out by max_faces (the smallest ones)."},
+    )
+    max_faces = fields.Integer(
+        required=True, metadata={"description": "The max_faces in force (MAX_FACES by default)."}
+    )
+
+
 class AnalyzeResponse(Schema):
     image_id = image_id_field()
     model = fields.Nested(ModelInfo, required=True)
     faces = fields.List(fields.Nested(AnalyzedFace), required=True)
+    face_count = fields.Nested(FaceCount, required=True)
     cached = fields.Boolean(required=True)
     timings_ms = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
 
