@@ -7,6 +7,7 @@ built once per app, for that app's configuration (whether a key is needed depend
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from apispec import APISpec
@@ -159,7 +160,23 @@ def build_document(app: Flask) -> dict:
         paths.setdefault(path, {})[method] = _operation(path, method, spec_op, keys_required)
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
-    return versioning.annotate_document(spec.to_dict())
+    document = spec.to_dict()
+    _state_what_marshmallow_cannot(document["components"]["schemas"])
+    return versioning.annotate_document(document)
+
+
+def _state_what_marshmallow_cannot(components: dict[str, dict]) -> None:
+    """Say in the request schemas what the service checks beyond their fields: exactly one image
+    source (oneOf; each is non-empty by its minLength), and the yes/no spellings a flag takes."""
+    requests = {schema for op in OPERATIONS.values() for schema in op.get("request", ())}
+    for schema in requests:
+        component = components[schema.__name__]
+        component["oneOf"] = [{"required": [name]} for name in schema.SOURCES]
+        for name, field in schema().fields.items():
+            if isinstance(field, schemas.Flag):
+                documented = component["properties"][name]
+                documented.pop("type", None)
+                documented.update(copy.deepcopy(schemas.FLAG_SCHEMA))
 
 
 def _description(keys_required: bool, admin_enabled: bool) -> str:

@@ -32,8 +32,24 @@ def yes_no(value: Any) -> bool:
     raise ValueError(f"{value!r} is not a yes/no value (true/false, yes/no, on/off, 1/0)")
 
 
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+_WORDS = "|".join(sorted(_any_case(word) for word in TRUE_WORDS | FALSE_WORDS if word))
+#: What a :class:`Flag` accepts, as JSON Schema: a boolean, 0 or 1, or a yes/no word in any case.
+FLAG_SCHEMA = {
+    "anyOf": [
+        {"type": "boolean"},
+        {"type": "integer", "enum": [0, 1]},
+        {"type": "string", "pattern": f"^\\s*({_WORDS})?\\s*$"},
+    ]
+}
+
+
 class Flag(fields.Boolean):
-    """A boolean field that reads the usual form spellings through :func:`yes_no`."""
+    """A boolean field that reads the usual form spellings through :func:`yes_no`
+    (faceapp/openapi.py documents it as :data:`FLAG_SCHEMA`)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
         try:
@@ -48,9 +64,12 @@ class SourceSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    image_url = fields.String(validate=validate.Length(max=4096))
-    image_base64 = fields.String()
+    image_url = fields.String(validate=validate.Length(min=1, max=4096))
+    image_base64 = fields.String(validate=validate.Length(min=1))
     wipe_cache = Flag(load_default=False)
+
+    #: Exactly one of these is sent (faceapp/openapi.py says so with oneOf).
+    SOURCES: tuple[str, ...] = ("image_url", "image_base64")
 
 
 class ValidateRequest(SourceSchema):
@@ -69,7 +88,9 @@ def distinct_labels(labels: list[str]) -> None:
 class AnalyzeRequest(SourceSchema):
     """POST /api/analyze: an image_id or an image source, and what to compute."""
 
-    image_id = fields.String()  # checked by check_image_id: image_id.invalid, as API.md says
+    SOURCES = ("image_id", *SourceSchema.SOURCES)
+
+    image_id = fields.String(validate=validate.Length(min=1))  # then check_image_id (API.md)
     attributes = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=64)
     )
@@ -81,12 +102,17 @@ class AnalyzeRequest(SourceSchema):
     force = Flag(load_default=False)
     max_faces = fields.Integer(
         validate=validate.Range(min=1, max=100),
-        metadata={"description": "Analyse at most this many faces, largest first (MAX_FACES)."},
+        metadata={
+            "description": "Analyse at most this many faces, the main face first, then the "
+            "largest (MAX_FACES); the answer's face_count says how many were left out."
+        },
     )
 
 
 class ValidateForm(ValidateRequest):
     """POST /api/validate as multipart/form-data: the same fields, and the uploaded `file`."""
+
+    SOURCES = ("file", *ValidateRequest.SOURCES)
 
     file = fields.Raw(
         metadata={
@@ -99,6 +125,8 @@ class ValidateForm(ValidateRequest):
 
 class AnalyzeForm(AnalyzeRequest):
     """POST /api/analyze as multipart/form-data (lists as repeated or comma-separated fields)."""
+
+    SOURCES = ("file", *AnalyzeRequest.SOURCES)
 
     file = fields.Raw(
         metadata={
