@@ -58,7 +58,17 @@ def test_swagger_ui_renders_offline_in_chromium(tmp_path, tiny_model_dir):
             )
             page.on("pageerror", lambda e: problems.append(str(e)))
             page.goto(base + "/api/docs")
-            # Without a key the document is refused; with one the UI renders every operation.
+            # Without a key the page explains the key and asks nothing of the document.
+            page.wait_for_selector("#api-key-needed")
+            assert "needs an API key" in page.inner_text("#api-key-needed")
+            assert not any(url.endswith("/api/openapi.json") for url in asked)
+            assert "Failed to load" not in page.inner_text("body")
+            # A wrong key is refused and said so; the right one renders every operation.
+            page.fill("#api-key-value", "wrong-key")
+            with page.expect_response(lambda r: r.url.endswith("/api/openapi.json")) as doc:
+                page.click("#api-key button[type=submit]")
+            assert doc.value.status == 401
+            page.wait_for_selector("#api-key-refused", state="visible")
             page.fill("#api-key-value", "user-key")
             with page.expect_response(lambda r: r.url.endswith("/api/openapi.json")) as doc:
                 page.click("#api-key button[type=submit]")
@@ -77,6 +87,23 @@ def test_swagger_ui_renders_offline_in_chromium(tmp_path, tiny_model_dir):
             assert health.value.status == 200
             block.locator(".live-responses-table").wait_for()
             assert "x-faceapp-version" in block.inner_text().lower()
+            # validate and analyze run as delivered: a real example, JSON, no format=yaml.
+            for operation, path in [
+                ("post_validate", "/api/validate"),
+                ("post_analyze", "/api/analyze"),
+            ]:
+                block = page.locator(f"#operations-images-{operation}")
+                block.locator(".opblock-summary-control").click()
+                block.locator("button.execute").wait_for()
+                body = block.locator(".body-param__text").input_value()
+                assert (
+                    '"image_base64"' in body and '"string"' not in body and "image_url" not in body
+                )
+                assert block.locator("tr[data-param-name='format'] input").input_value() == ""
+                with page.expect_response(lambda r, p=path: r.url.split("?")[0].endswith(p)) as ran:
+                    block.locator("button.execute").click()
+                assert ran.value.status == 200, ran.value.text()[:300]
+                assert ran.value.headers["content-type"].startswith("application/json")
             browser.close()
     origins = {urlsplit(url).netloc for url in asked if not url.startswith("data:")}
     assert origins == {urlsplit(base).netloc}, f"the page reached outside: {origins}"
