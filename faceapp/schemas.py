@@ -8,7 +8,7 @@ from typing import Any
 from flask import Request
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
-from faceapp.config import yes_no  # the one yes/no parser, for settings and requests alike
+from faceapp.config import FALSE_WORDS, TRUE_WORDS, yes_no  # the one yes/no parser
 from faceapp.errors import STATUS_BY_CODE, FaceappError
 
 
