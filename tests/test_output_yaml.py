@@ -3,7 +3,9 @@ reader could take for a boolean, null, number or date is quoted, and keys keep t
 
 from __future__ import annotations
 
+import html
 import io
+import re
 import string
 
 import pytest
@@ -70,3 +72,15 @@ def test_yaml_answers_keep_every_label(client, stored):
         assert list(loaded["faces"][0]["labels"]) == TRICKY
         loaded["cached"], loaded["timings_ms"] = as_json["cached"], as_json["timings_ms"]
         assert loaded == as_json
+
+
+def test_the_testers_yaml_tab_keeps_every_label(client, stored):
+    form = {"labels": "\n".join(TRICKY)}
+    page = client.post(f"/app/images/{stored}", data=form, follow_redirects=True)
+    assert page.status_code == 200
+    found = re.search(
+        r'<pre class="code" id="analysis-yaml">(.*?)</pre>', page.get_data(as_text=True), re.S
+    )
+    assert found, "no YAML tab"
+    for loaded in both_loaders(html.unescape(found.group(1))):
+        assert list(loaded["faces"][0]["labels"]) == TRICKY
