@@ -199,9 +199,7 @@ def assess(image: Image.Image, faces: list[FaceBox], thresholds: Thresholds) -> 
         "face_count": len(faces),
         "largest_face_px": face_px,
     }
-    report = QualityReport(errors=errors, warnings=warnings, quality=quality, roles=roles)
-    report.sharpness = face_sharpness
-    return report
+    return QualityReport(errors, warnings, quality, roles, face_sharpness)
 
 
 def main_first(faces: list[FaceBox], report: QualityReport) -> list[FaceBox]:
