@@ -64,9 +64,8 @@ def dump_yaml(document: Any) -> str:
 # 2026-12-05 as a date; YAML 1.2 reads 0o17 as a number. ruamel quotes only what 1.2 misreads.
 _RESOLVERS = (VersionedResolver(version=(1, 1)), VersionedResolver(version=(1, 2)))
 _STR_TAG = "tag:yaml.org,2002:str"
-# What no resolver table names but some readers still take apart: merge keys, 1.1's value key,
-# and anything a loose reader could see as a number (a sign, a dot or a digit first).
-_RISKY = re.compile(r"^(?:<<|=|[-+.]?[0-9.].*|[yYnN])$", re.S)
+# What the resolvers' tables may not name: merge keys, 1.1's value key, and the spec's y/n.
+_RISKY = re.compile(r"^(?:<<|=|[yYnN])$")
 
 
 def needs_quotes(text: str) -> bool:

@@ -43,6 +43,7 @@ def test_tricky_strings_survive_as_keys_and_values_in_their_order():
     st.one_of(
         st.text(alphabet=string.ascii_letters + string.digits + " .:+-_~<=", max_size=12),
         st.from_regex(r"\A[-+]?[0-9][0-9_.:eE]{0,8}\Z"),
+        st.from_regex(r"\A[0-9a-f]{1,16}\Z"),  # like image ids: "12e45" is a 1.2 float
         st.sampled_from(TRICKY).map(str.upper),
     )
 )
@@ -54,7 +55,9 @@ def test_any_short_string_reads_back_as_itself(word):
 
 def test_only_strings_a_reader_could_misread_are_quoted():
     assert all(needs_quotes(word) for word in TRICKY)
-    assert not any(needs_quotes(word) for word in ["a hat", "happy", "yesterday", "no hat"])
+    plain = ["a hat", "happy", "yesterday", "no hat", "370adb9cb9dd03ca", "3 people"]
+    assert not any(needs_quotes(word) for word in plain)
+    assert needs_quotes("12e45") and needs_quotes("1234")
 
 
 @pytest.fixture
