@@ -93,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
     # Another face counts toward face.multiple only when its side is at least this fraction of
     # the main (largest) face's and it is not cut by the image border; else face.background.
     "COMPARABLE_FACE_RATIO": 0.5,
+    "OUT_OF_FOCUS_RATIO": 0.1,  # a blurry face under this share of the sharpest is background
     "MAX_FACES": 5,  # faces analysed per image (largest first) unless a request says max_faces
     "REQUIRE_SINGLE_FACE": True,
     "MIN_FACE_PX": 48,

@@ -196,8 +196,6 @@ class YuNetFaceDetector:
         net = self._nets.get()
         net.setInputSize((width, height))
         _ok, rows = net.detect(bgr)
-        if rows is None:
-            return []
         # Each row: x, y, w, h, five landmark points (10 values), score.
         return [
             FaceBox(
@@ -208,8 +206,27 @@ class YuNetFaceDetector:
                 min(1.0, max(0.0, float(row[-1]))),
                 tuple((float(row[i]), float(row[i + 1])) for i in range(4, 14, 2)),
             )
-            for row in rows
+            for row in usable_rows(rows, width, height)
         ]
+
+
+def usable_rows(rows: np.ndarray | None, width: int, height: int) -> np.ndarray:
+    """YuNet's rows that describe a face in a `width` x `height` input: every value finite, a box
+    of at least 1 x 1 px, at most twice the input's size, whose centre lies in the input.
+
+    On tiny inputs (a 5 x 5 or 12 x 12 image, in some processes, most often right after a photo
+    of another size) YuNet returns rows of what look like uninitialised memory: infinite boxes
+    (int() of them raised OverflowError, a 500), zero-width ones, or boxes 1e22 px away.
+    """
+    if rows is None:
+        return np.empty((0, 15), dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 15)
+    with np.errstate(invalid="ignore", over="ignore"):
+        centre_x, centre_y = rows[:, 0] + rows[:, 2] / 2, rows[:, 1] + rows[:, 3] / 2
+        keep = np.isfinite(rows).all(axis=1) & (rows[:, 2] >= 1) & (rows[:, 3] >= 1)
+        keep &= (centre_x >= 0) & (centre_x <= width) & (centre_y >= 0) & (centre_y <= height)
+        keep &= (rows[:, 2] <= 2 * width) & (rows[:, 3] <= 2 * height)  # a close-up: 1.3x
+    return rows[keep]
 
 
 # --------------------------------------------------------------------------------------------
