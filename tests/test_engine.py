@@ -236,9 +236,15 @@ def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
     from faceapp import face_models
 
     seen: list[tuple[str, str]] = []
-    real_images = face_models.LoadedModel.encode_images
+    prepared: list[str] = []
+    real_prepare = face_models.LoadedModel.prepare_images
+    real_images = face_models.LoadedModel.encode_pixels
     real_texts = face_models.LoadedModel.encode_texts
     real_loader = face_models.load_clip
+
+    def prepare(self, crops):
+        prepared.append(threading.current_thread().name)
+        return real_prepare(self, crops)
 
     def images(self, batch):
         seen.append(("images", threading.current_thread().name))
@@ -252,7 +258,8 @@ def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
         seen.append(("load", threading.current_thread().name))
         return real_loader(config)
 
-    monkeypatch.setattr(face_models.LoadedModel, "encode_images", images)
+    monkeypatch.setattr(face_models.LoadedModel, "prepare_images", prepare)
+    monkeypatch.setattr(face_models.LoadedModel, "encode_pixels", images)
     monkeypatch.setattr(face_models.LoadedModel, "encode_texts", texts)
     monkeypatch.setattr(app.extensions[face_models.EXTENSION_KEY], "loader", loader)
     stored = client.post("/api/validate", data={"file": (_file(astronaut_jpeg), "a.jpg")})
@@ -262,6 +269,9 @@ def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
     kinds = {kind for kind, _ in seen}
     assert kinds == {"load", "images", "texts"}
     assert {name for _, name in seen} == {"faceapp-infer"}
+    # The request's crops went through the processor (NumPy, no torch) on the request's own
+    # thread (the test client's); only the warm-up's ran on the inference thread.
+    assert prepared == ["faceapp-infer", threading.current_thread().name]
     timings = answer.get_json()["timings_ms"]
     assert timings["queue"] >= 0
     event = client.get(f"/api/images/{image_id}/trace").get_json()["events"][-1]
