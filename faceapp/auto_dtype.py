@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -40,8 +39,9 @@ log = logging.getLogger(__name__)
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 #: bfloat16 is kept only when every trial embedding has at least this cosine to float32's.
 MIN_COSINE = 0.999
-#: Timed calls per dtype, after one untimed call (the first call builds kernels).
-TRIAL_ROUNDS = 3
+#: Timed calls per dtype, after one untimed call (the first call builds kernels). The fastest
+#: counts: other processes on the cores only ever slow a call down.
+TRIAL_ROUNDS = 5
 #: Crops in the timed batch: the sizes a busy worker runs (faceapp/engine.py batches requests).
 TRIAL_BATCH = 4
 FOLDER = ".dtype-choice"
@@ -89,7 +89,7 @@ def native_bf16(flags: Mapping | list | set | tuple) -> list[str]:
 
 
 def decide(float32_ms: float, bfloat16_ms: float, cosine: float) -> tuple[str, str]:
-    """The dtype to keep from one trial's medians and cosine, and why, in words."""
+    """The dtype to keep from one trial's timings and cosine, and why, in words."""
     if cosine < MIN_COSINE:
         return "float32", (
             f"bfloat16 embeddings are too far from float32's (cosine {cosine:.5f} < {MIN_COSINE})"
@@ -97,7 +97,7 @@ def decide(float32_ms: float, bfloat16_ms: float, cosine: float) -> tuple[str, s
     if bfloat16_ms < float32_ms:
         return "bfloat16", (
             f"bfloat16 is {float32_ms / bfloat16_ms:.2f}x faster ({bfloat16_ms:.1f} vs "
-            f"{float32_ms:.1f} ms per batch of {TRIAL_BATCH}), cosine {cosine:.5f}"
+            f"{float32_ms:.1f} ms per batch of {TRIAL_BATCH}, fastest of {TRIAL_ROUNDS}), cosine {cosine:.5f}"
         )
     return "float32", (
         f"bfloat16 is not faster here ({bfloat16_ms:.1f} vs {float32_ms:.1f} ms per batch of "
@@ -105,15 +105,15 @@ def decide(float32_ms: float, bfloat16_ms: float, cosine: float) -> tuple[str, s
     )
 
 
-def median_ms(_dtype: str, call: Callable[[], Any]) -> float:
-    """The median milliseconds of TRIAL_ROUNDS calls, after one untimed call."""
+def best_ms(_dtype: str, call: Callable[[], Any]) -> float:
+    """The fastest of TRIAL_ROUNDS calls in milliseconds, after one untimed call."""
     call()
     samples = []
     for _ in range(TRIAL_ROUNDS):
         started = time.perf_counter()
         call()
         samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def machine_key(facts: Mapping[str, Any], threads: int) -> str:
@@ -174,7 +174,7 @@ def choose(
     except that float32 chosen after a bfloat16 trial needs the caller to load it again (the
     returned choice says float32 while the model is in bfloat16: see :func:`needs_reload`)."""
     facts = dict(facts if facts is not None else cpu_facts())
-    time_call = time_call or median_ms
+    time_call = time_call or best_ms
     flags = native_bf16(facts.get("flags", ()))
     if not flags:
         return Choice(

@@ -20,6 +20,7 @@ from flask import Flask, current_app
 
 from faceapp import auto_dtype
 from faceapp.atomic import replace_folder, staging_folder
+from faceapp.clip_pixels import PixelRecipe
 from faceapp.clip_vocab import bpe_vocab, byte_level_vocab
 from faceapp.engine import engine
 from faceapp.errors import FaceappError
@@ -237,6 +238,7 @@ class LoadedModel:
     warmup_ms: float = 0.0
     image_session: Any = field(default=None, repr=False)  # DTYPE=int8: onnx_int8.ImageSession
     dtype_choice: auto_dtype.Choice | None = None  # DTYPE=auto: what was chosen and why
+    pixel_recipe: PixelRecipe | None = field(default=None, repr=False)  # None: the processor
     text_encoder_calls: int = field(default=0, repr=False)
 
     @property
@@ -273,11 +275,14 @@ class LoadedModel:
         return "int8" if self.image_session else str(self.dtype).removeprefix("torch.")
 
     def prepare_images(self, images: Sequence[Any]) -> list[Any]:
-        """The processor's pixels (one float32 array, 3 x H x W, per PIL image) for encode_pixels.
+        """The processor's pixels (one float32 array, 3 x H x W, per PIL image) for encode_pixels
+        (faceapp/clip_pixels.py's one-pass recipe when the processor has CLIP's plain settings).
 
         Pure NumPy and PIL, never torch: request threads call it, so the inference thread spends
         its time on the forward pass alone (faceapp/engine.py says why only it may call torch).
         """
+        if self.pixel_recipe is not None:
+            return self.pixel_recipe.batch(images)
         pixels = self.processor.image_processor(images=list(images), return_tensors="np")
         return list(pixels["pixel_values"])
 
@@ -445,6 +450,7 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
         load_ms=load_ms,
         image_session=image_session,
         dtype_choice=choice,
+        pixel_recipe=PixelRecipe.of(processor.image_processor),
     )
 
 

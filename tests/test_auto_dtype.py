@@ -1,6 +1,6 @@
 """DTYPE=auto (faceapp/auto_dtype.py): the choice, its cache file, and where the choice shows.
 
-No test here times anything: the trial's timer is injected (monkeypatched `median_ms`), and so
+No test here times anything: the trial's timer is injected (monkeypatched `best_ms`), and so
 is the CPU's flag list, so the outcome is the same on every machine.
 """
 
@@ -79,7 +79,7 @@ def test_native_bf16_flags():
 
 def test_a_cpu_without_native_bf16_gets_float32_unmeasured_and_uncached(auto_config, monkeypatch):
     monkeypatch.setattr(auto_dtype, "cpu_facts", lambda: PLAIN_CPU)
-    monkeypatch.setattr(auto_dtype, "median_ms", refuse_timer)
+    monkeypatch.setattr(auto_dtype, "best_ms", refuse_timer)
     model = loaded(create_app(auto_config))
     assert model.dtype == torch.float32 and model.describe()["dtype"] == "float32"
     assert "no native bfloat16" in model.dtype_choice.reason
@@ -91,7 +91,7 @@ def test_bfloat16_is_kept_when_faster_cached_by_content_and_shown(
 ):
     calls: list[str] = []
     monkeypatch.setattr(auto_dtype, "cpu_facts", lambda: BF16_CPU)
-    monkeypatch.setattr(auto_dtype, "median_ms", fake_timer(40.0, 16.0, calls))
+    monkeypatch.setattr(auto_dtype, "best_ms", fake_timer(40.0, 16.0, calls))
     app = create_app(auto_config)
     model = loaded(app)
     assert calls == ["float32", "bfloat16"]
@@ -121,7 +121,7 @@ def test_bfloat16_is_kept_when_faster_cached_by_content_and_shown(
     assert answer["model"]["dtype"] == "bfloat16"
 
     # The next start reads the file: nothing is measured, the same dtype is used.
-    monkeypatch.setattr(auto_dtype, "median_ms", refuse_timer)
+    monkeypatch.setattr(auto_dtype, "best_ms", refuse_timer)
     again = create_app(auto_config)
     model = loaded(again)
     assert model.dtype == torch.bfloat16 and model.dtype_choice.cached
@@ -138,7 +138,7 @@ def test_float32_is_kept_when_bfloat16_is_slower_and_the_weights_are_float32_aga
     auto_config, monkeypatch
 ):
     monkeypatch.setattr(auto_dtype, "cpu_facts", lambda: BF16_CPU)
-    monkeypatch.setattr(auto_dtype, "median_ms", fake_timer(20.0, 30.0))
+    monkeypatch.setattr(auto_dtype, "best_ms", fake_timer(20.0, 30.0))
     model = loaded(create_app(auto_config))
     assert model.dtype == torch.float32 and model.model.dtype == torch.float32
     assert "not faster" in model.dtype_choice.reason
@@ -149,11 +149,11 @@ def test_float32_is_kept_when_bfloat16_is_slower_and_the_weights_are_float32_aga
 
 def test_the_cache_is_per_machine_and_weights_version(auto_config, monkeypatch):
     monkeypatch.setattr(auto_dtype, "cpu_facts", lambda: BF16_CPU)
-    monkeypatch.setattr(auto_dtype, "median_ms", fake_timer(40.0, 16.0))
+    monkeypatch.setattr(auto_dtype, "best_ms", fake_timer(40.0, 16.0))
     loaded(create_app(auto_config))
     other_cpu = {**BF16_CPU, "flags": [*BF16_CPU["flags"], "amx_bf16"]}
     monkeypatch.setattr(auto_dtype, "cpu_facts", lambda: other_cpu)
-    monkeypatch.setattr(auto_dtype, "median_ms", fake_timer(20.0, 30.0))
+    monkeypatch.setattr(auto_dtype, "best_ms", fake_timer(20.0, 30.0))
     assert loaded(create_app(auto_config)).dtype == torch.float32  # measured again: float32
     loaded(create_app({**auto_config, "TORCH_THREADS": 2}))  # another thread count: measured
     assert len(choice_files(auto_config["MODELS_DIR"])) == 3
@@ -161,13 +161,13 @@ def test_the_cache_is_per_machine_and_weights_version(auto_config, monkeypatch):
 
 def test_an_unreadable_cache_file_is_measured_again(auto_config, monkeypatch):
     monkeypatch.setattr(auto_dtype, "cpu_facts", lambda: BF16_CPU)
-    monkeypatch.setattr(auto_dtype, "median_ms", fake_timer(40.0, 16.0))
+    monkeypatch.setattr(auto_dtype, "best_ms", fake_timer(40.0, 16.0))
     loaded(create_app(auto_config))
     (path,) = choice_files(auto_config["MODELS_DIR"])
     with open(path, "w", encoding="utf-8") as fh:
         fh.write('{"dtype": "int3"')
     calls: list[str] = []
-    monkeypatch.setattr(auto_dtype, "median_ms", fake_timer(40.0, 16.0, calls))
+    monkeypatch.setattr(auto_dtype, "best_ms", fake_timer(40.0, 16.0, calls))
     assert loaded(create_app(auto_config)).dtype == torch.bfloat16
     assert calls == ["float32", "bfloat16"]
 

@@ -219,3 +219,49 @@ def test_a_file_that_is_not_clips_bpe_is_refused(tmp_path):
         fh.write("#version: 0.2\nh e\nl o\n")
     with pytest.raises(ValueError, match="not CLIP's BPE file"):
         bpe_vocab(str(path))
+
+
+@pytest.mark.parametrize("image_size", [32, 224])
+def test_the_pixel_recipe_gives_the_processors_numbers(image_size):
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    from faceapp.clip_pixels import PixelRecipe
+
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    recipe = PixelRecipe.of(processor)
+    assert recipe is not None
+    rng = np.random.default_rng(0)
+    for width, height in [(190, 190), (300, 200), (200, 301), (20, 20), (225, 223)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        for variant in (image, image.convert("L")):  # grey crops become RGB, as there
+            expected = processor(images=[variant], return_tensors="np")["pixel_values"][0]
+            got = recipe.pixels(variant)
+            assert got.shape == expected.shape and got.dtype == np.float32
+            assert np.abs(got - expected).max() < 1e-5
+
+
+def test_a_processor_with_other_settings_keeps_its_own_path():
+    from transformers import CLIPImageProcessorPil
+
+    from faceapp.clip_pixels import PixelRecipe
+
+    fixed = CLIPImageProcessorPil(size={"height": 224, "width": 224}, do_center_crop=False)
+    assert PixelRecipe.of(fixed) is None
+
+
+def test_the_loaded_model_prepares_pixels_with_the_recipe(tiny_model_dir, astronaut):
+    import numpy as np
+
+    model = face_models.load_clip(
+        {"MODEL_NAME": tiny_model_dir, "MODELS_DIR": tiny_model_dir, "DTYPE": "float32"}
+    )
+    assert model.pixel_recipe is not None
+    crop = astronaut.crop((150, 40, 300, 190))
+    ours = model.prepare_images([crop])[0]
+    theirs = model.processor.image_processor(images=[crop], return_tensors="np")["pixel_values"]
+    assert np.abs(ours - theirs[0]).max() < 1e-5
