@@ -97,7 +97,8 @@ def decide(float32_ms: float, bfloat16_ms: float, cosine: float) -> tuple[str, s
     if bfloat16_ms < float32_ms:
         return "bfloat16", (
             f"bfloat16 is {float32_ms / bfloat16_ms:.2f}x faster ({bfloat16_ms:.1f} vs "
-            f"{float32_ms:.1f} ms per batch of {TRIAL_BATCH}, fastest of {TRIAL_ROUNDS}), cosine {cosine:.5f}"
+            f"{float32_ms:.1f} ms per batch of {TRIAL_BATCH}, fastest of {TRIAL_ROUNDS}), "
+            f"cosine {cosine:.5f}"
         )
     return "float32", (
         f"bfloat16 is not faster here ({bfloat16_ms:.1f} vs {float32_ms:.1f} ms per batch of "
