@@ -14,6 +14,7 @@ sees them.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
