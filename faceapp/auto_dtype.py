@@ -171,9 +171,8 @@ def choose(
     facts: Mapping[str, Any] | None = None,
     time_call: TimeCall | None = None,
 ) -> Choice:
-    """Measure (or read back) the dtype for this machine; the model is left in the chosen dtype,
-    except that float32 chosen after a bfloat16 trial needs the caller to load it again (the
-    returned choice says float32 while the model is in bfloat16: see :func:`needs_reload`)."""
+    """Measure (or read back) the dtype for this machine. A measurement leaves the model in
+    bfloat16 (its last trial); the caller loads the weights in the dtype chosen."""
     facts = dict(facts if facts is not None else cpu_facts())
     time_call = time_call or best_ms
     flags = native_bf16(facts.get("flags", ()))
@@ -189,8 +188,6 @@ def choose(
     with _exclusive(path):
         cached = read_cached(path) if path else None
         if cached is not None:
-            if cached.dtype == "bfloat16":
-                trial.to_bfloat16()
             return cached
         choice = _measure(trial, flags, time_call)
         if path:
@@ -203,11 +200,6 @@ def choose(
             document.pop("cached")
             write_json(path, document, indent=2)
     return choice
-
-
-def needs_reload(choice: Choice, model_dtype: str) -> bool:
-    """True when the model was converted for the trial but float32 was chosen."""
-    return choice.dtype == "float32" and model_dtype == "bfloat16"
 
 
 def _measure(trial: Trial, flags: list[str], time_call: TimeCall) -> Choice:

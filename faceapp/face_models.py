@@ -419,11 +419,15 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
     started = time.perf_counter()
     hf_logging.disable_progress_bar()
 
+    def from_folder_as(path: str, dtype: Any) -> Any:
+        return CLIPModel.from_pretrained(path, dtype=dtype).to(device).eval()
+
     def from_folder(dtype: Any) -> Any:
-        return CLIPModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+        return from_folder_as(folder, dtype)
 
     try:
-        model = from_folder(dtype)
+        # bfloat16 on the CPU comes from its own file (below): the original is only mapped.
+        model = from_folder(torch.float32 if dtype == torch.bfloat16 and device == "cpu" else dtype)
         processor = CLIPProcessor.from_pretrained(folder)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise RuntimeError(
@@ -435,9 +439,13 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
         image_session = _int8_image_session(model, models_dir, manifest, threads)
     elif requested == "auto":
         choice = _auto_dtype(model, processor, device, models_dir, manifest, threads)
-        if auto_dtype.needs_reload(choice, str(model.dtype).removeprefix("torch.")):
-            model = from_folder(torch.float32)
-        dtype = model.dtype
+        dtype = getattr(torch, choice.dtype)
+    if dtype == torch.bfloat16 and device == "cpu":
+        # One bfloat16 file per weights version, memory-mapped: workers share its pages, as
+        # float32 workers share the original's (converted in memory, each held ~300 MB alone).
+        model = from_folder_as(bfloat16_copy(folder, models_dir, manifest), dtype)
+    elif model.dtype != dtype:  # DTYPE=auto kept float32 after its bfloat16 trial
+        model = from_folder(dtype)
     load_ms = (time.perf_counter() - started) * 1000
     return LoadedModel(
         name=name if not os.path.isdir(name) else manifest.get("id", name),
@@ -480,6 +488,25 @@ def _auto_dtype(
         threads=threads,
     )
     return auto_dtype.choose(trial, models_dir)
+
+
+BFLOAT16_FOLDER = ".bfloat16"
+
+
+def bfloat16_copy(folder: str, models_dir: str, manifest: dict) -> str:
+    """The model's weights saved in bfloat16 once per weights version (MODELS_DIR/.bfloat16/),
+    so that bfloat16 workers memory-map one file and share its pages."""
+    import torch
+    from transformers import CLIPModel
+
+    target = os.path.join(models_dir, BFLOAT16_FOLDER, weights_version(manifest))
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    with staging_folder(os.path.dirname(target), ".convert-") as staging:
+        CLIPModel.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(staging)
+        replace_folder(staging, target)
+    log.info("bfloat16 weights of %s saved to %s", weights_version(manifest), target)
+    return target
 
 
 def _int8_image_session(model: Any, models_dir: str, manifest: dict, threads: int) -> Any:

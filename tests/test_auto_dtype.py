@@ -100,6 +100,11 @@ def test_bfloat16_is_kept_when_faster_cached_by_content_and_shown(
 
     (path,) = choice_files(auto_config["MODELS_DIR"])
     assert os.path.basename(path).startswith(model.version + "-")
+    # The weights come from one bfloat16 file per weights version, which workers map and share.
+    copy = os.path.join(auto_config["MODELS_DIR"], ".bfloat16", model.version, "model.safetensors")
+    assert os.path.isfile(copy) and os.path.getsize(copy) < os.path.getsize(
+        os.path.join(auto_config["MODEL_NAME"], "model.safetensors")
+    )
     with open(path, encoding="utf-8") as fh:
         document = json.load(fh)
     assert document["dtype"] == "bfloat16"
