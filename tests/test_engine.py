@@ -155,6 +155,30 @@ def test_different_batch_functions_never_share_a_batch(engine):
     assert texts.batches == [[0, 2, 4]]
 
 
+def test_jobs_of_arrays_are_taken_from_the_queue_by_identity(engine):
+    # Pixels are NumPy arrays: comparing two jobs by their items raised inside the thread.
+    import numpy as np
+
+    images, texts = Recorder(), Recorder()
+    blocker = _hold(engine, images, item=np.zeros(3))
+    results: list = [None] * 4
+
+    def send(i: int) -> None:
+        results[i] = _catch(lambda i: engine.encode(texts if i == 1 else images, [np.ones(3)]), i)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for count, thread in enumerate(threads, start=1):  # queued in this order
+        thread.start()
+        _wait_for(lambda count=count: engine.pending() == count)
+    images.gate.set()
+    for thread in [blocker, *threads]:
+        thread.join(10)
+    assert all(isinstance(got, tuple) and len(got[0]) == 1 for got in results), results
+    # The queue is image, text, image, image: taking the later images past the text job
+    # compares the queue's jobs with them.
+    assert [len(batch) for batch in images.batches] == [1, 3] and len(texts.batches) == 1
+
+
 def test_an_error_reaches_only_its_own_request(engine):
     encode = Recorder(fail_on="bad")
     blocker = _hold(engine, encode, "ok")
