@@ -19,11 +19,12 @@ MODULES   ?= validation decoding access url_fetch
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml scripts/fetch-clip-bpe
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
 	$(PY) -m pip install --quiet -e '.[test,dev]'
+	scripts/fetch-clip-bpe $(PY)
 	@touch $(STAMP)
 
 system-packages:

@@ -64,6 +64,13 @@ logger_class = "faceapp.request_log.AccessLogger"
 control_socket_disable = True
 
 
+def post_fork(server, worker):
+    """Fix glibc's malloc thresholds in the worker (faceapp/gunicorn_worker.py: tune_malloc)."""
+    from faceapp.gunicorn_worker import tune_malloc
+
+    tune_malloc()
+
+
 def post_worker_init(worker):
     """Load this worker's model in the background: health answers at once, ready once loaded."""
     from faceapp import faces

@@ -142,18 +142,28 @@ def bench_dir() -> str:
 def ensure_checkpoint(size: str) -> tuple[str, float | None]:
     """The random checkpoint of `size`, written once (as `flask models random` does), then reused.
 
-    Returns its folder and the seconds spent writing it (None when it was reused).
+    Its tokenizer is CLIP's own BPE (the file `make install` fetched), so prompts cost what they
+    cost with the real model. Returns its folder and the seconds spent writing it (None when it
+    was reused).
     """
+    from faceapp.clip_vocab import default_bpe_file
     from faceapp.face_models import write_random_checkpoint
     from faceapp.model_files import read_manifest
 
+    bpe = default_bpe_file()
+    if bpe is None:
+        raise RuntimeError("CLIP's BPE file is missing: run `make install` (it fetches it)")
     folder = os.path.join(bench_dir(), f"random-clip-{size}")
     manifest = read_manifest(folder) if os.path.isdir(folder) else None
-    if manifest and manifest.get("id") == f"random-clip-{size}":
+    if (
+        manifest
+        and manifest.get("id") == f"random-clip-{size}"
+        and manifest.get("tokenizer") == "clip-bpe"
+    ):
         return folder, None
     print(f"writing a random {size} checkpoint to {folder} (once) ...", flush=True)
     started = time.perf_counter()
-    write_random_checkpoint(folder, size=size)
+    write_random_checkpoint(folder, size=size, bpe_file=bpe)
     return folder, time.perf_counter() - started
 
 
@@ -230,8 +240,8 @@ def bench_zero_shot(plan: Plan, analyzer, photo: Image.Image, region) -> Compari
 
 
 def bench_encoder_dtype(plan: Plan, fp32, bf16, crops: list[Image.Image], key: str) -> Comparison:
-    """The image encoder with float32 weights vs bfloat16 weights on the same crops."""
-    a_ms, b_ms = plan.compare(lambda: fp32.encode_images(crops), lambda: bf16.encode_images(crops))
+    """The bare image encoder (a ready tensor) with float32 vs bfloat16 weights, same crops."""
+    a_ms, b_ms = plan.compare(http.bare_forward(fp32, crops), http.bare_forward(bf16, crops))
     difference = (fp32.encode_images(crops) - bf16.encode_images(crops)).abs().max().item()
     return Comparison(
         key,
@@ -246,8 +256,9 @@ def bench_encoder_dtype(plan: Plan, fp32, bf16, crops: list[Image.Image], key: s
 
 
 def bench_int8(plan: Plan, fp32, int8, crops: list[Image.Image], key: str) -> Comparison:
-    """The image encoder in torch float32 vs ONNX Runtime int8, with their embeddings' cosine."""
-    a_ms, b_ms = plan.compare(lambda: fp32.encode_images(crops), lambda: int8.encode_images(crops))
+    """The bare image encoder (ready pixels) in torch float32 vs ONNX Runtime int8, with their
+    embeddings' cosine."""
+    a_ms, b_ms = plan.compare(http.bare_forward(fp32, crops), http.bare_forward(int8, crops))
     cosine = (fp32.encode_images(crops) * int8.encode_images(crops)).sum(dim=-1)
     return Comparison(
         key,
@@ -442,23 +453,37 @@ def bench_memory(folder: str, threads: int | None) -> Comparison:
 # --------------------------------------------------------------------------------------------
 
 
+#: The CPU flags the header shows: the vector and matrix instructions the encoder's speed in each
+#: dtype depends on.
+SHOWN_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "asimd",
+    "bf16",
+    "i8mm",
+    "sve",
+)
+
+
 def machine_facts() -> dict:
     """What the numbers were measured on."""
     import torch
     import transformers
 
+    from faceapp.auto_dtype import cpu_facts
     from faceapp.face_models import available_cores
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
+    cpu = cpu_facts()
     return {
-        "cpu": cpu,
+        "cpu": cpu["model"],
+        "cpu_flags": [flag for flag in cpu["flags"] if flag in SHOWN_FLAGS],
         "cores_available": available_cores(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -472,22 +497,23 @@ def machine_facts() -> dict:
 def format_table(results: Sequence[Comparison]) -> str:
     """The readable table: one row per comparison, then what each ratio means."""
     header = (
-        f"{'comparison':24} {'A':18} {'B':18} {'n':>2} {'A median':>9} {'B median':>9} "
-        f"{'A/B':>8} {'best/best':>9}  pair ratios p25-p75"
+        f"{'comparison':24} {'A':18} {'B':20} {'n':>2} {'A p50 / p95':>16} "
+        f"{'B p50 / p95':>16} {'A/B':>8} {'best/best':>9}  pair ratios p25-p75"
     )
     lines = [header, "-" * len(header)]
     for item in results:
         low, high = item.pair_ratio_quartiles()
         spread = f"{low:.2f}-{high:.2f}x" if len(item.a_samples) > 1 else "(one sample each)"
+        a = f"{item.a:.1f} / {item.a_p95:.1f} {item.unit}"
+        b = f"{item.b:.1f} / {item.b_p95:.1f} {item.unit}"
         lines.append(
-            f"{item.title:24} {item.a_label:18} {item.b_label:18} {len(item.a_samples):>2} "
-            f"{item.a:>6.1f} {item.unit:2} {item.b:>6.1f} {item.unit:2} {item.ratio:>7.2f}x "
-            f"{item.best_ratio:>8.2f}x  {spread}"
+            f"{item.title:24} {item.a_label:18} {item.b_label:20} {len(item.a_samples):>2} "
+            f"{a:>16} {b:>16} {item.ratio:>7.2f}x {item.best_ratio:>8.2f}x  {spread}"
         )
     lines.append("")
     lines.append(
-        "A/B is the ratio of the medians, best/best that of the fastest rounds (less "
-        "sensitive to other processes); A/B > 1: B is faster or smaller."
+        "p50 / p95 over the rounds; A/B is the ratio of the medians, best/best that of the "
+        "fastest rounds (less sensitive to other processes); A/B > 1: B is faster or smaller."
     )
     for item in results:
         lines.append(f"  {item.key}: {item.meaning}.")
@@ -580,8 +606,24 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     return _settings(plan, folder, written_s, started), results
 
 
+def dtype_choices(folder: str) -> dict:
+    """What DTYPE=auto chose for this checkpoint, per thread count (its cache files)."""
+    from faceapp.auto_dtype import FOLDER
+
+    found = {}
+    cache = os.path.join(folder, FOLDER)
+    for name in sorted(os.listdir(cache)) if os.path.isdir(cache) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(cache, name), encoding="utf-8") as fh:
+                choice = json.load(fh)
+            where = f"{choice['machine']['threads']} torch thread(s)"
+            found[where] = {key: choice.get(key) for key in ("dtype", "reason", "measured_at")}
+    return found
+
+
 def _settings(plan: Plan, folder: str, written_s: float | None, started: float, **extra) -> dict:
     return {
+        "dtype": dtype_choices(folder),
         "size": plan.size,
         "repeats": plan.repeats,
         "budget_s": plan.budget_s,
@@ -610,10 +652,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"warm-up, {settings['total_s']:.0f} s in all"
     )
     print(
-        f"machine: {facts['cpu']}; {facts['cores_available']} cores available, torch "
-        f"{facts['torch']} with {facts['torch_threads']} threads, transformers "
-        f"{facts['transformers']}, Python {facts['python']}"
+        f"machine: {facts['cpu']} (flags: {' '.join(facts['cpu_flags']) or 'none of note'}); "
+        f"{facts['cores_available']} cores available, torch {facts['torch']} with "
+        f"{facts['torch_threads']} threads, transformers {facts['transformers']}, "
+        f"Python {facts['python']}"
     )
+    for where, choice in settings["dtype"].items():
+        print(f"DTYPE=auto, {where}: {choice['dtype']} ({choice['reason']})")
+    if not settings["dtype"]:
+        print("DTYPE=auto: float32 (the CPU reports no native bfloat16; nothing was measured)")
     print(
         f"load average (1, 5, 15 min) before: {_loads(facts['load_average_before'])}, after: "
         f"{_loads(facts['load_average_after'])}"

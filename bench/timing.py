@@ -33,6 +33,14 @@ class Comparison:
         return statistics.median(self.b_samples)
 
     @property
+    def a_p95(self) -> float:
+        return percentile(self.a_samples, 95)
+
+    @property
+    def b_p95(self) -> float:
+        return percentile(self.b_samples, 95)
+
+    @property
     def ratio(self) -> float:
         """A over B: how many times B is faster (or smaller) than A."""
         return self.a / self.b
@@ -60,6 +68,8 @@ class Comparison:
             "unit": self.unit,
             "a": self.a,
             "b": self.b,
+            "a_p95": self.a_p95,
+            "b_p95": self.b_p95,
             "ratio": self.ratio,
             "best_ratio": self.best_ratio,
             "pair_ratio_p25": low,
@@ -69,6 +79,17 @@ class Comparison:
             "meaning": self.meaning,
             "sanity": self.sanity,
         }
+
+
+def percentile(samples: list[float], percent: float) -> float:
+    """The `percent`-th percentile of `samples` (linear between the closest ranks)."""
+    ordered = sorted(samples)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * percent / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 MIN_ROUNDS = 3

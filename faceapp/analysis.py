@@ -128,8 +128,9 @@ class Analyzer:
         self.model = model
         self.attributes = attributes
         self.engine = inference
-        # int8 scores differ slightly from float32 ones: they never share cached results.
-        runtime = ":int8" if model.image_session is not None else ""
+        # int8 and bfloat16 scores differ slightly from float32 ones: they never share cached
+        # results (float32 keeps the identity it always had).
+        runtime = "" if model.dtype_name == "float32" else f":{model.dtype_name}"
         identity = f"{model.version}:{attributes.digest}{runtime}"
         self.version = hashlib.sha256(identity.encode()).hexdigest()[:12]
         self.logit_scale = inference.run(lambda: model.logit_scale)
@@ -151,8 +152,11 @@ class Analyzer:
         from safetensors import SafetensorError
         from safetensors.torch import load_file, save_file
 
-        # Keyed on the prompts only: recalibrating a temperature keeps the embeddings.
-        name = f"{self.model.version}-{self.attributes.prompts_digest()}.safetensors"
+        # Keyed on the prompts only: recalibrating a temperature keeps the embeddings. The text
+        # encoder runs in the model's torch dtype (int8's is float32), which is in the name.
+        text_dtype = str(self.model.dtype).removeprefix("torch.")
+        runtime = "" if text_dtype == "float32" else f"-{text_dtype}"
+        name = f"{self.model.version}{runtime}-{self.attributes.prompts_digest()}.safetensors"
         path = os.path.join(cache_dir, name) if cache_dir else None
         if path and os.path.isfile(path):
             try:
@@ -235,7 +239,10 @@ class Analyzer:
         def score(faces) -> list[dict]:  # on the inference thread, this request's rows only
             return self._answers(faces, regions, attribute_names, labels, label_rows, embedding)
 
-        return self.engine.encode(self.model.encode_images, crops, score)
+        # The processor's resize and normalisation run here, on the request's own thread; the
+        # inference thread only stacks the arrays and runs the forward pass.
+        pixels = self.model.prepare_images(crops)
+        return self.engine.encode(self.model.encode_pixels, pixels, score)
 
     def _answers(
         self,

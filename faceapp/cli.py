@@ -10,6 +10,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
 from faceapp import face_models, model_files
+from faceapp.clip_vocab import default_bpe_file
 
 FIT_FEW_IMAGES = 50  # below this many images per attribute, --fit says the fit is unreliable
 EVAL_TIMEOUT_S = 24 * 3600  # one `flask eval` on the inference thread (not a request's 60 s)
@@ -76,12 +77,22 @@ def pull_detector(models_dir: str) -> None:
     help="tiny: a few MB for tests; base: ViT-B/32 for benchmarks.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-def random_model(folder: str, size: str, seed: int) -> None:
+@click.option(
+    "--bpe",
+    "bpe_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="CLIP's BPE file (bpe_simple_vocab_16e6.txt.gz) for a tokenizer like the real model's; "
+    "default: the one `make install` fetched, if any, else one token per byte.",
+)
+def random_model(folder: str, size: str, seed: int, bpe_file: str | None) -> None:
     """Write a CLIP checkpoint with random weights to FOLDER (use it as FACEAPP_MODEL_NAME)."""
-    face_models.write_random_checkpoint(folder, size=size, seed=seed)
+    bpe_file = bpe_file or default_bpe_file()
+    face_models.write_random_checkpoint(folder, size=size, seed=seed, bpe_file=bpe_file)
     manifest = model_files.read_manifest(folder)
+    tokenizer = "CLIP's BPE" if bpe_file else "byte-level"
     click.echo(
-        f"Wrote a random-weights {size} CLIP to {folder} "
+        f"Wrote a random-weights {size} CLIP ({tokenizer} tokenizer) to {folder} "
         f"(version {model_files.weights_version(manifest)}). Serve it with "
         f"FACEAPP_MODEL_NAME={folder}"
     )

@@ -39,7 +39,10 @@ DEFAULTS: dict[str, Any] = {
     "MODEL_NAME": "openai/clip-vit-base-patch32",
     "MODELS_DIR": None,  # None: <instance>/models
     "DEVICE": "auto",
-    "DTYPE": "float32",
+    # auto: bfloat16 where the CPU has native bf16 and a trial at the first start finds it faster
+    # and close to float32 (faceapp/auto_dtype.py), else float32; or float32, bfloat16, float16
+    # (GPU), int8 (ONNX Runtime, CPU).
+    "DTYPE": "auto",
     "MODEL_AUTO_PULL": True,  # a hub id missing from MODELS_DIR is pulled at first load
     "LOAD_MODEL_ON_START": True,  # load in each worker right after fork (gunicorn hook)
     "WORKERS": 1,  # set by gunicorn.conf.py; torch threads per worker = cores / workers

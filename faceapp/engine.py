@@ -49,7 +49,7 @@ class JobStats:
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: the queue removes it by identity, never by its items
 class _Job:
     items: list
     batch_fn: BatchFn | None  # None: `call` runs alone

@@ -18,7 +18,10 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from faceapp import auto_dtype
 from faceapp.atomic import replace_folder, staging_folder
+from faceapp.clip_pixels import PixelRecipe
+from faceapp.clip_vocab import bpe_vocab, byte_level_vocab
 from faceapp.engine import engine
 from faceapp.errors import FaceappError
 from faceapp.model_files import (
@@ -33,7 +36,7 @@ from faceapp.model_files import (
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "faceapp.models"
-DTYPES = ("float32", "bfloat16", "float16", "int8")  # int8: faceapp/onnx_int8.py
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")  # int8: faceapp/onnx_int8.py
 LOAD_TIMEOUT = 900.0  # a first load may pull and convert weights: minutes, not hours
 
 
@@ -83,18 +86,14 @@ RANDOM_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def byte_level_vocab() -> dict[str, int]:
-    """A CLIP BPE vocabulary with no merges: every byte, alone and word-final, plus the specials."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+def write_random_checkpoint(
+    folder: str, size: str = "tiny", seed: int = 0, bpe_file: str | None = None
+) -> str:
+    """Write a CLIP checkpoint with random weights that loads offline through `load_clip`.
 
-    alphabet = list(bytes_to_unicode().values())
-    tokens = alphabet + [symbol + "</w>" for symbol in alphabet]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {token: index for index, token in enumerate(tokens)}
-
-
-def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> str:
-    """Write a CLIP checkpoint with random weights that loads offline through `load_clip`."""
+    Its tokenizer is CLIP's own when `bpe_file` (CLIP's BPE file, faceapp/clip_vocab.py) is
+    given, else one token per byte (longer prompts, same code path).
+    """
     import torch
     from transformers import (
         CLIPConfig,
@@ -107,7 +106,7 @@ def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> s
     if size not in RANDOM_SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(RANDOM_SIZES)}")
     spec = RANDOM_SIZES[size]
-    vocab = byte_level_vocab()
+    vocab, merges = bpe_vocab(bpe_file) if bpe_file else byte_level_vocab()
     special = {
         "bos_token_id": vocab["<|startoftext|>"],
         "eos_token_id": vocab["<|endoftext|>"],
@@ -128,7 +127,7 @@ def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> s
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
         ),
-        tokenizer=CLIPTokenizer(vocab=vocab, merges=[]),
+        tokenizer=CLIPTokenizer(vocab=vocab, merges=merges),
     )
     from transformers.utils import logging as hf_logging
 
@@ -140,7 +139,13 @@ def write_random_checkpoint(folder: str, size: str = "tiny", seed: int = 0) -> s
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         manifest = build_manifest(
-            staging, f"random-clip-{size}", None, source="random", random_weights=True, seed=seed
+            staging,
+            f"random-clip-{size}",
+            None,
+            source="random",
+            random_weights=True,
+            seed=seed,
+            tokenizer="clip-bpe" if bpe_file else "byte-level",
         )
         write_manifest(staging, manifest)
         replace_folder(staging, folder)
@@ -178,10 +183,11 @@ def choose_device(requested: str) -> str:
 
 
 def choose_dtype(requested: str, device: str):
-    """Resolve DTYPE for a device: float16 is a GPU format, so on cpu it becomes float32."""
+    """The dtype to load DTYPE's weights in on a device: float16 is a GPU format, so on cpu it
+    becomes float32; ``auto`` loads float32 (then faceapp/auto_dtype.py may convert them)."""
     import torch
 
-    requested = (requested or "float32").strip().lower()
+    requested = (requested or "auto").strip().lower()
     if requested not in DTYPES:
         raise RuntimeError(f"DTYPE={requested!r} is not one of {', '.join(DTYPES)}")
     if requested == "float16" and device == "cpu":
@@ -191,6 +197,8 @@ def choose_dtype(requested: str, device: str):
         if device != "cpu":
             raise RuntimeError("DTYPE=int8 runs on the CPU (ONNX Runtime); set DEVICE=cpu")
         requested = "float32"  # the torch model (text encoder); images go through ONNX Runtime
+    if requested == "auto":
+        requested = "float32"
     return getattr(torch, requested)
 
 
@@ -229,6 +237,8 @@ class LoadedModel:
     load_ms: float = 0.0
     warmup_ms: float = 0.0
     image_session: Any = field(default=None, repr=False)  # DTYPE=int8: onnx_int8.ImageSession
+    dtype_choice: auto_dtype.Choice | None = None  # DTYPE=auto: what was chosen and why
+    pixel_recipe: PixelRecipe | None = field(default=None, repr=False)  # None: the processor
     text_encoder_calls: int = field(default=0, repr=False)
 
     @property
@@ -253,25 +263,46 @@ class LoadedModel:
             "name": self.name,
             "version": self.version,
             "device": self.device,
-            "dtype": "int8" if self.image_session else str(self.dtype).removeprefix("torch."),
+            "dtype": self.dtype_name,
         }
         if self.random_weights:
             info["random_weights"] = True
         return info
 
-    def encode_images(self, images: Sequence[Any]):
-        """L2-normalised image embeddings (float32, on the CPU) for a batch of PIL images."""
+    @property
+    def dtype_name(self) -> str:
+        """``float32``, ``bfloat16``, ``float16`` or ``int8``: what the image encoder runs in."""
+        return "int8" if self.image_session else str(self.dtype).removeprefix("torch.")
+
+    def prepare_images(self, images: Sequence[Any]) -> list[Any]:
+        """The processor's pixels (one float32 array, 3 x H x W, per PIL image) for encode_pixels
+        (faceapp/clip_pixels.py's one-pass recipe when the processor has CLIP's plain settings).
+
+        Pure NumPy and PIL, never torch: request threads call it, so the inference thread spends
+        its time on the forward pass alone (faceapp/engine.py says why only it may call torch).
+        """
+        if self.pixel_recipe is not None:
+            return self.pixel_recipe.batch(images)
+        pixels = self.processor.image_processor(images=list(images), return_tensors="np")
+        return list(pixels["pixel_values"])
+
+    def encode_pixels(self, pixels: Sequence[Any]):
+        """L2-normalised image embeddings (float32, on the CPU) for arrays from prepare_images."""
+        import numpy as np
         import torch
 
+        batch = np.stack(pixels).astype(np.float32, copy=False)
         if self.image_session is not None:
-            pixels = self.processor(images=list(images), return_tensors="np")["pixel_values"]
-            features = torch.from_numpy(self.image_session(pixels.astype("float32")))
+            features = torch.from_numpy(self.image_session(batch))
             return torch.nn.functional.normalize(features, dim=-1)
-        inputs = self.processor(images=list(images), return_tensors="pt")
-        pixels = inputs["pixel_values"].to(self.device, self.dtype)
+        tensor = torch.from_numpy(batch).to(self.device, self.dtype)
         with torch.inference_mode():
-            features = _pooled(self.model.get_image_features(pixel_values=pixels))
+            features = _pooled(self.model.get_image_features(pixel_values=tensor))
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+
+    def encode_images(self, images: Sequence[Any]):
+        """L2-normalised image embeddings (float32, on the CPU) for a batch of PIL images."""
+        return self.encode_pixels(self.prepare_images(images))
 
     def encode_texts(self, texts: Sequence[str]):
         """L2-normalised text embeddings (float32, on the CPU) for a batch of strings."""
@@ -287,15 +318,28 @@ class LoadedModel:
         return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
 
     def warm_up(self) -> float:
-        """Run one image and one text through the model so the first request is not slow."""
-        from PIL import Image
-
+        """Run a warm-up crop and one text through the model so the first request is not slow."""
         started = time.perf_counter()
-        self.encode_images([Image.new("RGB", (64, 64), (128, 128, 128))])
+        self.encode_images(warmup_crops(1))
         self.encode_texts(["a photo of a face"])
         self.text_encoder_calls -= 1  # warm-up is not a request's encoding
         self.warmup_ms = (time.perf_counter() - started) * 1000
         return self.warmup_ms
+
+
+def warmup_crops(count: int = auto_dtype.TRIAL_BATCH) -> list[Any]:
+    """Fixed face-crop-sized images (smooth gradients and noise): warm-up and DTYPE=auto's trial."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(20)
+    ramp = np.linspace(0, 255, 256, dtype=np.float32)
+    crops = []
+    for index in range(count):
+        base = (ramp[None, :, None] * (index + 1) / count + ramp[:, None, None] / 2) % 256
+        noisy = base + rng.normal(0, 24, (256, 256, 3))
+        crops.append(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB"))
+    return crops
 
 
 def _pooled(output: Any):
@@ -367,22 +411,41 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
         )
 
     device = choose_device(config.get("DEVICE", "auto"))
-    dtype = choose_dtype(config.get("DTYPE", "float32"), device)
-    torch.set_num_threads(torch_threads(config))
+    requested = str(config.get("DTYPE") or "auto").strip().lower()
+    dtype = choose_dtype(requested, device)
+    threads = torch_threads(config)
+    torch.set_num_threads(threads)
     manifest = read_manifest(folder) or build_manifest(folder, name, None, source="folder")
     started = time.perf_counter()
     hf_logging.disable_progress_bar()
+
+    def from_folder_as(path: str, dtype: Any) -> Any:
+        return CLIPModel.from_pretrained(path, dtype=dtype).to(device).eval()
+
+    def from_folder(dtype: Any) -> Any:
+        return from_folder_as(folder, dtype)
+
     try:
-        model = CLIPModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+        # bfloat16 on the CPU comes from its own file (below): the original is only mapped.
+        model = from_folder(torch.float32 if dtype == torch.bfloat16 and device == "cpu" else dtype)
         processor = CLIPProcessor.from_pretrained(folder)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise RuntimeError(
             f"model folder {folder} could not be loaded ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200]}); pull it again with `flask --app wsgi models pull`"
         ) from exc
-    image_session = None
-    if str(config.get("DTYPE") or "").strip().lower() == "int8":
-        image_session = _int8_image_session(model, models_dir, manifest, torch_threads(config))
+    image_session = choice = None
+    if requested == "int8":
+        image_session = _int8_image_session(model, models_dir, manifest, threads)
+    elif requested == "auto":
+        choice = _auto_dtype(model, processor, device, models_dir, manifest, threads)
+        dtype = getattr(torch, choice.dtype)
+    if dtype == torch.bfloat16 and device == "cpu":
+        # One bfloat16 file per weights version, memory-mapped: workers share its pages, as
+        # float32 workers share the original's (converted in memory, each held ~300 MB alone).
+        model = from_folder_as(bfloat16_copy(folder, models_dir, manifest), dtype)
+    elif model.dtype != dtype:  # DTYPE=auto kept float32 after its bfloat16 trial
+        model = from_folder(dtype)
     load_ms = (time.perf_counter() - started) * 1000
     return LoadedModel(
         name=name if not os.path.isdir(name) else manifest.get("id", name),
@@ -394,7 +457,56 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
         processor=processor,
         load_ms=load_ms,
         image_session=image_session,
+        dtype_choice=choice,
+        pixel_recipe=PixelRecipe.of(processor.image_processor),
     )
+
+
+def _auto_dtype(
+    model: Any, processor: Any, device: str, models_dir: str, manifest: dict, threads: int
+) -> auto_dtype.Choice:
+    """DTYPE=auto: float32 or bfloat16 for this machine (faceapp/auto_dtype.py); converts `model`
+    to bfloat16 when that is kept (float32 chosen after the trial: the caller loads it again)."""
+    import numpy as np
+    import torch
+
+    if device != "cpu":
+        return auto_dtype.Choice("float32", f"DTYPE=auto measures CPUs only; {device} runs float32")
+    crops = warmup_crops()
+    pixels = np.stack(processor.image_processor(images=crops, return_tensors="np")["pixel_values"])
+
+    def encode() -> Any:
+        tensor = torch.from_numpy(pixels).to(model.dtype)
+        with torch.inference_mode():
+            features = _pooled(model.get_image_features(pixel_values=tensor))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    trial = auto_dtype.Trial(
+        encode=encode,
+        to_bfloat16=lambda: model.to(torch.bfloat16),
+        weights_version=weights_version(manifest),
+        threads=threads,
+    )
+    return auto_dtype.choose(trial, models_dir)
+
+
+BFLOAT16_FOLDER = ".bfloat16"
+
+
+def bfloat16_copy(folder: str, models_dir: str, manifest: dict) -> str:
+    """The model's weights saved in bfloat16 once per weights version (MODELS_DIR/.bfloat16/),
+    so that bfloat16 workers memory-map one file and share its pages."""
+    import torch
+    from transformers import CLIPModel
+
+    target = os.path.join(models_dir, BFLOAT16_FOLDER, weights_version(manifest))
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    with staging_folder(os.path.dirname(target), ".convert-") as staging:
+        CLIPModel.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(staging)
+        replace_folder(staging, target)
+    log.info("bfloat16 weights of %s saved to %s", weights_version(manifest), target)
+    return target
 
 
 def _int8_image_session(model: Any, models_dir: str, manifest: dict, threads: int) -> Any:

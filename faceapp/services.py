@@ -131,15 +131,19 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     decoded = _decode(data, source.kind, config)
     timings["decode"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
-    found = faces.detect(decoded.image)
+    # The preview (a whole-factor reduction, stored for the tester) is made first: detection's
+    # copy and the brightness measure start from it rather than from the full image.
+    preview = stored_image.make_preview(decoded.image)
+    found = faces.detect(decoded.image, preview)
     timings["detect"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
-    report = validation.assess(decoded.image, found, validation.Thresholds.from_config(config))
+    thresholds = validation.Thresholds.from_config(config)
+    report = validation.assess(decoded.image, found, thresholds, reduced=preview)
     found = validation.main_first(found, report)
     timings["validate"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
     face_dicts = [face.to_dict() for face in found]
-    parts, stored = stored_image.build_parts(decoded.image, face_dicts)
+    parts, stored = stored_image.build_parts(decoded.image, face_dicts, preview)
     meta = {
         "image_id": image_id,
         "created": time.time(),

@@ -32,8 +32,18 @@ PREVIEW_PART = "preview.jpg"
 JPEG_QUALITY = 90
 
 
-def build_parts(image: Image.Image, faces: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
-    """The parts to store beside the bytes (name -> JPEG) and meta's ``stored`` description."""
+def make_preview(image: Image.Image) -> Image.Image:
+    """The bounded preview: a whole-factor box reduction (cheap, no resampling filter, free of
+    aliasing) to at most PREVIEW_MAX_SIDE a side. Validate detects faces and measures
+    brightness on it too."""
+    return bounded_copy(image, PREVIEW_MAX_SIDE)
+
+
+def build_parts(
+    image: Image.Image, faces: Sequence[Mapping[str, Any]], preview: Image.Image | None = None
+) -> tuple[dict, dict]:
+    """The parts to store beside the bytes (name -> JPEG) and meta's ``stored`` description
+    (`preview`: :func:`make_preview`'s, when the caller has made it already)."""
     parts: dict[str, bytes] = {}
     contexts = []
     for index, face in enumerate(faces):
@@ -41,8 +51,7 @@ def build_parts(image: Image.Image, faces: Sequence[Mapping[str, Any]]) -> tuple
         name = f"face-{index}.jpg"
         parts[name] = _jpeg(context)
         contexts.append({"part": name, **placement})
-    # A whole-factor box reduction: cheap (no resampling filter) and free of aliasing.
-    preview = bounded_copy(image, PREVIEW_MAX_SIDE)
+    preview = preview or make_preview(image)
     parts[PREVIEW_PART] = _jpeg(preview)
     stored = {
         "format": STORE_FORMAT,

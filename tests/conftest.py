@@ -16,7 +16,12 @@ from faceapp import create_app  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
-    """A tiny random-weights CLIP written by the real `flask models random` command."""
+    """A tiny random-weights CLIP written by the real `flask models random` command, with CLIP's
+    own BPE tokenizer (the file `make install` fetched: faceapp/clip_vocab.py)."""
+    from faceapp.clip_vocab import default_bpe_file
+
+    bpe = default_bpe_file()
+    assert bpe, "CLIP's BPE file is missing: run `make install` (scripts/fetch-clip-bpe fetches it)"
     folder = tmp_path_factory.mktemp("models") / "tiny-clip"
     app = create_app(
         {
@@ -26,7 +31,8 @@ def tiny_model_dir(tmp_path_factory) -> str:
             "STORE_URL": str(tmp_path_factory.mktemp("cli-store")),
         }
     )
-    result = app.test_cli_runner().invoke(args=["models", "random", str(folder), "--size", "tiny"])
+    command = ["models", "random", str(folder), "--size", "tiny", "--bpe", bpe]
+    result = app.test_cli_runner().invoke(args=command)
     assert result.exit_code == 0, result.output
     return str(folder)
 
@@ -55,6 +61,9 @@ def config(tmp_path, tiny_model_dir) -> dict:
         "SECRET_KEY": "test-secret-key-not-for-production",  # no key file in the repo's instance/
         "ADMIN_KEYS": "admin-key",
         "TORCH_THREADS": 1,
+        # DTYPE=auto would time float32 against bfloat16 and pick by speed: scores would depend
+        # on the machine's load. Its own tests (tests/test_auto_dtype.py) set it.
+        "DTYPE": "float32",
         # Haar needs no file; tests of YuNet and of the fallback set DETECTOR themselves.
         "DETECTOR": "haar",
     }

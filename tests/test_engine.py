@@ -155,6 +155,30 @@ def test_different_batch_functions_never_share_a_batch(engine):
     assert texts.batches == [[0, 2, 4]]
 
 
+def test_jobs_of_arrays_are_taken_from_the_queue_by_identity(engine):
+    # Pixels are NumPy arrays: comparing two jobs by their items raised inside the thread.
+    import numpy as np
+
+    images, texts = Recorder(), Recorder()
+    blocker = _hold(engine, images, item=np.zeros(3))
+    results: list = [None] * 4
+
+    def send(i: int) -> None:
+        results[i] = _catch(lambda i: engine.encode(texts if i == 1 else images, [np.ones(3)]), i)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+    for count, thread in enumerate(threads, start=1):  # queued in this order
+        thread.start()
+        _wait_for(lambda count=count: engine.pending() == count)
+    images.gate.set()
+    for thread in [blocker, *threads]:
+        thread.join(10)
+    assert all(isinstance(got, tuple) and len(got[0]) == 1 for got in results), results
+    # The queue is image, text, image, image: taking the later images past the text job
+    # compares the queue's jobs with them.
+    assert [len(batch) for batch in images.batches] == [1, 3] and len(texts.batches) == 1
+
+
 def test_an_error_reaches_only_its_own_request(engine):
     encode = Recorder(fail_on="bad")
     blocker = _hold(engine, encode, "ok")
@@ -236,9 +260,15 @@ def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
     from faceapp import face_models
 
     seen: list[tuple[str, str]] = []
-    real_images = face_models.LoadedModel.encode_images
+    prepared: list[str] = []
+    real_prepare = face_models.LoadedModel.prepare_images
+    real_images = face_models.LoadedModel.encode_pixels
     real_texts = face_models.LoadedModel.encode_texts
     real_loader = face_models.load_clip
+
+    def prepare(self, crops):
+        prepared.append(threading.current_thread().name)
+        return real_prepare(self, crops)
 
     def images(self, batch):
         seen.append(("images", threading.current_thread().name))
@@ -252,7 +282,8 @@ def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
         seen.append(("load", threading.current_thread().name))
         return real_loader(config)
 
-    monkeypatch.setattr(face_models.LoadedModel, "encode_images", images)
+    monkeypatch.setattr(face_models.LoadedModel, "prepare_images", prepare)
+    monkeypatch.setattr(face_models.LoadedModel, "encode_pixels", images)
     monkeypatch.setattr(face_models.LoadedModel, "encode_texts", texts)
     monkeypatch.setattr(app.extensions[face_models.EXTENSION_KEY], "loader", loader)
     stored = client.post("/api/validate", data={"file": (_file(astronaut_jpeg), "a.jpg")})
@@ -262,6 +293,9 @@ def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
     kinds = {kind for kind, _ in seen}
     assert kinds == {"load", "images", "texts"}
     assert {name for _, name in seen} == {"faceapp-infer"}
+    # The request's crops went through the processor (NumPy, no torch) on the request's own
+    # thread (the test client's); only the warm-up's ran on the inference thread.
+    assert prepared == ["faceapp-infer", threading.current_thread().name]
     timings = answer.get_json()["timings_ms"]
     assert timings["queue"] >= 0
     event = client.get(f"/api/images/{image_id}/trace").get_json()["events"][-1]

@@ -216,3 +216,26 @@ def test_haar_drops_the_weak_false_faces_it_used_to_report(astronaut):
     assert all(face.confidence >= 0.85 for face in new)
     (face,) = detect_faces(HaarFaceDetector(), astronaut, 640)  # her face stays (0.99)
     assert face.confidence > 0.95
+
+
+def test_detection_and_brightness_on_the_preview_match_the_full_image(astronaut, haar):
+    from faceapp.faces import detect_faces
+    from faceapp.stored_image import make_preview
+    from faceapp.validation import Thresholds, assess
+
+    large = astronaut.resize((2000, 2000))
+    preview = make_preview(large)
+    assert preview.size == (1000, 1000)
+    full = detect_faces(haar, large, 640)
+    cheap = detect_faces(haar, large, 640, preview)
+    assert len(full) == len(cheap) == 1
+    for key in ("x", "y", "width", "height"):  # the full image's coordinates either way
+        assert abs(getattr(full[0], key) - getattr(cheap[0], key)) <= 8
+    plain = assess(large, full, Thresholds())
+    via_preview = assess(large, cheap, Thresholds(), reduced=preview)
+    assert abs(plain.quality["brightness"] - via_preview.quality["brightness"]) < 0.5
+    assert abs(plain.quality["contrast"] - via_preview.quality["contrast"]) < 0.5
+    assert plain.to_dict() == via_preview.to_dict()
+    # A preview smaller than the detector's size is not used: the detector sees its full input.
+    small = detect_faces(haar, large.resize((700, 700)), 640, preview.resize((300, 300)))
+    assert len(small) == 1

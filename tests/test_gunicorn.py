@@ -279,3 +279,18 @@ def test_master_imports_torch_once_and_forked_workers_still_run_it(
         assert again.json()["faces"] == first.json()["faces"]
     imported = "imported torch, transformers and faceapp" in log_path.read_text()
     assert imported is (preload == "1")
+
+
+def test_workers_fix_glibcs_malloc_thresholds_unless_the_operator_set_them(monkeypatch):
+    import os
+    import platform
+
+    from faceapp.gunicorn_worker import tune_malloc
+    from tests.servers import ROOT
+
+    if platform.libc_ver()[0] == "glibc":
+        assert tune_malloc() is True
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    assert tune_malloc() is False
+    with open(os.path.join(ROOT, "gunicorn.conf.py"), encoding="utf-8") as fh:
+        assert "tune_malloc()" in fh.read()  # gunicorn's post_fork hook calls it in each worker

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from faceapp import create_app, face_models, model_files
+from faceapp.clip_vocab import default_bpe_file
 from faceapp.face_models import ModelHolder
 from tests.conftest import ADMIN
 
@@ -28,8 +29,9 @@ def test_random_checkpoint_has_a_manifest_with_file_hashes(tiny_model_dir):
 
 
 def test_version_changes_with_the_weights(tmp_path, tiny_model_dir):
-    other = face_models.write_random_checkpoint(str(tmp_path / "other"), "tiny", seed=1)
-    same = face_models.write_random_checkpoint(str(tmp_path / "same"), "tiny", seed=0)
+    bpe = default_bpe_file()  # as conftest's `models random` used it
+    other = face_models.write_random_checkpoint(str(tmp_path / "other"), "tiny", 1, bpe)
+    same = face_models.write_random_checkpoint(str(tmp_path / "same"), "tiny", 0, bpe)
     version = model_files.weights_version(model_files.read_manifest(tiny_model_dir))
     assert len(version) == 12 and int(version, 16) >= 0
     assert model_files.weights_version(model_files.read_manifest(other)) != version
@@ -183,3 +185,83 @@ def test_import_libraries_imports_what_it_can_and_names_the_rest():
     assert "faceapp.api" in sys.modules
     assert "torch" in PRELOADED_MODULES
     assert import_libraries(PRELOADED_MODULES)[1] == []  # everything a worker needs is there
+
+
+def test_random_checkpoints_tokenize_as_clip_with_its_bpe_file_and_bytewise_without(
+    tiny_model_dir, tmp_path, runner, monkeypatch
+):
+    from transformers import CLIPTokenizer
+
+    clip = CLIPTokenizer.from_pretrained(tiny_model_dir)
+    assert len(clip) == 49408
+    # OpenAI's ids for this prompt: startoftext, a, photo, of, a, face, endoftext.
+    assert clip("a photo of a face")["input_ids"] == [49406, 320, 1125, 539, 320, 1710, 49407]
+    assert model_files.read_manifest(tiny_model_dir)["tokenizer"] == "clip-bpe"
+
+    # Without the file (it is a test and benchmark dependency only) `models random` still works.
+    monkeypatch.setenv("CLIP_BPE_FILE", str(tmp_path / "missing.txt.gz"))
+    folder = tmp_path / "bytewise"
+    result = runner.invoke(args=["models", "random", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "byte-level tokenizer" in result.output
+    bytewise = CLIPTokenizer.from_pretrained(str(folder))
+    assert len(bytewise("a photo of a face")["input_ids"]) == 2 + len("aphotoofaface")
+    assert model_files.read_manifest(str(folder))["tokenizer"] == "byte-level"
+
+
+def test_a_file_that_is_not_clips_bpe_is_refused(tmp_path):
+    import gzip
+
+    from faceapp.clip_vocab import bpe_vocab
+
+    path = tmp_path / "short.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write("#version: 0.2\nh e\nl o\n")
+    with pytest.raises(ValueError, match="not CLIP's BPE file"):
+        bpe_vocab(str(path))
+
+
+@pytest.mark.parametrize("image_size", [32, 224])
+def test_the_pixel_recipe_gives_the_processors_numbers(image_size):
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessorPil
+
+    from faceapp.clip_pixels import PixelRecipe
+
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    recipe = PixelRecipe.of(processor)
+    assert recipe is not None
+    rng = np.random.default_rng(0)
+    for width, height in [(190, 190), (300, 200), (200, 301), (20, 20), (225, 223)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        for variant in (image, image.convert("L")):  # grey crops become RGB, as there
+            expected = processor(images=[variant], return_tensors="np")["pixel_values"][0]
+            got = recipe.pixels(variant)
+            assert got.shape == expected.shape and got.dtype == np.float32
+            assert np.abs(got - expected).max() < 1e-5
+
+
+def test_a_processor_with_other_settings_keeps_its_own_path():
+    from transformers import CLIPImageProcessorPil
+
+    from faceapp.clip_pixels import PixelRecipe
+
+    fixed = CLIPImageProcessorPil(size={"height": 224, "width": 224}, do_center_crop=False)
+    assert PixelRecipe.of(fixed) is None
+
+
+def test_the_loaded_model_prepares_pixels_with_the_recipe(tiny_model_dir, astronaut):
+    import numpy as np
+
+    model = face_models.load_clip(
+        {"MODEL_NAME": tiny_model_dir, "MODELS_DIR": tiny_model_dir, "DTYPE": "float32"}
+    )
+    assert model.pixel_recipe is not None
+    crop = astronaut.crop((150, 40, 300, 190))
+    ours = model.prepare_images([crop])[0]
+    theirs = model.processor.image_processor(images=[crop], return_tensors="np")["pixel_values"]
+    assert np.abs(ours - theirs[0]).max() < 1e-5
