@@ -66,10 +66,12 @@ def distinct_labels(labels: list[str]) -> None:
         seen.add(label.casefold())
 
 
-class AnalyzeRequest(SourceSchema):
-    """POST /api/analyze: an image_id or an image source, and what to compute."""
+class AnalysisOptions(Schema):
+    """What to compute for an image (POST /api/analyze, and every item of a job)."""
 
-    image_id = fields.String()  # checked by check_image_id: image_id.invalid, as API.md says
+    class Meta:
+        unknown = RAISE
+
     attributes = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=64)
     )
@@ -83,6 +85,44 @@ class AnalyzeRequest(SourceSchema):
         validate=validate.Range(min=1, max=100),
         metadata={"description": "Analyse at most this many faces, largest first (MAX_FACES)."},
     )
+
+
+class AnalyzeRequest(SourceSchema, AnalysisOptions):
+    """POST /api/analyze: an image_id or an image source, and what to compute."""
+
+    image_id = fields.String()  # checked by check_image_id: image_id.invalid, as API.md says
+
+
+class JobItem(Schema):
+    """One item of a job: exactly one of image_url and image_id."""
+
+    image_url = fields.String(metadata={"example": "https://example.com/photo.jpg"})
+    image_id = fields.String(metadata={"pattern": "^[0-9a-f]{64}$"})
+
+
+class JobRequest(AnalysisOptions):
+    """POST /api/jobs as JSON: the items, the analyze options, and an optional client_token."""
+
+    # Checked by faceapp/jobs/service.py (a bad item's index in the message), not loaded here.
+    items = fields.List(
+        fields.Nested(JobItem),
+        required=True,
+        metadata={"description": "At most MAX_JOB_ITEMS items, each image_url or image_id."},
+    )
+    client_token = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "The same token from the same key returns the same job."},
+    )
+
+
+class JobArchiveForm(AnalysisOptions):
+    """POST /api/jobs as multipart/form-data: a zip of images and the same options."""
+
+    archive = fields.Raw(
+        required=True,
+        metadata={"type": "string", "format": "binary", "description": "A zip of images."},
+    )
+    client_token = fields.String(validate=validate.Length(min=1, max=200))
 
 
 class ValidateForm(ValidateRequest):
