@@ -58,6 +58,22 @@ DETAILS = {
     "schema": {"type": "string", "example": "1"},
 }
 
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "description": "The id POST /api/jobs answered (32 lowercase hex characters).",
+    "schema": {"type": "string"},
+}
+AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "The index of the last line already read: the stream starts after it "
+    "(default -1, from the first item).",
+    "schema": {"type": "integer", "minimum": -1},
+}
+
 # Statuses every keyed operation can give besides its own: no or a wrong key, too many requests.
 KEYED_ERRORS = (401, 429)
 SOURCE_ERRORS = (400, 413, 415, 422, 504)  # inputs: upload, base64 and image_url
@@ -122,6 +138,43 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "admin": True,
         "answer": schemas.WipeResponse,
     },
+    ("/api/jobs", "post"): {
+        "summary": "Make a job of image URLs or image_ids (JSON), or of a zip of images",
+        "tag": "jobs",
+        "request": (schemas.JobRequest, schemas.JobArchiveForm),
+        "status": 202,
+        "also": {200: "The job this key's client_token made before."},
+        "answer": schemas.Job,
+        "errors": (404, 413, 429, 503),
+    },
+    ("/api/jobs", "get"): {
+        "summary": "The caller's jobs, newest first (every job for an admin key)",
+        "tag": "jobs",
+        "answer": schemas.JobList,
+        "errors": (503,),
+    },
+    ("/api/jobs/{job_id}", "get"): {
+        "summary": "A job's state, counts, times, speed and ETA",
+        "tag": "jobs",
+        "parameters": [JOB_ID],
+        "answer": schemas.Job,
+        "errors": (404, 503),
+    },
+    ("/api/jobs/{job_id}", "delete"): {
+        "summary": "Cancel a job: items not started are never processed",
+        "tag": "jobs",
+        "parameters": [JOB_ID],
+        "answer": schemas.Job,
+        "errors": (404, 409, 503),
+    },
+    ("/api/jobs/{job_id}/results", "get"): {
+        "summary": "The finished items' lines as NDJSON, in index order (readable while it runs)",
+        "tag": "jobs",
+        "parameters": [JOB_ID, AFTER],
+        "answer": "ndjson",
+        "yaml": False,
+        "errors": (400, 404, 503),
+    },
     ("/api/openapi.json", "get"): {
         "summary": "This document",
         "answer": None,  # an OpenAPI document; not described by itself
@@ -185,7 +238,7 @@ def _operation(path: str, method: str, op: dict[str, Any], keys_required: bool) 
     operation: dict[str, Any] = {
         "operationId": _operation_id(path, method),
         "summary": op["summary"],
-        "tags": ["admin" if admin else "probes" if public else "images"],
+        "tags": ["admin" if admin else "probes" if public else op.get("tag", "images")],
         "parameters": [*op.get("parameters", []), *([FORMAT] if op.get("yaml", True) else [])],
     }
     if public:
@@ -208,7 +261,10 @@ def _operation(path: str, method: str, op: dict[str, Any], keys_required: bool) 
             },
         }
 
-    responses: dict[str, Any] = {"200": _answer("The answer.", op["answer"], op.get("yaml", True))}
+    answer = _answer("The answer.", op["answer"], op.get("yaml", True))
+    responses: dict[str, Any] = {str(op.get("status", 200)): answer}
+    for status, description in op.get("also", {}).items():
+        responses[str(status)] = {**answer, "description": description}
     errors = op.get("errors", ())
     error_schemas = dict(errors) if isinstance(errors, dict) else dict.fromkeys(errors)
     statuses = set(error_schemas) | {500}
@@ -245,6 +301,9 @@ def _error_response(status: int) -> dict:
 
 
 def _answer(description: str, schema: Any, yaml: bool = True) -> dict:
+    if schema == "ndjson":
+        ndjson = {"type": "string", "description": "One JSON object a line."}
+        return {"description": description, "content": {"application/x-ndjson": {"schema": ndjson}}}
     if schema is None:
         return {
             "description": description,

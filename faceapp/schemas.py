@@ -304,10 +304,47 @@ class SetupResponse(Schema):
     worker = fields.Nested(Worker, required=True)
 
 
+class JobsReadiness(Schema):
+    available = fields.Boolean(
+        required=True,
+        metadata={"description": "Whether POST /api/jobs takes jobs now (Redis set and up)."},
+    )
+    reason = fields.String(metadata={"description": "Why not, when not."})
+
+
 class ReadyResponse(Schema):
     ready = fields.Boolean(required=True)
     model = fields.Nested(ModelInfo, required=True)
     worker = fields.Nested(Worker, required=True)
+    jobs = fields.Nested(JobsReadiness, required=True)
+
+
+JOB_STATES = ["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Job(Schema):
+    """A job's state and progress (POST, GET and DELETE /api/jobs...)."""
+
+    job_id = fields.String(required=True, metadata={"pattern": "^[0-9a-f]{32}$"})
+    state = fields.String(required=True, validate=validate.OneOf(JOB_STATES))
+    kind = fields.String(required=True, validate=validate.OneOf(["items", "archive"]))
+    total = fields.Integer(required=True)
+    done = fields.Integer(
+        required=True, metadata={"description": "Items answered (with a result or an error)."}
+    )
+    failed = fields.Integer(required=True, metadata={"description": "Items answered an error."})
+    created_at = fields.String(required=True)
+    started_at = fields.String(required=True, allow_none=True)
+    finished_at = fields.String(required=True, allow_none=True)
+    images_per_second = fields.Float(required=True, allow_none=True)
+    eta_seconds = fields.Float(required=True, allow_none=True)
+    options = fields.Dict(required=True)
+    results = fields.String(required=True, metadata={"description": "The results' path."})
+    error = fields.Nested(Issue, metadata={"description": "Why a failed job failed."})
+
+
+class JobList(Schema):
+    jobs = fields.List(fields.Nested(Job), required=True)
 
 
 class HealthResponse(Schema):

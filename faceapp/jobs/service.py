@@ -152,6 +152,18 @@ def create_job(
         return describe(job), True
 
 
+def readiness() -> dict:
+    """/api/ready's ``jobs``: whether jobs are taken now, and why not (never fails the probe:
+    the interactive API serves without them)."""
+    if not jobs.available():
+        return {"available": False, "reason": "no Redis: set STORE_URL=redis://... or BROKER_URL"}
+    try:
+        jobs.store.ping()
+    except RedisError as exc:
+        return {"available": False, "reason": f"Redis does not answer ({type(exc).__name__})"}
+    return {"available": True}
+
+
 def get_job(job_id: str, caller: Caller) -> dict:
     """GET /api/jobs/<id>: the job's state and progress."""
     with answering_outages():
