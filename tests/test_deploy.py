@@ -106,13 +106,14 @@ def test_the_redis_sample_runs_and_never_evicts(tmp_path):
         process.wait(timeout=10)
 
 
-def test_scrape_config_and_dashboard_use_metrics_the_service_has(config, astronaut_jpeg):
+def test_scrape_config_and_dashboard_use_metrics_the_service_has(config, astronaut_jpeg, redis_url):
     with open(os.path.join(DEPLOY, "prometheus-faceapp.yml"), encoding="utf-8") as fh:
         scrape = YAML(typ="safe", pure=True).load(fh)
     job = scrape["scrape_configs"][0]
     assert job["metrics_path"] == "/metrics" and job["authorization"]["type"] == "Bearer"
 
     config["METRICS_ENABLED"] = True
+    config["BROKER_URL"] = redis_url.rsplit("/", 1)[0] + "/3"  # jobs on: their figures too
     client = create_app(config).test_client()
     client.post("/api/validate", json={"image_base64": base64.b64encode(astronaut_jpeg).decode()})
     text = client.get("/metrics", headers=ADMIN).get_data(as_text=True)

@@ -240,3 +240,15 @@ def test_a_broker_that_does_not_answer_is_a_clear_503(config):
     assert answer.status_code == 503
     error = answer.get_json()["error"]
     assert error["code"] == "jobs.unavailable" and "Redis does not answer" in error["message"]
+
+
+def test_metrics_show_jobs_by_state_and_the_queue(config, broker):
+    config.update(BROKER_URL=broker, METRICS_ENABLED=True, JOBS_CHUNK_SIZE=1, JOBS_WINDOW=3)
+    client = create_app(config).test_client()
+    made = client.post("/api/jobs", json={"items": [{"image_url": URL}] * 5})
+    assert made.status_code == 202
+    text = client.get("/metrics", headers=ADMIN).get_data(as_text=True)
+    assert 'faceapp_jobs{state="queued"} 1.0' in text
+    assert "faceapp_jobs_queue_depth 3.0" in text  # the window: 3 of the 5 one-item chunks
+    assert 'faceapp_jobs_items_total{outcome="done"} 0.0' in text
+    assert "faceapp_jobs_up 1.0" in text

@@ -61,7 +61,17 @@ class Jobs:
 
             state.celery = make_celery(app, url)  # connects nothing until used
             state.store = JobStore(url)
+            self._add_figures(app, state.store)
         app.extensions[EXTENSION_KEY] = state
+
+    @staticmethod
+    def _add_figures(app: Flask, store: Any) -> None:
+        import functools
+
+        from faceapp import metrics
+        from faceapp.jobs import figures
+
+        metrics.add_scrape_collector(app, functools.partial(figures.collect, store))
 
     def _state(self, app: Flask | None = None) -> _JobsState:
         try:

@@ -15,6 +15,8 @@ is still held; if it lasts, the task goes back to the queue (:class:`Retry`), ne
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -107,7 +109,7 @@ def _answer(app: Flask, job: Mapping[str, Any], index: int, spec: Mapping[str, A
                 line = _line(job, index, spec)
                 code = line.get("error", {}).get("code")
                 if code not in TRANSIENT_CODES:
-                    store.record(job, index, line, _ttl())
+                    store.record(job, index, line, _ttl(), worker_name())
                     return "done"
             except REDIS_OUTAGES as exc:
                 code = type(exc).__name__
@@ -142,6 +144,11 @@ def _line(job: Mapping[str, Any], index: int, spec: Mapping[str, Any]) -> dict:
         log.exception("job %s item %d failed unexpectedly", job["job_id"][:8], index)
         answer = {"error": {"code": "internal", "message": "The item hit an unexpected error."}}
     return {"index": index, "source": name, **answer}
+
+
+def worker_name() -> str:
+    """This pool process, as the per-worker metrics name it: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _gone() -> dict:

@@ -11,6 +11,9 @@ Every key starts with ``<prefix>`` (``faceapp:jobs:``)::
     owner:<owner>       sorted set of an owner's job ids by creation time
     active:<owner>      set of an owner's queued or running job ids (MAX_ACTIVE_JOBS)
     all                 sorted set of every job id by creation time (admin listings)
+    figures             hash: items_done, items_failed (every job's, ever: metrics)
+    worker_items        hash: worker (host:pid) -> items it answered
+    worker_seen         hash: worker -> when it last answered one (epoch seconds)
     token:<owner>:<h>   the job id a client_token made (h: SHA-256 of the token)
 
 What makes a redelivered chunk harmless lives here, in Lua scripts Redis runs atomically:
@@ -60,20 +63,19 @@ if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[4]) end
 return {'made', ARGV[1]}
 """
 
-# Ends a job: its state, finish time, no longer active, and every key expires after the TTL.
-# Used by the scripts below (KEYS[1] job, KEYS[2] active, KEYS[3..] the job's other keys).
+# Ends a job: its state, finish time, no longer active, and its keys expire after the TTL.
+# Used by the scripts below (KEYS[1] job, KEYS[2] active, KEYS[3..6] the job's other keys).
 _FINISH = """
 local function finish(state, now, ttl, job_id)
   redis.call('HSET', KEYS[1], 'state', state, 'finished', now)
   redis.call('SREM', KEYS[2], job_id)
-  for i = 1, #KEYS do
-    if i ~= 2 then redis.call('EXPIRE', KEYS[i], ttl) end
-  end
+  for _, i in ipairs({1, 3, 4, 5, 6}) do redis.call('EXPIRE', KEYS[i], ttl) end
 end
 """
 
-# KEYS: job, active, results, items, blobs, fed. ARGV: index, line, failed (1/0), now, ttl,
-# job_id. Returns 1 (recorded), 0 (answered before: nothing changes), -1 (no such job).
+# KEYS: job, active, results, items, blobs, fed, figures, worker_items, worker_seen. ARGV:
+# index, line, failed (1/0), now, ttl, job_id, worker. Returns 1 (recorded), 0 (answered
+# before: nothing changes), -1 (no such job).
 _RECORD = (
     _FINISH
     + """
@@ -81,7 +83,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HDEL', KEYS[5], ARGV[1])
 local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
-if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'failed', 1) end
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'failed', 1)
+  redis.call('HINCRBY', KEYS[7], 'items_failed', 1)
+end
+redis.call('HINCRBY', KEYS[7], 'items_done', 1)
+redis.call('HINCRBY', KEYS[8], ARGV[7], 1)
+redis.call('HSET', KEYS[9], ARGV[7], ARGV[4])
 local state = redis.call('HGET', KEYS[1], 'state')
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 if done >= total and (state == 'queued' or state == 'running') then
@@ -327,12 +335,18 @@ class JobStore:
         state = self._start([self._job(job_id)], [repr(time.time())]).decode()
         return state or None
 
-    def record(self, job: Mapping[str, Any], index: int, line: Mapping[str, Any], ttl: int) -> bool:
+    def record(
+        self, job: Mapping[str, Any], index: int, line: Mapping[str, Any], ttl: int, worker: str
+    ) -> bool:
         """Store an item's result line unless it has one; True when this call answered it."""
         text = json.dumps(line, separators=(",", ":"), ensure_ascii=False)
         failed = "1" if "error" in line else "0"
-        keys = self._job_keys(job["job_id"], job["owner"])
-        args = [index, text, failed, repr(time.time()), ttl, job["job_id"]]
+        keys = self._job_keys(job["job_id"], job["owner"]) + [
+            f"{self.prefix}figures",
+            f"{self.prefix}worker_items",
+            f"{self.prefix}worker_seen",
+        ]
+        args = [index, text, failed, repr(time.time()), ttl, job["job_id"], worker]
         return self._record(keys, args) == 1
 
     def end(
@@ -360,6 +374,33 @@ class JobStore:
             if raw is not None and raw.decode() in counts:
                 counts[raw.decode()] += 1
         return counts
+
+    def figures(self, queue_key: str, forget_after: float) -> dict:
+        """Items answered and failed, chunks waiting, and each worker's items and last answer
+        (workers silent for `forget_after` seconds are dropped)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(f"{self.prefix}figures")
+        pipe.llen(queue_key)
+        pipe.hgetall(f"{self.prefix}worker_items")
+        pipe.hgetall(f"{self.prefix}worker_seen")
+        totals, depth, items, seen = pipe.execute()
+        now = time.time()
+        workers, stale = {}, []
+        for raw, when in seen.items():
+            name = raw.decode()
+            if now - float(when) > forget_after:
+                stale.append(raw)
+            else:
+                workers[name] = (int(items.get(raw, 0)), now - float(when))
+        if stale:
+            self.client.hdel(f"{self.prefix}worker_seen", *stale)
+            self.client.hdel(f"{self.prefix}worker_items", *stale)
+        return {
+            "items_done": int(totals.get(b"items_done", 0)),
+            "items_failed": int(totals.get(b"items_failed", 0)),
+            "queue_depth": int(depth),
+            "workers": workers,
+        }
 
     def ping(self) -> None:
         self.client.ping()
