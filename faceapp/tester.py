@@ -77,6 +77,7 @@ def init_app(app: Flask) -> None:
     """Serve the pages, with CSRF-checked forms (the key-authenticated JSON API is exempt)."""
     from faceapp import api
     from faceapp.jobs import api as jobs_api
+    from faceapp.jobs import pages  # noqa: F401 - the Jobs page's routes, on this blueprint
 
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = instance_secret_key(app.instance_path)
