@@ -85,8 +85,7 @@ def _run(store: Any, job: dict, chunk: int, queue_chunk: Callable[[str, int], No
     todo = [(first + k, spec) for k, spec in enumerate(items) if not done[k]]
     if todo:
         app = current_app._get_current_object()
-        with ThreadPoolExecutor(min(ITEM_THREADS, len(todo))) as pool:
-            outcomes = list(pool.map(lambda pair: _answer(app, job, *pair), todo))
+        outcomes = list(_item_pool().map(lambda pair: _answer(app, job, *pair), todo))
         if "retry" in outcomes:
             raise Retry(f"job {job_id[:8]} chunk {chunk}: Redis or the model is unavailable")
     nxt = _patiently(lambda: store.feed(job_id, chunk))
@@ -144,6 +143,19 @@ def _line(job: Mapping[str, Any], index: int, spec: Mapping[str, Any]) -> dict:
         log.exception("job %s item %d failed unexpectedly", job["job_id"][:8], index)
         answer = {"error": {"code": "internal", "message": "The item hit an unexpected error."}}
     return {"index": index, "source": name, **answer}
+
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+
+
+def _item_pool() -> ThreadPoolExecutor:
+    """This process's item threads, kept from chunk to chunk: each thread's face detector (one
+    per thread, faceapp/faces.py) is built once, not again for every chunk."""
+    pid = os.getpid()
+    if pid not in _POOL:  # a forked child never uses its parent's threads
+        _POOL.clear()
+        _POOL[pid] = ThreadPoolExecutor(ITEM_THREADS, thread_name_prefix="faceapp-job-item")
+    return _POOL[pid]
 
 
 def worker_name() -> str:
