@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import shared_task
 from celery.exceptions import Reject
 
-from faceapp.jobs import runner
+from faceapp.jobs import jobs, runner
 
 TASK_NAME = "faceapp.jobs.run_chunk"
 
@@ -24,5 +24,6 @@ def run_chunk(job_id: str, chunk: int) -> str:
 
 
 def queue_chunk(job_id: str, chunk: int) -> None:
-    """Put one chunk of a job on the queue."""
-    run_chunk.apply_async((job_id, chunk))
+    """Put one chunk of a job on the queue of this Flask app's broker (not Celery's default
+    app: tests and tools may have made several)."""
+    jobs.celery().tasks[TASK_NAME].apply_async((job_id, chunk))
