@@ -5,6 +5,7 @@ real Celery workers: tests/test_jobs_workers.py."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import pytest
@@ -252,3 +253,42 @@ def test_metrics_show_jobs_by_state_and_the_queue(config, broker):
     assert "faceapp_jobs_queue_depth 3.0" in text  # the window: 3 of the 5 one-item chunks
     assert 'faceapp_jobs_items_total{outcome="done"} 0.0' in text
     assert "faceapp_jobs_up 1.0" in text
+
+
+def test_a_job_whose_items_were_lost_fails_clearly(jobs_app, api, broker):
+    from faceapp.jobs import runner
+
+    job_id = post(api, {"items": [{"image_url": URL}]}).get_json()["job_id"]
+    redis.Redis.from_url(broker).delete(f"faceapp:jobs:job:{job_id}:items")  # Redis lost them
+    with jobs_app.app_context():
+        assert runner.run_chunk(job_id, 0, lambda *chunk: None) == "failed"
+    job = api.get(f"/api/jobs/{job_id}", headers=KEY_A).get_json()
+    assert job["state"] == "failed" and job["error"]["code"] == "jobs.unavailable"
+    assert job["finished_at"] is not None
+
+
+def test_a_chunk_run_twice_answers_each_item_once(jobs_app, api, astronaut_jpeg):
+    from faceapp.jobs import runner
+
+    image_id = api.post(
+        "/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}, headers=KEY_A
+    ).get_json()["image_id"]
+    items = [{"image_id": image_id}] * 4 + [{"image_id": "0" * 64}]
+    job_id = post(api, {"items": items}).get_json()["job_id"]
+    queued = []
+    with jobs_app.app_context():
+        # Chunk 0 (items 0-3) delivered twice, as after a lost worker: the second run finds
+        # every item answered and queues nothing more (both chunks were queued at creation).
+        assert runner.run_chunk(job_id, 0, lambda *chunk: queued.append(chunk)) == "done"
+        assert runner.run_chunk(job_id, 0, lambda *chunk: queued.append(chunk)) == "done"
+        running = api.get(f"/api/jobs/{job_id}", headers=KEY_A).get_json()
+        assert running["state"] == "running" and running["done"] == 4
+        assert runner.run_chunk(job_id, 1, lambda *chunk: queued.append(chunk)) == "done"
+        assert runner.run_chunk(job_id, 1, lambda *chunk: queued.append(chunk)) == "succeeded"
+    assert queued == []
+    job = api.get(f"/api/jobs/{job_id}", headers=KEY_A).get_json()
+    assert job["state"] == "succeeded" and job["done"] == 5 and job["failed"] == 1
+    lines = [json.loads(line) for line in api.get(job["results"], headers=KEY_A).data.splitlines()]
+    assert [line["index"] for line in lines] == [0, 1, 2, 3, 4]
+    assert lines[0]["image_id"] == image_id and lines[0]["faces"][0]["attributes"]
+    assert lines[4]["error"]["code"] == "image_id.not_found"
