@@ -16,6 +16,7 @@ serving the photos. Each figure is a ratio within this run:
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -50,6 +51,7 @@ def run_jobs(plan, folder: str, photo: Image.Image) -> list[Comparison]:
     photos = variants(photo, 2 * count + 8)
     scratch = tempfile.mkdtemp(prefix="faceapp-bench-jobs-")
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         redis_url = stack.enter_context(redis_server(scratch))
         site = stack.enter_context(photo_site(photos))
         env = app_env(

@@ -105,7 +105,7 @@ def _load_model(app: Flask, **_: Any) -> None:
 @with_appcontext
 def worker_command(concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker for jobs (POST /api/jobs), on the Redis of STORE_URL or BROKER_URL."""
-    from faceapp.face_models import available_cores, import_libraries
+    from faceapp.face_models import available_cores, import_libraries, models
     from faceapp.jobs import jobs
 
     app = current_app._get_current_object()
@@ -114,7 +114,7 @@ def worker_command(concurrency: int | None, loglevel: str) -> None:
             "jobs need Redis: set FACEAPP_STORE_URL=redis://host:6379/0 (or FACEAPP_BROKER_URL)"
         )
     processes = concurrency or available_cores()
-    app.config["WORKERS"] = processes  # torch threads per process: the cores shared among them
+    models.share_cores(app, processes)  # torch threads per process: the cores shared among them
     celery_signals.worker_process_init.connect(functools.partial(_load_model, app), weak=False)
     seconds, failed = import_libraries()  # imports only, no torch operation: safe before fork
     log.info("imported torch, transformers and faceapp in %.1f s", seconds)
