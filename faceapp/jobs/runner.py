@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flask import Flask, current_app, g
+from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Error codes of a line that say "try again later", not "this item is bad".
 TRANSIENT_CODES = frozenset({"store.unavailable", "model.busy", "model.not_ready"})
-REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError)
+# Redis not answering, to the job store or to Celery's publisher (kombu's OperationalError).
+REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, OperationalError)
 ITEM_THREADS = 4
 PATIENCE_S = 60.0  # how long passing trouble is waited out before the chunk goes back
 
