@@ -222,13 +222,14 @@ def test_the_jobs_page_in_chromium(cluster, tmp_path):
 
     from playwright.sync_api import sync_playwright
 
-    from tests.test_tester_browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, collect_console_errors
 
     assert os.path.exists(CHROMIUM), f"chromium is not installed at {CHROMIUM}"
     names = ["astronaut.jpg", "coffee.jpg", "missing.jpg"]
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+        console_errors = collect_console_errors(page)  # script errors, CSP violations
         try:
             page.goto(f"{cluster.base}/app/jobs")
             page.wait_for_url(re.compile(r"/app/login"))  # keys apply as on the other pages
@@ -256,6 +257,7 @@ def test_the_jobs_page_in_chromium(cluster, tmp_path):
             page.locator("#job-results a.image-link").first.click()
             page.wait_for_url(re.compile(r"/app/images/[0-9a-f]{64}$"))
             assert page.locator("#trace").count() == 1
+            assert console_errors == []
         finally:
             browser.close()
 
