@@ -249,7 +249,8 @@ def _state_what_marshmallow_cannot(components: dict[str, dict]) -> None:
     requests = {schema for op in OPERATIONS.values() for schema in op.get("request", ())}
     for schema in requests:
         component = components[schema.__name__]
-        component["oneOf"] = [{"required": [name]} for name in schema.SOURCES]
+        if hasattr(schema, "SOURCES"):  # a job's items or archive are plain required fields
+            component["oneOf"] = [{"required": [name]} for name in schema.SOURCES]
         for name, field in schema().fields.items():
             if isinstance(field, schemas.Flag):
                 documented = component["properties"][name]

@@ -217,49 +217,45 @@ def test_a_zip_job_answers_bad_entries_with_their_own_errors(cluster, photos):
     assert not os.path.exists("/etc/cron.d/evil.jpg")
 
 
-def test_the_jobs_page_in_chromium(cluster, tmp_path):
+def test_the_jobs_page_in_chromium(cluster, browser, tmp_path):
     import csv
 
-    from playwright.sync_api import sync_playwright
+    from tests.browser import VIEWPORT, collect_console_errors
 
-    from tests.browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, collect_console_errors
-
-    assert os.path.exists(CHROMIUM), f"chromium is not installed at {CHROMIUM}"
     names = ["astronaut.jpg", "coffee.jpg", "missing.jpg"]
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
-        console_errors = collect_console_errors(page)  # script errors, CSP violations
-        try:
-            page.goto(f"{cluster.base}/app/jobs")
-            page.wait_for_url(re.compile(r"/app/login"))  # keys apply as on the other pages
-            page.fill("#key", "key-a")
-            page.click("#login-button")
-            page.wait_for_url(re.compile(r"/app/jobs$"))
-            page.fill("#urls", "\n".join(f"{cluster.site}/{name}" for name in names))
-            page.fill("#labels", "a person wearing a hat")
-            page.click("#start-job")  # a CSRF-checked form
-            page.wait_for_url(re.compile(r"/app/jobs/[0-9a-f]{32}$"))
-            # The page refreshes itself until the job has ended.
-            page.wait_for_selector("#job-state:text('succeeded')", timeout=60_000)
-            assert page.inner_text("#job-counts").startswith("3 of 3 done · 1 failed")
-            assert page.locator("#job-progress").get_attribute("value") == "3"
-            rows = page.locator("#job-results tbody tr")
-            assert rows.count() == 3
-            assert "url.bad_status" in rows.nth(2).inner_text()
-            page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
-            with page.expect_download() as download:
-                page.click("#download-csv")
-            with open(download.value.path(), newline="", encoding="utf-8") as fh:
-                table = list(csv.DictReader(fh))
-            assert [row["source"] for row in table] == [f"{cluster.site}/{n}" for n in names]
-            assert table[0]["valid"] == "true" and table[2]["error_code"] == "url.bad_status"
-            page.locator("#job-results a.image-link").first.click()
-            page.wait_for_url(re.compile(r"/app/images/[0-9a-f]{64}$"))
-            assert page.locator("#trace").count() == 1
-            assert console_errors == []
-        finally:
-            browser.close()
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    console_errors = collect_console_errors(page)  # script errors, CSP violations
+    try:
+        page.goto(f"{cluster.base}/app/jobs")
+        page.wait_for_url(re.compile(r"/app/login"))  # keys apply as on the other pages
+        page.fill("#key", "key-a")
+        page.click("#login-button")
+        page.wait_for_url(re.compile(r"/app/jobs$"))
+        page.fill("#urls", "\n".join(f"{cluster.site}/{name}" for name in names))
+        page.fill("#labels", "a person wearing a hat")
+        page.click("#start-job")  # a CSRF-checked form
+        page.wait_for_url(re.compile(r"/app/jobs/[0-9a-f]{32}$"))
+        # The page refreshes itself until the job has ended.
+        page.wait_for_selector("#job-state:text('succeeded')", timeout=60_000)
+        assert page.inner_text("#job-counts").startswith("3 of 3 done · 1 failed")
+        assert page.locator("#job-progress").get_attribute("value") == "3"
+        rows = page.locator("#job-results tbody tr")
+        assert rows.count() == 3
+        assert "url.bad_status" in rows.nth(2).inner_text()
+        page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+        with page.expect_download() as download:
+            page.click("#download-csv")
+        with open(download.value.path(), newline="", encoding="utf-8") as fh:
+            table = list(csv.DictReader(fh))
+        assert [row["source"] for row in table] == [f"{cluster.site}/{n}" for n in names]
+        assert table[0]["valid"] == "true" and table[2]["error_code"] == "url.bad_status"
+        page.locator("#job-results a.image-link").first.click()
+        page.wait_for_url(re.compile(r"/app/images/[0-9a-f]{64}$"))
+        assert page.locator("#trace").count() == 1
+        assert console_errors == []
+    finally:
+        context.close()
 
 
 def test_chunks_of_different_keys_interleave(cluster):
