@@ -15,7 +15,7 @@ EVAL_ARGS ?=
 # `make mutants`: the modules to mutation-test (mutants/config.toml lists the tests of each).
 MODULES   ?= validation decoding access url_fetch
 
-.PHONY: install system-packages run dev test lint bench eval api-snapshot mutants clean
+.PHONY: install system-packages run worker dev test lint bench eval api-snapshot mutants clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ system-packages:
 
 run: install
 	PORT=$(PORT) WORKERS=$(WORKERS) $(VENV)/bin/gunicorn --config gunicorn.conf.py wsgi:app
+
+# A Celery worker for /api/jobs (needs FACEAPP_STORE_URL=redis://... or FACEAPP_BROKER_URL);
+# CONCURRENCY=N processes, default the CPU cores.
+CONCURRENCY ?=
+worker: install
+	$(VENV)/bin/flask --app wsgi worker $(if $(CONCURRENCY),--concurrency $(CONCURRENCY))
 
 dev: install
 	FLASK_DEBUG=1 $(VENV)/bin/flask --app wsgi run --port $(PORT)

@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench import http, photos
+from bench import http, jobs, photos
 from bench.memory import cpu_model_config, measure_in_subprocesses
 from bench.timing import Comparison, interleaved
 
@@ -46,6 +46,10 @@ SECTIONS = (
     "http_memory",
     "http_start",
     "http_worker_start",
+    "jobs_throughput",
+    "jobs_post_10000",
+    "jobs_results_stream",
+    "jobs_interactive_p95",
 )
 
 
@@ -565,6 +569,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     if plan.http_only:
         large = photos.large_jpeg(photo)
         results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))
+        results.extend(jobs.run_jobs(plan, folder, photo))
         return _settings(plan, folder, written_s, started, http_only=True), results
 
     fp32 = load_model(folder, "float32", plan.threads)
@@ -603,6 +608,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results.append(face_batching)
     results.append(bench_memory(folder, plan.threads))
     results.extend(http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo)))
+    results.extend(jobs.run_jobs(plan, folder, photo))
     return _settings(plan, folder, written_s, started), results
 
 

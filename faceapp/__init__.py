@@ -54,6 +54,7 @@ def register_extensions(app: Flask) -> None:
     from faceapp.analysis import analyzers
     from faceapp.engine import engine
     from faceapp.face_models import models
+    from faceapp.jobs import jobs
     from faceapp.store import store
 
     security.init_app(app)
@@ -65,12 +66,15 @@ def register_extensions(app: Flask) -> None:
     faces.init_app(app)  # the face detector: YuNet, or Haar standing in (and saying so)
     metrics.init_app(app)  # after models: it hooks their readiness
     versioning.init_app(app)
+    jobs.init_app(app)  # the Celery app and job records, when there is a Redis
 
 
 def register_blueprints(app: Flask) -> None:
     from faceapp import api, api_docs
+    from faceapp.jobs import api as jobs_api
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(jobs_api.bp)  # /api/jobs
     app.register_blueprint(api_docs.bp)  # Swagger UI at /api/docs
     if app.config["TESTER_ENABLED"]:  # otherwise /app does not exist at all (404)
         from faceapp import tester
@@ -80,6 +84,8 @@ def register_blueprints(app: Flask) -> None:
 
 def register_commands(app: Flask) -> None:
     from faceapp import cli
+    from faceapp.jobs.celery_app import worker_command
 
     app.cli.add_command(cli.models_cli)
     app.cli.add_command(cli.eval_command)
+    app.cli.add_command(worker_command)

@@ -12,6 +12,7 @@ from faceapp.access import admin_required, check_api_key
 from faceapp.errors import FaceappError
 from faceapp.face_models import models
 from faceapp.inputs import pick_source
+from faceapp.jobs import service as job_service
 from faceapp.output import dump_json, render
 from faceapp.schemas import AnalyzeRequest, ValidateRequest, parse, request_fields, yes_no
 from faceapp.store import store
@@ -106,7 +107,8 @@ def ready() -> Response:
         raise FaceappError("model.not_ready", f"The model is not ready ({models.reason()}).")
     # The detector is in the answer: a Haar fallback (YuNet missing) is ready, but says so.
     described = services.describe_model(analysis.analyzer())
-    return render({"ready": True, "model": described, "worker": {"pid": os.getpid()}})
+    answer = {"ready": True, "model": described, "worker": {"pid": os.getpid()}}
+    return render({**answer, "jobs": job_service.readiness()})
 
 
 @bp.get("/images/<image_id:image_id>/trace")

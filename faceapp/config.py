@@ -56,6 +56,16 @@ DEFAULTS: dict[str, Any] = {
     "STORE_URL": None,  # None: <instance>/store
     "STORE_MAX_BYTES": 2 * 1024**3,
     "STORE_MAX_AGE_SECONDS": 7 * 24 * 3600,
+    # Jobs (faceapp/jobs/): Celery workers fed through Redis. BROKER_URL None: the STORE_URL's
+    # Redis (jobs are unavailable with the folder store and no BROKER_URL).
+    "BROKER_URL": None,
+    "JOBS_VISIBILITY_TIMEOUT": 600,  # s: work a lost worker held goes to another after this
+    "JOBS_CHUNK_SIZE": 8,  # items per task (one worker's batch)
+    "JOBS_WINDOW": 8,  # chunks of one job queued or running at once (its parallelism)
+    "JOB_TTL": 7 * 24 * 3600,  # s a finished job and its results are kept
+    "MAX_JOB_ITEMS": 10_000,
+    "MAX_ACTIVE_JOBS": 3,  # queued or running jobs per API key
+    "MAX_ARCHIVE_BYTES": 200 * 1024 * 1024,  # a job's zip, compressed and expanded
     # Inputs
     "MAX_UPLOAD_BYTES": 10 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 40_000_000,
@@ -159,6 +169,7 @@ NULLABLE: dict[str, type] = {
     "TESTER_ENABLED": bool,
     "SECRET_KEY": str,
     "RATELIMIT_STORAGE_URI": str,
+    "BROKER_URL": str,
     "MAX_CONTENT_LENGTH": int,  # Flask's own; derived from MAX_UPLOAD_BYTES when unset
 }
 # Settings that must be above 0: a zero here would refuse every image or wait, or divide by it.
@@ -181,6 +192,13 @@ POSITIVE = frozenset(
         "HEADER_TIMEOUT",
         "BODY_READ_TIMEOUT",
         "BODY_TIMEOUT",
+        "JOBS_VISIBILITY_TIMEOUT",
+        "JOBS_CHUNK_SIZE",
+        "JOBS_WINDOW",
+        "JOB_TTL",
+        "MAX_JOB_ITEMS",
+        "MAX_ACTIVE_JOBS",
+        "MAX_ARCHIVE_BYTES",
     }
 )
 # Comma-separated in the environment; a list (or the same string) in instance/config.py.

@@ -46,6 +46,18 @@ STATUS_BY_CODE: dict[str, int] = {
     "model.not_ready": 503,
     "model.busy": 503,
     "store.unavailable": 503,
+    # Jobs (faceapp/jobs/): the queue, a job, and the zip archive a job may come from.
+    "jobs.unavailable": 503,
+    "jobs.too_many_items": 413,
+    "jobs.too_many_active": 429,
+    "job.not_found": 404,
+    "job.finished": 409,
+    "archive.invalid": 400,
+    "archive.too_large": 413,
+    # Result lines of archive entries that are not taken (never an HTTP answer's status).
+    "archive.bad_name": 422,
+    "archive.nested": 422,
+    "archive.bad_entry": 422,
     "request.too_large": 413,
     "request.method_not_allowed": 405,
     "route.not_found": 404,

@@ -575,6 +575,11 @@ class ModelHolder:
             )
         return state
 
+    def share_cores(self, app: Flask, processes: int) -> None:
+        """Say how many processes of this host share its cores (torch threads are divided among
+        them): Celery's worker command learns it after the app was made."""
+        self._state(app).config["WORKERS"] = processes
+
     def add_ready_hook(self, app: Flask, hook: Callable[[LoadedModel], None]) -> None:
         """Call `hook(model)` after each load, before the model is reported ready (warm-ups)."""
         self._state(app).on_ready.append(hook)

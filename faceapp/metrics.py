@@ -128,6 +128,8 @@ class Metrics:
         )
         self.info.labels(version=__version__).set(1)
         self.model_ready.set(0)
+        # Other extensions' figures read at scrape time (add_scrape_collector): the jobs'.
+        self.scrape_collectors: list[Callable[[], Any]] = []
 
     def render(self, store_usage: tuple[int, int] | None) -> tuple[bytes, str]:
         """The text exposition of every figure, plus the store's size read now."""
@@ -140,12 +142,22 @@ class Metrics:
             MultiProcessCollector(registry)
         else:
             registry = self.registry
-        store = StoreCollector(store_usage)
-        registry.register(store)
+        collectors = [StoreCollector(store_usage)]
+        collectors += [_Collect(collect) for collect in self.scrape_collectors]
+        for collector in collectors:
+            registry.register(collector)
         try:
             return generate_latest(registry), CONTENT_TYPE_LATEST
         finally:
-            registry.unregister(store)
+            for collector in collectors:
+                registry.unregister(collector)
+
+
+class _Collect:
+    """A function yielding metric families, as a prometheus_client collector."""
+
+    def __init__(self, collect: Callable[[], Any]) -> None:
+        self.collect = collect
 
 
 class StoreCollector:
@@ -189,6 +201,13 @@ def init_app(app: Flask) -> None:
     # The hook may run in the model-loading thread, outside any app context.
     models.add_ready_hook(app, functools.partial(_model_ready, metrics))
     app.register_blueprint(bp)
+
+
+def add_scrape_collector(app: Flask, collect: Callable[[], Any]) -> None:
+    """Read `collect()`'s metric families at every scrape (no-op when metrics are off)."""
+    metrics = app.extensions.get(EXTENSION_KEY)
+    if metrics is not None:
+        metrics.scrape_collectors.append(collect)
 
 
 def _current() -> Metrics | None:

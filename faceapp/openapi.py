@@ -62,6 +62,22 @@ DETAILS = {
     "schema": {"type": "string", "example": "1"},
 }
 
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "description": "The id POST /api/jobs answered (32 lowercase hex characters).",
+    "schema": {"type": "string"},
+}
+AFTER = {
+    "name": "after",
+    "in": "query",
+    "required": False,
+    "description": "The index of the last line already read: the stream starts after it "
+    "(default -1, from the first item).",
+    "schema": {"type": "integer", "minimum": -1},
+}
+
 # The request examples Swagger UI fills in, so that "Try it out" runs as it is: a 160 px crop of
 # scikit-image's astronaut (Eileen Collins, a NASA photo in the public domain), valid under
 # YuNet and Haar.
@@ -144,6 +160,43 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "admin": True,
         "answer": schemas.WipeResponse,
     },
+    ("/api/jobs", "post"): {
+        "summary": "Make a job of image URLs or image_ids (JSON), or of a zip of images",
+        "tag": "jobs",
+        "request": (schemas.JobRequest, schemas.JobArchiveForm),
+        "status": 202,
+        "also": {200: "The job this key's client_token made before."},
+        "answer": schemas.Job,
+        "errors": (404, 413, 429, 503),
+    },
+    ("/api/jobs", "get"): {
+        "summary": "The caller's jobs, newest first (every job for an admin key)",
+        "tag": "jobs",
+        "answer": schemas.JobList,
+        "errors": (503,),
+    },
+    ("/api/jobs/{job_id}", "get"): {
+        "summary": "A job's state, counts, times, speed and ETA",
+        "tag": "jobs",
+        "parameters": [JOB_ID],
+        "answer": schemas.Job,
+        "errors": (404, 503),
+    },
+    ("/api/jobs/{job_id}", "delete"): {
+        "summary": "Cancel a job: items not started are never processed",
+        "tag": "jobs",
+        "parameters": [JOB_ID],
+        "answer": schemas.Job,
+        "errors": (404, 409, 503),
+    },
+    ("/api/jobs/{job_id}/results", "get"): {
+        "summary": "The finished items' lines as NDJSON, in index order (readable while it runs)",
+        "tag": "jobs",
+        "parameters": [JOB_ID, AFTER],
+        "answer": "ndjson",
+        "yaml": False,
+        "errors": (400, 404, 503),
+    },
     ("/api/openapi.json", "get"): {
         "summary": "This document",
         "answer": None,  # an OpenAPI document; not described by itself
@@ -196,7 +249,8 @@ def _state_what_marshmallow_cannot(components: dict[str, dict]) -> None:
     requests = {schema for op in OPERATIONS.values() for schema in op.get("request", ())}
     for schema in requests:
         component = components[schema.__name__]
-        component["oneOf"] = [{"required": [name]} for name in schema.SOURCES]
+        if hasattr(schema, "SOURCES"):  # a job's items or archive are plain required fields
+            component["oneOf"] = [{"required": [name]} for name in schema.SOURCES]
         for name, field in schema().fields.items():
             if isinstance(field, schemas.Flag):
                 documented = component["properties"][name]
@@ -227,7 +281,7 @@ def _operation(path: str, method: str, op: dict[str, Any], keys_required: bool) 
     operation: dict[str, Any] = {
         "operationId": _operation_id(path, method),
         "summary": op["summary"],
-        "tags": ["admin" if admin else "probes" if public else "images"],
+        "tags": ["admin" if admin else "probes" if public else op.get("tag", "images")],
         "parameters": [*op.get("parameters", []), *([FORMAT] if op.get("yaml", True) else [])],
     }
     if public:
@@ -250,7 +304,10 @@ def _operation(path: str, method: str, op: dict[str, Any], keys_required: bool) 
             },
         }
 
-    responses: dict[str, Any] = {"200": _answer("The answer.", op["answer"], op.get("yaml", True))}
+    answer = _answer("The answer.", op["answer"], op.get("yaml", True))
+    responses: dict[str, Any] = {str(op.get("status", 200)): answer}
+    for status, description in op.get("also", {}).items():
+        responses[str(status)] = {**answer, "description": description}
     errors = op.get("errors", ())
     error_schemas = dict(errors) if isinstance(errors, dict) else dict.fromkeys(errors)
     statuses = set(error_schemas) | {500}
@@ -287,6 +344,9 @@ def _error_response(status: int) -> dict:
 
 
 def _answer(description: str, schema: Any, yaml: bool = True) -> dict:
+    if schema == "ndjson":
+        ndjson = {"type": "string", "description": "One JSON object a line."}
+        return {"description": description, "content": {"application/x-ndjson": {"schema": ndjson}}}
     if schema is None:
         return {
             "description": description,

@@ -90,11 +90,14 @@ PAGE_MESSAGES = {
 def init_app(app: Flask) -> None:
     """Serve the pages, with CSRF-checked forms (the key-authenticated JSON API is exempt)."""
     from faceapp import api
+    from faceapp.jobs import api as jobs_api
+    from faceapp.jobs import pages  # noqa: F401 - the Jobs page's routes, on this blueprint
 
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = instance_secret_key(app.instance_path)
     csrf.init_app(app)
     csrf.exempt(api.bp)
+    csrf.exempt(jobs_api.bp)
     app.register_blueprint(bp)
     app.extensions[PAGE_ERRORS_KEY] = http_error_page  # /app/<no such page> answers a page too
 

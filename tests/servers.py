@@ -91,10 +91,12 @@ def gunicorn(
 
 
 @contextmanager
-def redis_server(tmp_dir: str):
-    """A throwaway redis-server on a free loopback port; yields its redis:// URL."""
+def redis_server(tmp_dir: str, *, port: int | None = None, appendonly: bool = False):
+    """A throwaway redis-server on a loopback port (a free one unless given); yields its
+    redis:// URL. `appendonly` keeps every write in `tmp_dir`, so a restart on the same port and
+    folder comes back with the data."""
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             binary,
@@ -105,7 +107,9 @@ def redis_server(tmp_dir: str):
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if appendonly else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             tmp_dir,
         ],
@@ -196,3 +200,82 @@ def nginx(upstream: str, tmp_dir: str, edit=None):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextmanager
+def celery_worker(env: dict[str, str], log_path: str, concurrency: int = 1, wait: bool = True):
+    """`flask --app wsgi worker --concurrency N` in its own process group; yields the Popen.
+
+    Ready once Celery logs "ready." (:func:`wait_worker_ready`; `wait=False` leaves that to the
+    caller, so that several start at once); stopped with SIGTERM to the group, then SIGKILL."""
+    flask_bin = os.path.join(os.path.dirname(sys.executable), "flask")
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [flask_bin, "--app", "wsgi", "worker", "--concurrency", str(concurrency)],
+        cwd=ROOT,
+        env={**os.environ, **env, "HF_HUB_OFFLINE": "1"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own group: a test can kill the whole worker at once
+    )
+    try:
+        if wait:
+            wait_worker_ready(process, log_path)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        log.close()
+
+
+def wait_worker_ready(process: subprocess.Popen, log_path: str, timeout: float = 120) -> None:
+    """Wait until a worker started by :func:`celery_worker` has logged that it is ready."""
+
+    def ready() -> bool:
+        assert process.poll() is None, f"the worker exited early; see {log_path}"
+        with open(log_path, "rb") as fh:
+            return b" ready." in fh.read()
+
+    wait_until(ready, timeout, "the Celery worker saying ready")
+
+
+@contextmanager
+def photo_site(files: dict[str, bytes], slow: float = 0.0):
+    """A threaded HTTP server on loopback serving `files` by name; a name asked for under
+    ``slow/`` comes after `slow` seconds (a job that lasts long enough to interrupt). Yields
+    its base URL."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            name = self.path.lstrip("/")
+            if name.startswith("slow/"):
+                time.sleep(slow)
+                name = name.removeprefix("slow/")
+            data = files.get(name)
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -42,21 +42,22 @@ def test_nginx_accepts_the_config(tmp_path):
     assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
 
 
-def test_systemd_accepts_the_unit(tmp_path):
+@pytest.mark.parametrize("name", ["faceapp.service", "faceapp-worker.service"])
+def test_systemd_accepts_the_unit(tmp_path, name):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed here (no systemd): the unit is unchecked")
     # The unit names /srv/faceapp; verify checks that ExecStart's program exists, so point it at
-    # this checkout (whose .venv has gunicorn).
-    with open(os.path.join(DEPLOY, "faceapp.service"), encoding="utf-8") as fh:
+    # this checkout (whose .venv has gunicorn and flask).
+    with open(os.path.join(DEPLOY, name), encoding="utf-8") as fh:
         unit = fh.read().replace("/srv/faceapp", ROOT)
-    path = tmp_path / "faceapp.service"
+    path = tmp_path / name
     path.write_text(unit, encoding="utf-8")
     result = subprocess.run(
         [analyze, "verify", str(path)], capture_output=True, text=True, timeout=60
     )
     # Unknown keys and bad values are only warnings (exit 0): any line about the unit fails.
-    about_unit = [line for line in result.stderr.splitlines() if "faceapp.service" in line]
+    about_unit = [line for line in result.stderr.splitlines() if name in line]
     assert result.returncode == 0 and about_unit == [], result.stderr
     assert "ProtectSystem=strict" in unit and "NoNewPrivileges=yes" in unit
 
@@ -106,13 +107,14 @@ def test_the_redis_sample_runs_and_never_evicts(tmp_path):
         process.wait(timeout=10)
 
 
-def test_scrape_config_and_dashboard_use_metrics_the_service_has(config, astronaut_jpeg):
+def test_scrape_config_and_dashboard_use_metrics_the_service_has(config, astronaut_jpeg, redis_url):
     with open(os.path.join(DEPLOY, "prometheus-faceapp.yml"), encoding="utf-8") as fh:
         scrape = YAML(typ="safe", pure=True).load(fh)
     job = scrape["scrape_configs"][0]
     assert job["metrics_path"] == "/metrics" and job["authorization"]["type"] == "Bearer"
 
     config["METRICS_ENABLED"] = True
+    config["BROKER_URL"] = redis_url.rsplit("/", 1)[0] + "/3"  # jobs on: their figures too
     client = create_app(config).test_client()
     client.post("/api/validate", json={"image_base64": base64.b64encode(astronaut_jpeg).decode()})
     text = client.get("/metrics", headers=ADMIN).get_data(as_text=True)
