@@ -32,8 +32,12 @@ PREVIEW_PART = "preview.jpg"
 JPEG_QUALITY = 90
 
 
-def build_parts(image: Image.Image, faces: Sequence[Mapping[str, Any]]) -> tuple[dict, dict]:
-    """The parts to store beside the bytes (name -> JPEG) and meta's ``stored`` description."""
+def build_parts(
+    image: Image.Image, faces: Sequence[Mapping[str, Any]], preview: bool = True
+) -> tuple[dict, dict]:
+    """The parts to store beside the bytes (name -> JPEG) and meta's ``stored`` description;
+    without `preview`, the face contexts alone (``flask batch`` crops a preview only when it
+    analyses a whole image)."""
     parts: dict[str, bytes] = {}
     contexts = []
     for index, face in enumerate(faces):
@@ -41,14 +45,12 @@ def build_parts(image: Image.Image, faces: Sequence[Mapping[str, Any]]) -> tuple
         name = f"face-{index}.jpg"
         parts[name] = _jpeg(context)
         contexts.append({"part": name, **placement})
-    # A whole-factor box reduction: cheap (no resampling filter) and free of aliasing.
-    preview = bounded_copy(image, PREVIEW_MAX_SIDE)
-    parts[PREVIEW_PART] = _jpeg(preview)
-    stored = {
-        "format": STORE_FORMAT,
-        "preview": {"part": PREVIEW_PART, "width": preview.width, "height": preview.height},
-        "faces": contexts,
-    }
+    stored: dict[str, Any] = {"format": STORE_FORMAT, "faces": contexts}
+    if preview:
+        # A whole-factor box reduction: cheap (no resampling filter) and free of aliasing.
+        small = bounded_copy(image, PREVIEW_MAX_SIDE)
+        parts[PREVIEW_PART] = _jpeg(small)
+        stored["preview"] = {"part": PREVIEW_PART, "width": small.width, "height": small.height}
     return parts, stored
 
 
