@@ -292,14 +292,37 @@ def _batch_process(args, env, log):
     )
 
 
-def test_sigint_mid_run_then_resume_answers_every_input_once(tmp_path, tiny_model_dir, variants):
+def _interrupt(args, env, out, log_path, signum, after_lines: int) -> tuple[int, str]:
+    """Run the command, send `signum` once `after_lines` lines are out; its exit code and log."""
+    with open(log_path, "wb") as log:
+        process = _batch_process(args, env, log)
+        try:
+            wait_until(
+                lambda: (
+                    out.exists()
+                    and out.read_bytes().count(b"\n") >= after_lines
+                    or process.poll() is not None
+                ),
+                120,
+                f"{after_lines} lines written",
+            )
+            process.send_signal(signum)
+            code = process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    return code, log_path.read_text()
+
+
+def test_sigint_then_sigterm_mid_run_then_resume_answers_every_input_once(
+    tmp_path, tiny_model_dir, variants
+):
     root = tmp_path / "many"
     expected = {}
-    for index in range(60):
+    for index in range(40):
         data = variants[index % len(variants)]
-        if index >= len(variants):  # more distinct photos: recompressed at another quality
-            image = Image.open(io.BytesIO(data))
-            data = jpeg_bytes(image.rotate(index, expand=True))
+        if index >= len(variants):  # more distinct photos: rotated copies
+            data = jpeg_bytes(Image.open(io.BytesIO(data)).rotate(index, expand=True))
         path = root / f"part{index % 3}" / f"photo-{index:03d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -315,52 +338,27 @@ def test_sigint_mid_run_then_resume_answers_every_input_once(tmp_path, tiny_mode
         "HF_HUB_OFFLINE": "1",
     }
     args = [str(root), "--out", str(out), "--workers", "1", "--no-progress"]
-    with open(tmp_path / "first.log", "wb") as log:
-        process = _batch_process(args, env, log)
-        try:
-            wait_until(
-                lambda: out.exists() and out.read_bytes().count(b"\n") >= 3 or process.poll(),
-                120,
-                "three lines written",
-            )
-            process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=60) == 130
-        finally:
-            if process.poll() is None:
-                process.kill()
-    first = (tmp_path / "first.log").read_text()
+
+    code, first = _interrupt(args, env, out, tmp_path / "first.log", signal.SIGINT, 3)
+    assert code == 130, first
     assert "SIGINT: finishing the inputs in flight" in first
     assert "Stopped (SIGINT)" in first and "Run the same command again" in first
     answered = _lines(out)
     assert 3 <= len(answered) < len(expected), first
 
-    with open(tmp_path / "second.log", "wb") as log:
+    after = len(answered) + 3
+    code, second = _interrupt(args, env, out, tmp_path / "second.log", signal.SIGTERM, after)
+    assert code == 143, second
+    assert "Stopped (SIGTERM)" in second
+    assert f"{len(answered)} answered already" in second
+    resumed = _lines(out)
+    assert resumed[: len(answered)] == answered and len(resumed) < len(expected)
+
+    with open(tmp_path / "third.log", "wb") as log:
         assert _batch_process(args, env, log).wait(timeout=300) == 0
-    second = (tmp_path / "second.log").read_text()
+    third = (tmp_path / "third.log").read_text()
     lines = _lines(out)
-    assert lines[: len(answered)] == answered  # the first run's lines, untouched
+    assert lines[: len(resumed)] == resumed  # the earlier runs' lines, untouched
     assert sorted(line["source"] for line in lines) == sorted(expected)  # each input once
     assert all(line["image_id"] == expected[line["source"]] for line in lines)
-    assert f"{len(answered)} answered already" in second
-
-
-def test_sigterm_stops_cleanly_too(tmp_path, tiny_model_dir, variants):
-    root = tmp_path / "few"
-    root.mkdir()
-    for index, data in enumerate(variants):
-        (root / f"{index}.jpg").write_bytes(data)
-    out = tmp_path / "out.jsonl"
-    env = {
-        **os.environ,
-        "FACEAPP_INSTANCE_PATH": str(tmp_path / "instance"),
-        "FACEAPP_MODEL_NAME": tiny_model_dir,
-        "FACEAPP_MODEL_AUTO_PULL": "false",
-        "FACEAPP_DETECTOR": "haar",
-        "HF_HUB_OFFLINE": "1",
-    }
-    with open(tmp_path / "log", "wb") as log:
-        process = _batch_process([str(root), "--out", str(out), "--workers", "1"], env, log)
-        wait_until(lambda: out.exists() and out.stat().st_size > 0 or process.poll(), 120, "a line")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) in (0, 143)  # 0: it had finished already
-    _lines(out)  # whole lines only
+    assert f"{len(resumed)} answered already" in third

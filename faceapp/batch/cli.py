@@ -144,6 +144,8 @@ def batch_command(
     tally.finished = time.perf_counter()
     click.echo(tally.summary(interrupted=reason))
     click.echo(f"Wrote {writer.written} lines to {out} ({writer.resumed + writer.written} in all)")
+    if server:
+        click.echo(f"{client.retries} requests sent again (429 Retry-After, 503 or no answer)")
     if reason:
         click.echo("Run the same command again to go on where this run stopped.")
         code = EXIT_BY_SIGNAL.get(reason, 1)

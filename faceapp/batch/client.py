@@ -5,9 +5,10 @@ Each input is one POST /api/validate (a path is uploaded as ``file``, a URL is s
 ``force`` is on, one POST /api/analyze by the image_id validate stored (nothing is sent twice).
 The line is built from the two answers exactly as the local pipeline builds it.
 
-A 429 is retried after its ``Retry-After``; a 503 (model.not_ready, model.busy,
-store.unavailable) and a connection failure are retried with exponential backoff. Both are
-bounded (``MAX_TRIES``): an input whose 503s outlast the bound gets the 503's error line; a
+A 429 is retried after its ``Retry-After`` (up to ``MAX_RATE_LIMITED`` times); a 503
+(model.not_ready, model.busy, store.unavailable) and a connection failure are retried with
+exponential backoff (up to ``MAX_TRIES`` tries). An input whose 429s or 503s outlast the bound
+gets that answer's error line; a
 deployment that stops answering at all stops the run (:class:`~faceapp.batch.runner.Stop`),
 so that the next run resumes where it broke off.
 """
@@ -27,7 +28,8 @@ from faceapp.batch.runner import Stop
 from faceapp.errors import FaceappError
 from faceapp.store import image_id_for
 
-MAX_TRIES = 8  # per request: the first try and its retries
+MAX_TRIES = 6  # per request, after 503s or failed connections: the first try and its retries
+MAX_RATE_LIMITED = 60  # per request, 429s waited out (each for its Retry-After) before giving up
 BACKOFF_S = 0.5  # the first wait after a 503 or a failed connection; doubled each time
 MAX_WAIT_S = 30.0  # no single wait is longer (a larger Retry-After included)
 CONNECT_TIMEOUT_S = 10.0
@@ -128,8 +130,8 @@ class Client:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict:
         """The JSON answer (an error envelope included) after the bounded retries."""
-        wait = BACKOFF_S
-        for attempt in range(1, MAX_TRIES + 1):
+        wait, failures, rate_limited = BACKOFF_S, 0, 0
+        while True:
             try:
                 response = self._session().request(
                     method,
@@ -138,20 +140,22 @@ class Client:
                     **kwargs,
                 )
             except requests.RequestException as exc:
-                if attempt == MAX_TRIES:
+                failures += 1
+                if failures >= MAX_TRIES:
                     raise Stop(f"{self.base} does not answer ({type(exc).__name__})") from None
                 self._pause(wait)
                 wait *= 2
                 continue
-            if response.status_code in (429, 503) and attempt < MAX_TRIES:
-                if response.status_code == 429:
-                    self._pause(_retry_after(response, wait))
-                else:
-                    self._pause(wait)
-                    wait *= 2
+            if response.status_code == 429 and rate_limited + 1 < MAX_RATE_LIMITED:
+                rate_limited += 1
+                self._pause(_retry_after(response, wait))
+                continue
+            if response.status_code == 503 and failures + 1 < MAX_TRIES:
+                failures += 1
+                self._pause(wait)
+                wait *= 2
                 continue
             return _json(response)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _pause(self, seconds: float) -> None:
         self.retries += 1
