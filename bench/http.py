@@ -66,13 +66,18 @@ def free_port() -> int:
 
 @contextmanager
 def gunicorn(
-    folder: str, scratch: str, workers: int, name: str, dtype: str = "float32"
+    folder: str,
+    scratch: str,
+    workers: int,
+    name: str,
+    dtype: str = "float32",
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """`make run`'s gunicorn on a free port, serving the checkpoint in `folder`, rate limits off.
 
     The checkpoint's folder is the models folder too, so the label-embedding cache and the int8
     export persist from run to run; each server has its own store. Yields once every worker
-    answers /api/ready.
+    answers /api/ready. `settings` are more FACEAPP_<KEY> values (the detector, say).
     """
     port = free_port()
     env = {
@@ -95,6 +100,7 @@ def gunicorn(
         "FACEAPP_TESTER_ENABLED": "false",
         "FACEAPP_ADMIN_KEYS": ADMIN_KEY,
         "FACEAPP_SECRET_KEY": "bench-secret-key-" + "x" * 32,
+        **{f"FACEAPP_{key}": value for key, value in (settings or {}).items()},
     }
     gunicorn_bin = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     # A file, not a pipe: a pipe nobody reads fills up and blocks the workers' logging.

@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench import http, photos
+from bench import batch, http, photos
 from bench.memory import cpu_model_config, measure_in_subprocesses
 from bench.timing import Comparison, interleaved
 
@@ -46,6 +46,10 @@ SECTIONS = (
     "http_memory",
     "http_start",
     "http_worker_start",
+    "batch_http_loop",
+    "batch_inprocess_loop",
+    "batch_server",
+    "batch_memory",
 )
 
 
@@ -62,6 +66,10 @@ class Plan:
     rounds: int = 2  # interleaved rounds of every client count
     start_rounds: int = 2  # gunicorn starts timed
     http_only: bool = False  # skip the in-process sections
+    batch_only: bool = False  # only the batch_* sections
+    batch_photos: int = 200  # photos per batch pass, and passes (rounds) of each kind
+    batch_rounds: int = 2
+    batch_memory: tuple[int, int] = (100, 2000)  # RSS after this many images, and this many
 
     def compare(self, a: Callable[[], object], b: Callable[[], object]):
         """Time `a` against `b`, interleaved, as this plan says."""
@@ -105,6 +113,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the sections that measure the service over HTTP (http_*)",
     )
+    parser.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="only the sections that measure flask batch (batch_*)",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="also write the numbers here")
     return parser.parse_args(argv)
 
@@ -124,6 +137,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         rounds=1 if quick else 2,
         start_rounds=1 if quick else 2,
         http_only=args.http_only,
+        batch_only=args.batch_only,
+        batch_photos=24 if quick else 200,
+        batch_rounds=1 if quick else 2,
+        batch_memory=(10, 40) if quick else (100, 2000),
     )
 
 
@@ -536,6 +553,9 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
         )
     attribute_set = load_attribute_set(None)
     names = attribute_set.names()
+    if plan.batch_only:
+        results = batch.run_batch(plan, folder)
+        return _settings(plan, folder, written_s, started, batch_only=True), results
     if plan.http_only:
         large = photos.large_jpeg(photo)
         results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))
@@ -577,6 +597,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results.append(face_batching)
     results.append(bench_memory(folder, plan.threads))
     results.extend(http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo)))
+    results.extend(batch.run_batch(plan, folder))
     return _settings(plan, folder, written_s, started), results
 
 
