@@ -88,7 +88,7 @@ def _app(folder: str, scratch: str, threads: int | None):
             "MODEL_AUTO_PULL": False,
             **detector_settings(),
             "LOG_LEVEL": "WARNING",
-            "TORCH_THREADS": threads,
+            "TORCH_THREADS": threads or 0,
         }
     )
 
