@@ -203,8 +203,9 @@ def test_overwrite_starts_over(runner, folder, tmp_path):
     root, expected = folder
     out = tmp_path / "out.jsonl"
     out.write_text('{"source": "old"}\n')
-    result = runner.invoke(args=["batch", root, "--out", str(out), "--overwrite"])
+    result = runner.invoke(args=["batch", root, "--out", str(out), "--overwrite", "--progress"])
     assert result.exit_code == 0, result.output
+    assert "img/s" in result.output or "it/s" in result.output or "img" in result.output  # tqdm
     assert sorted(line["source"] for line in _lines(out)) == sorted(expected)
 
 
@@ -362,3 +363,26 @@ def test_sigint_then_sigterm_mid_run_then_resume_answers_every_input_once(
     assert sorted(line["source"] for line in lines) == sorted(expected)  # each input once
     assert all(line["image_id"] == expected[line["source"]] for line in lines)
     assert f"{len(resumed)} answered already" in third
+
+
+def test_progress_off_a_terminal_is_a_line_with_the_counts_and_the_eta(monkeypatch):
+    from faceapp.batch import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    stream = io.StringIO()
+    tally = progress.Tally()
+    report = progress.Progress(tally, stream=stream)
+    report.set_total(10)
+    for line in (
+        {"valid": True, "faces": [{}], "errors": []},
+        {"valid": False, "faces": [], "errors": [{"code": "face.none"}]},
+        {"error": {"code": "image.corrupt", "message": "x"}},
+    ):
+        tally.add(line)
+        report.update(line)
+    report.close()
+    last = stream.getvalue().splitlines()[-1]
+    assert last.startswith("batch: 3 images, 1 faces, 1 invalid, 1 failed, ")
+    assert "3/10, ETA 0:" in last
+    summary = tally.summary()
+    assert "invalid  1 (face.none 1)" in summary and "failed   1 (image.corrupt 1)" in summary
