@@ -272,7 +272,10 @@ def _count_lines(path: str) -> int:
 
 def run_batch(plan, folder: str) -> list[Comparison]:
     """Every batch section, with the plan's numbers of photos (quick: a few dozen)."""
-    results = bench_throughput(plan, folder, plan.batch_photos, plan.batch_rounds)
+    results = []
+    if plan.batch_photos:
+        results += bench_throughput(plan, folder, plan.batch_photos, plan.batch_rounds)
     small, large = plan.batch_memory
-    results.append(bench_memory(folder, small, large, plan.threads))
+    if large:
+        results.append(bench_memory(folder, small, large, plan.threads))
     return results

@@ -118,6 +118,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the sections that measure flask batch (batch_*)",
     )
+    parser.add_argument(
+        "--batch-photos",
+        type=int,
+        default=None,
+        help="photos per batch pass (default 200; quick 24; 0 skips the speed sections)",
+    )
+    parser.add_argument(
+        "--batch-rounds", type=int, default=None, help="passes of each kind (default 2; quick 1)"
+    )
+    parser.add_argument(
+        "--batch-memory",
+        default=None,
+        help="SMALL,LARGE: batch RSS after this many images vs this many (default 100,2000; "
+        "quick 10,40; 0 skips it)",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="also write the numbers here")
     return parser.parse_args(argv)
 
@@ -138,10 +153,24 @@ def make_plan(args: argparse.Namespace) -> Plan:
         start_rounds=1 if quick else 2,
         http_only=args.http_only,
         batch_only=args.batch_only,
-        batch_photos=24 if quick else 200,
-        batch_rounds=1 if quick else 2,
-        batch_memory=(10, 40) if quick else (100, 2000),
+        batch_photos=_default(args.batch_photos, 24 if quick else 200),
+        batch_rounds=max(1, _default(args.batch_rounds, 1 if quick else 2)),
+        batch_memory=_pair(args.batch_memory) or ((10, 40) if quick else (100, 2000)),
     )
+
+
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _pair(text: str | None) -> tuple[int, int] | None:
+    """``SMALL,LARGE`` as two numbers; ``0`` as (0, 0), which skips the section."""
+    if text is None:
+        return None
+    if text.strip() == "0":
+        return (0, 0)
+    small, large = (int(part) for part in text.split(","))
+    return small, large
 
 
 # --------------------------------------------------------------------------------------------
