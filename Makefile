@@ -11,11 +11,15 @@ PYTEST_ARGS ?=
 # make eval DATA=DIR (or a CSV manifest) [EVAL_ARGS="--json out.json --html out.html"]
 DATA      ?=
 EVAL_ARGS ?=
+# make batch IN="photos/ more.csv" OUT=results.jsonl [BATCH_ARGS="--format csv --force"]
+IN        ?=
+OUT       ?=
+BATCH_ARGS ?=
 
 # `make mutants`: the modules to mutation-test (mutants/config.toml lists the tests of each).
 MODULES   ?= validation decoding access url_fetch
 
-.PHONY: install system-packages run worker dev test lint bench eval api-snapshot mutants clean
+.PHONY: install system-packages run worker dev test lint bench eval batch api-snapshot mutants clean
 
 install: $(STAMP)
 
@@ -55,6 +59,11 @@ bench: install
 eval: install
 	@test -n "$(DATA)" || { echo 'usage: make eval DATA=DIR [EVAL_ARGS="--json r.json --html r.html"]'; exit 2; }
 	$(VENV)/bin/flask --app wsgi eval "$(DATA)" $(EVAL_ARGS)
+
+# Validate and analyse many photos into one JSONL or CSV file (docs/BATCH.md); resumes OUT.
+batch: install
+	@test -n "$(IN)" -a -n "$(OUT)" || { echo 'usage: make batch IN="DIR|LIST|CSV..." OUT=results.jsonl [BATCH_ARGS=...]'; exit 2; }
+	$(VENV)/bin/flask --app wsgi batch $(IN) --out "$(OUT)" $(BATCH_ARGS)
 
 # docs/openapi.json from the live document; refuses a removal docs/MIGRATION.md does not explain.
 api-snapshot: install

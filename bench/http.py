@@ -66,13 +66,19 @@ def free_port() -> int:
 
 @contextmanager
 def gunicorn(
-    folder: str, scratch: str, workers: int, name: str, dtype: str | None = None
+    folder: str,
+    scratch: str,
+    workers: int,
+    name: str,
+    dtype: str | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """`make run`'s gunicorn on a free port, serving the checkpoint in `folder`, rate limits off.
 
     The checkpoint's folder is the models folder too, so the label-embedding cache and the int8
     export persist from run to run; each server has its own store. Yields once every worker
-    answers /api/ready. `dtype` None: the service's default (DTYPE=auto).
+    answers /api/ready. `dtype` None: the service's default (DTYPE=auto). `settings` are more
+    FACEAPP_<KEY> values (the detector, say).
     """
     port = free_port()
     env = {
@@ -94,6 +100,7 @@ def gunicorn(
         "FACEAPP_TESTER_ENABLED": "false",
         "FACEAPP_ADMIN_KEYS": ADMIN_KEY,
         "FACEAPP_SECRET_KEY": "bench-secret-key-" + "x" * 32,
+        **{f"FACEAPP_{key}": value for key, value in (settings or {}).items()},
     }
     env.pop("FACEAPP_DTYPE", None)
     if dtype is not None:

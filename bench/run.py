@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench import http, jobs, photos
+from bench import batch, http, jobs, photos
 from bench.memory import cpu_model_config, measure_in_subprocesses
 from bench.timing import Comparison, interleaved
 
@@ -50,6 +50,10 @@ SECTIONS = (
     "jobs_post_10000",
     "jobs_results_stream",
     "jobs_interactive_p95",
+    "batch_http_loop",
+    "batch_inprocess_loop",
+    "batch_server",
+    "batch_memory",
 )
 
 
@@ -66,6 +70,10 @@ class Plan:
     rounds: int = 2  # interleaved rounds of every client count
     start_rounds: int = 2  # gunicorn starts timed
     http_only: bool = False  # skip the in-process sections
+    batch_only: bool = False  # only the batch_* sections
+    batch_photos: int = 200  # photos per batch pass, and passes (rounds) of each kind
+    batch_rounds: int = 2
+    batch_memory: tuple[int, int] = (100, 2000)  # RSS after this many images, and this many
 
     def compare(self, a: Callable[[], object], b: Callable[[], object]):
         """Time `a` against `b`, interleaved, as this plan says."""
@@ -109,6 +117,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the sections that measure the service over HTTP (http_*)",
     )
+    parser.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="only the sections that measure flask batch (batch_*)",
+    )
+    parser.add_argument(
+        "--batch-photos",
+        type=int,
+        default=None,
+        help="photos per batch pass (default 200; quick 24; 0 skips the speed sections)",
+    )
+    parser.add_argument(
+        "--batch-rounds", type=int, default=None, help="passes of each kind (default 2; quick 1)"
+    )
+    parser.add_argument(
+        "--batch-memory",
+        default=None,
+        help="SMALL,LARGE: batch RSS after this many images vs this many (default 100,2000; "
+        "quick 10,40; 0 skips it)",
+    )
     parser.add_argument("--json", dest="json_out", default=None, help="also write the numbers here")
     return parser.parse_args(argv)
 
@@ -128,7 +156,25 @@ def make_plan(args: argparse.Namespace) -> Plan:
         rounds=1 if quick else 2,
         start_rounds=1 if quick else 2,
         http_only=args.http_only,
+        batch_only=args.batch_only,
+        batch_photos=_default(args.batch_photos, 24 if quick else 200),
+        batch_rounds=max(1, _default(args.batch_rounds, 1 if quick else 2)),
+        batch_memory=_pair(args.batch_memory) or ((10, 40) if quick else (100, 2000)),
     )
+
+
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _pair(text: str | None) -> tuple[int, int] | None:
+    """``SMALL,LARGE`` as two numbers; ``0`` as (0, 0), which skips the section."""
+    if text is None:
+        return None
+    if text.strip() == "0":
+        return (0, 0)
+    small, large = (int(part) for part in text.split(","))
+    return small, large
 
 
 # --------------------------------------------------------------------------------------------
@@ -566,6 +612,9 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
         )
     attribute_set = load_attribute_set(None)
     names = attribute_set.names()
+    if plan.batch_only:
+        results = batch.run_batch(plan, folder)
+        return _settings(plan, folder, written_s, started, batch_only=True), results
     if plan.http_only:
         large = photos.large_jpeg(photo)
         results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))
@@ -609,6 +658,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results.append(bench_memory(folder, plan.threads))
     results.extend(http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo)))
     results.extend(jobs.run_jobs(plan, folder, photo))
+    results.extend(batch.run_batch(plan, folder))
     return _settings(plan, folder, written_s, started), results
 
 

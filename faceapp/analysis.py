@@ -320,9 +320,12 @@ def face_count(meta: dict, max_faces: int) -> dict[str, int]:
     return {"found": found, "not_analysed": max(0, found - max_faces), "max_faces": max_faces}
 
 
-def check_attribute_names(requested: Sequence[str] | None) -> list[str]:
-    """The attribute names to score (default all); an unknown one is 400 input.invalid."""
-    known = attribute_set().names()
+def check_attribute_names(
+    requested: Sequence[str] | None, attributes: AttributeSet | None = None
+) -> list[str]:
+    """The attribute names to score (default all) of `attributes` (default the app's set); an
+    unknown one is 400 input.invalid."""
+    known = (attributes or attribute_set()).names()
     if not requested:
         return known
     unknown = [name for name in requested if name not in known]

@@ -214,7 +214,7 @@ def decode_image(
     pillow_limit = Image.MAX_IMAGE_PIXELS
     limit = max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
 
-    claimed = _claimed_format(data)
+    claimed = claimed_format(data)
     gif_frames = None
     size = None
     if claimed in formats:
@@ -537,7 +537,7 @@ def _corrupt() -> FaceappError:
 # they cannot read is left to Pillow, whose result is checked again in _normalise.
 
 
-def _claimed_format(data: bytes) -> str | None:
+def claimed_format(data: bytes) -> str | None:
     """The format the bytes claim by their signature (the prefixes Pillow's plugins accept)."""
     if data.startswith(b"\xff\xd8\xff"):
         return "JPEG"

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,36 +128,104 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         backend.drop_results(image_id)
         record_event(image_id, "wiped", {}, reason="wipe_cache")
 
+    examined = examine(data, image_id, source.kind, config)
+    meta, parts = examined.meta, examined.parts
+    timings.update(examined.timings)
     step = time.perf_counter()
-    decoded = _decode(data, source.kind, config)
+    if not backend.put_image(image_id, data, meta, parts):
+        # Stored already (wipe_cache, or a concurrent request): the same bytes give the same
+        # parts, so only the metadata is renewed.
+        backend.set_meta(image_id, meta)
+    if history:
+        for event in history:
+            backend.append_event(image_id, event)
+        record_event(image_id, "wiped", {}, reason="detector_changed")
+    timings["store"] = timings.pop("parts") + (time.perf_counter() - step) * 1000
+    timings["total"] = (time.perf_counter() - started) * 1000
+    record_event(
+        image_id,
+        "validated",
+        timings,
+        cached=False,
+        valid=meta["validation"]["valid"],
+        source=source.kind,
+        name=source_name(source),
+        errors=[issue["code"] for issue in meta["validation"]["errors"]],
+        warnings=[issue["code"] for issue in meta["validation"]["warnings"]],
+        **faces.trace_fields(detector),
+    )
+    log.info(
+        "validated %s: valid=%s faces=%d",
+        image_id[:12],
+        meta["validation"]["valid"],
+        len(meta["faces"]),
+    )
+    return meta
+
+
+@dataclass
+class Examined:
+    """An image's bytes examined: its metadata (validation included), the parts validate stores
+    beside the bytes (face contexts, preview), and how long each step took (ms)."""
+
+    meta: dict
+    parts: dict[str, bytes]
+    timings: dict[str, float]
+
+
+def examine(
+    data: bytes,
+    image_id: str,
+    source_kind: str,
+    config: Mapping[str, Any],
+    *,
+    contexts: int | None = None,
+    preview: bool = True,
+) -> Examined:
+    """Validate's work on an image's bytes, without the store: decode under the limits, detect
+    the faces, check the quality, and cut the face contexts that analyze crops from.
+
+    The service stores what this returns; ``flask batch`` (faceapp/batch) keeps it in memory and
+    asks only for the parts it will crop from: the first `contexts` faces' (None: every face's),
+    and the preview when `preview`. Raises FaceappError (image.*, url.not_image) for bytes that
+    do not decode. Needs an app context (the app's detector).
+    """
+    timings: dict[str, float] = {}
+    step = time.perf_counter()
+    decoded = _decode(data, source_kind, config)
     timings["decode"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
     # The preview (a whole-factor reduction, stored for the tester) is made first: detection's
     # copy and the brightness measure start from it rather than from the full image.
-    preview = stored_image.make_preview(decoded.image)
-    found = faces.detect(decoded.image, preview)
+    reduced = stored_image.make_preview(decoded.image)
+    found = faces.detect(decoded.image, reduced)
     timings["detect"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
     thresholds = validation.Thresholds.from_config(config)
-    report = validation.assess(decoded.image, found, thresholds, reduced=preview)
+    report = validation.assess(decoded.image, found, thresholds, reduced=reduced)
     found = validation.main_first(found, report)
     timings["validate"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
     face_dicts = [face.to_dict() for face in found]
-    parts, stored = stored_image.build_parts(decoded.image, face_dicts, preview)
+    parts, stored = stored_image.build_parts(
+        decoded.image,
+        face_dicts[:contexts] if contexts is not None else face_dicts,
+        reduced,
+        with_preview=preview,
+    )
     meta = {
         "image_id": image_id,
         "created": time.time(),
         "created_at": now_iso(),
         "bytes": len(data),
-        "source": source.kind,
+        "source": source_kind,
         "format": decoded.format,
         "width": decoded.width,
         "height": decoded.height,
         "source_width": decoded.source_width,
         "source_height": decoded.source_height,
         "frames": decoded.frames,
-        "detector": detector,
+        "detector": faces.describe(),
         "faces": validation.describe_faces(found, report),
         "validation": {
             "valid": report.valid,
@@ -166,31 +235,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         },
         "stored": stored,
     }
-    meta = _plain(meta)
-    if not backend.put_image(image_id, data, meta, parts):
-        # Stored already (wipe_cache, or a concurrent request): the same bytes give the same
-        # parts, so only the metadata is renewed.
-        backend.set_meta(image_id, meta)
-    if history:
-        for event in history:
-            backend.append_event(image_id, event)
-        record_event(image_id, "wiped", {}, reason="detector_changed")
-    timings["store"] = (time.perf_counter() - step) * 1000
-    timings["total"] = (time.perf_counter() - started) * 1000
-    record_event(
-        image_id,
-        "validated",
-        timings,
-        cached=False,
-        valid=report.valid,
-        source=source.kind,
-        name=source_name(source),
-        errors=[i.code for i in report.errors],
-        warnings=[i.code for i in report.warnings],
-        **faces.trace_fields(detector),
-    )
-    log.info("validated %s: valid=%s faces=%d", image_id[:12], report.valid, len(found))
-    return meta
+    timings["parts"] = (time.perf_counter() - step) * 1000
+    return Examined(_plain(meta), parts, timings)
 
 
 def validate(source: ImageSource, *, wipe_cache: bool = False, details: bool = False) -> dict:

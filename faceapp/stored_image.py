@@ -40,10 +40,15 @@ def make_preview(image: Image.Image) -> Image.Image:
 
 
 def build_parts(
-    image: Image.Image, faces: Sequence[Mapping[str, Any]], preview: Image.Image | None = None
+    image: Image.Image,
+    faces: Sequence[Mapping[str, Any]],
+    preview: Image.Image | None = None,
+    *,
+    with_preview: bool = True,
 ) -> tuple[dict, dict]:
     """The parts to store beside the bytes (name -> JPEG) and meta's ``stored`` description
-    (`preview`: :func:`make_preview`'s, when the caller has made it already)."""
+    (`preview`: :func:`make_preview`'s, when the caller has made it already). Without
+    `with_preview`, the face contexts alone (``flask batch`` needs no preview)."""
     parts: dict[str, bytes] = {}
     contexts = []
     for index, face in enumerate(faces):
@@ -51,13 +56,11 @@ def build_parts(
         name = f"face-{index}.jpg"
         parts[name] = _jpeg(context)
         contexts.append({"part": name, **placement})
-    preview = preview or make_preview(image)
-    parts[PREVIEW_PART] = _jpeg(preview)
-    stored = {
-        "format": STORE_FORMAT,
-        "preview": {"part": PREVIEW_PART, "width": preview.width, "height": preview.height},
-        "faces": contexts,
-    }
+    stored: dict[str, Any] = {"format": STORE_FORMAT, "faces": contexts}
+    if with_preview:
+        preview = preview or make_preview(image)
+        parts[PREVIEW_PART] = _jpeg(preview)
+        stored["preview"] = {"part": PREVIEW_PART, "width": preview.width, "height": preview.height}
     return parts, stored
 
 
