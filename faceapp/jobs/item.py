@@ -1,10 +1,13 @@
 """One job item through the service's pipeline, as one result line.
 
-TO BE REPLACED: `flask batch` (issue 17, package faceapp/batch/) owns the per-item pipeline and
-its line; once that branch is merged, :func:`process_item` goes and the runner calls batch's
-function instead. Until then this stand-in gives the same line through faceapp/services.py:
+The line is ``flask batch``'s (faceapp/batch/pipeline.py, docs/BATCH.md):
 ``{"source", "image_id", "valid", "errors", "warnings", "faces", "model"}``, or
-``{"source", "error": {"code", "message"}}`` with the API's codes.
+``{"source", "error": {"code", "message"}}`` with the API's codes, built by the same
+``services.validation_answer`` and analyze answer. Unlike a batch, which keeps a million photos
+out of the store, a job goes through validate's and analyze's *stored* path
+(``services.ingest``, ``services.analyze``): each item then has its image page and trace on the
+tester's Jobs page, and a redelivered chunk (late acknowledgement) finds the stored image and
+the cached result, which makes the redo cheap.
 """
 
 from __future__ import annotations
