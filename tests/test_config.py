@@ -1,0 +1,60 @@
+"""Settings that must take effect, or stop the start, when set (issue 19: a mutation check found
+each of these could break unnoticed): a default that hides a misspelt key is no test of the key."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from faceapp import create_app, validation
+from faceapp.faces import FaceBox, build_detector
+
+
+def _two_faces(ratio: float) -> tuple[Image.Image, list[FaceBox]]:
+    """A grey image with a main face of 100 px and another of 100 * ratio px, both inside."""
+    image = Image.new("RGB", (400, 200), (128, 128, 128))
+    side = round(100 * ratio)
+    return image, [FaceBox(20, 50, 100, 100, 0.99), FaceBox(250, 50, side, side, 0.99)]
+
+
+def _codes(app, ratio: float) -> tuple[list[str], list[str]]:
+    image, found = _two_faces(ratio)
+    report = validation.assess(image, found, validation.Thresholds.from_config(app.config))
+    return [i.code for i in report.errors], [i.code for i in report.warnings]
+
+
+def test_comparable_face_ratio_set_in_the_config_takes_effect(config):
+    # A second face 70 % of the main one: comparable under the default 0.5, background under 0.8.
+    errors, warnings = _codes(create_app(config), 0.7)
+    assert "face.multiple" in errors and "face.background" not in warnings
+    errors, warnings = _codes(create_app({**config, "COMPARABLE_FACE_RATIO": 0.8}), 0.7)
+    assert "face.multiple" not in errors and "face.background" in warnings
+
+
+@pytest.mark.parametrize("ratio", [0, -0.5, 1.01, 2])
+def test_an_out_of_range_comparable_face_ratio_is_refused(ratio):
+    with pytest.raises(ValueError, match="COMPARABLE_FACE_RATIO"):
+        validation.Thresholds(comparable_face_ratio=ratio)
+
+
+def test_the_detector_version_changes_with_detect_max_side():
+    """The version keys stored validations: a new input size must not reuse the old faces."""
+    versions = {
+        side: build_detector({"DETECTOR": "haar", "DETECT_MAX_SIDE": side}).info["version"]
+        for side in (640, 320)
+    }
+    assert versions[640] != versions[320]
+
+
+@pytest.mark.parametrize(("length", "usable"), [(31, False), (32, True)])
+def test_a_short_secret_key_file_stops_the_start(config, tmp_path, monkeypatch, length, usable):
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "secret_key").write_text("k" * length + "\n")
+    monkeypatch.setenv("FACEAPP_INSTANCE_PATH", str(instance))
+    settings = {**config, "SECRET_KEY": None}
+    if usable:
+        assert create_app(settings).config["SECRET_KEY"] == "k" * length
+    else:
+        with pytest.raises(RuntimeError, match="no usable secret key"):
+            create_app(settings)
