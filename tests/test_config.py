@@ -3,10 +3,14 @@ each of these could break unnoticed): a default that hides a misspelt key is no 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
 from faceapp import create_app, validation
+from faceapp.config import DEFAULTS
 from faceapp.faces import FaceBox, build_detector
 
 
@@ -58,3 +62,37 @@ def test_a_short_secret_key_file_stops_the_start(config, tmp_path, monkeypatch, 
     else:
         with pytest.raises(RuntimeError, match="no usable secret key"):
             create_app(settings)
+
+
+API_MD = Path(__file__).resolve().parent.parent / "docs" / "API.md"
+
+
+def _documented(text: str):
+    """A default as docs/API.md's Configuration table writes it, or None for prose (a default
+    worked out at start, like `<instance>/models`)."""
+    units = {"GiB": 1024**3, "days": 24 * 3600}
+    literal = text[1:-1] if re.fullmatch(r"`[^`]*`", text) else text
+    if literal in ("true", "false"):
+        return literal == "true"
+    if match := re.fullmatch(r"(\d+) (GiB|days)", literal):
+        return int(match.group(1)) * units[match.group(2)]
+    if re.fullmatch(r"\d+", literal):
+        return int(literal)
+    if re.fullmatch(r"\d+\.\d+", literal):
+        return float(literal)
+    if literal != text:
+        return literal
+    return "" if text == "empty" else None
+
+
+def test_every_default_is_the_one_docs_api_md_gives():
+    """Operators read the defaults in docs/API.md: a limit doubled or a switch flipped in
+    config.py without the table following is a change nobody was told about."""
+    table = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| ([^|]+) \|", API_MD.read_text(), re.M)
+    documented = {key: _documented(text.strip()) for key, text in table}
+    for key, default in DEFAULTS.items():
+        assert key in documented, f"{key} is not in docs/API.md's Configuration table"
+        if documented[key] is None or default is None:
+            assert default is None, f"{key}: docs/API.md gives no value for {default!r}"
+            continue
+        assert documented[key] == default and type(documented[key]) is type(default), key
