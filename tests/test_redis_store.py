@@ -191,3 +191,21 @@ def test_the_urls_socket_timeout_wins_over_the_stores():
     store = RedisStore("redis://127.0.0.1:1/0?socket_timeout=7", timeout=0.2)
     assert store.client.connection_pool.connection_kwargs["socket_timeout"] == 7
     store.close()
+
+
+def test_the_eviction_lock_expires_if_its_worker_dies(make_store, monkeypatch):
+    """A worker killed mid-eviction cannot release the lock: its expiry must, or no worker would
+    ever evict again."""
+    store = make_store()
+    _put(store, 1, created=time.time())
+    store.max_bytes = 1
+    expiries = []
+    evict = store._evict
+
+    def look_at_the_lock() -> int:
+        expiries.append(store.client.pttl(f"{store.prefix}evicting"))
+        return evict()
+
+    monkeypatch.setattr(store, "_evict", look_at_the_lock)
+    assert store.evict() == 1
+    assert 0 < expiries[0] <= RedisStore.EVICT_LOCK_MS  # -1 would be a lock kept for ever
