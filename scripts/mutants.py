@@ -96,6 +96,9 @@ class Mutant:
     # ... and, inside an entry of a dict literal keyed by a string (DEFAULTS), the tests that run
     # a line of any faceapp module quoting that key.
     quoted: str = ""
+    # The lines of the statement it is in (a compound one's header): coverage.py records a
+    # statement that spans lines under one of them, not necessarily the mutated one.
+    statement: tuple[int, int] = (0, 0)
 
 
 # --- making mutants ---------------------------------------------------------------------------
@@ -115,6 +118,7 @@ class _Sites(ast.NodeVisitor):
         self.assigned: tuple[str, ...] = ()
         self.strings: set[int] = set()  # string constants already made a site (by id)
         self.entry_key = ""  # the string key of the module-level dict entry being visited
+        self.statement = (0, 0)  # the lines of the statement being visited
 
     def _site(self, node: ast.AST, kind: str, change: str) -> bool:
         """Record a site; True when it is the one to apply."""
@@ -125,8 +129,23 @@ class _Sites(ast.NodeVisitor):
         names = (*self.classes[-1:], *self.assigned)
         inside = self.function_depth > 0
         quoted = "" if inside else self.entry_key
-        self.mutants.append(Mutant(mutant_id, node.lineno, change, names, inside, quoted))
+        lines = self.statement if self.statement[0] else (node.lineno, node.lineno)
+        self.mutants.append(Mutant(mutant_id, node.lineno, change, names, inside, quoted, lines))
         return index == self.apply
+
+    def visit(self, node: ast.AST):
+        if not isinstance(node, ast.stmt):
+            return super().visit(node)
+        outer = self.statement
+        body = getattr(node, "body", None)
+        last = node.end_lineno or node.lineno
+        if body and isinstance(body, list):  # a compound statement: its header only
+            last = max(node.lineno, body[0].lineno - 1)
+        self.statement = (node.lineno, last)
+        try:
+            return super().visit(node)
+        finally:
+            self.statement = outer
 
     def visit_Assign(self, node: ast.Assign) -> None:
         if self.function_depth:
@@ -743,26 +762,25 @@ def tests_for(mutant: Mutant, name: str, source: str, trace: Trace) -> set[str]:
 
 
 def _reaching(mutant: Mutant, name: str, source: str, trace: Trace) -> set[str]:
-    """The tests that reach a mutant: those running its line. A line outside functions runs at
-    import, before any test: for an entry of a dict keyed by a string (DEFAULTS), the tests
-    running a line of any faceapp module that quotes the key; else (or when none does: a key
-    Flask reads) those running a line that names what it changes; and, both ways, the tests
-    whose own code names it. Failing all that, every test that runs the module."""
+    """The tests that reach a mutant: those running its statement. A line outside functions
+    runs at import, before any test: the tests running a line that names what it changes, the
+    tests whose own code names it, and for an entry of a dict keyed by a string (DEFAULTS), the
+    tests running a line of any faceapp module that quotes the key. Failing all that, every
+    test that runs the module."""
     path = os.path.relpath(module_path(name), ROOT)
     if mutant.in_function:
-        return trace.at(path, [mutant.line])
-    naming = trace.naming(mutant.names)  # tests that read the constant themselves
+        first, last = mutant.statement
+        return trace.at(path, range(min(first, mutant.line), max(last, mutant.line) + 1))
+    reaching = trace.naming(mutant.names)  # tests that read the constant themselves
+    if mutant.names:
+        reaching |= trace.at(path, lines_naming(source, mutant.names))
     if mutant.quoted:
         quotes = (f'"{mutant.quoted}"', f"'{mutant.quoted}'")
-        quoting = set()
         for other in (ROOT / "faceapp").rglob("*.py"):
             text = other.read_text(encoding="utf-8").splitlines()
             lines = [n for n, line in enumerate(text, 1) if any(q in line for q in quotes)]
-            quoting |= trace.at(os.path.relpath(other, ROOT), lines)
-        if quoting:
-            return quoting | naming
-    reaching = trace.at(path, lines_naming(source, mutant.names)) if mutant.names else set()
-    return reaching | naming or trace.anywhere(path)
+            reaching |= trace.at(os.path.relpath(other, ROOT), lines)
+    return reaching or trace.anywhere(path)
 
 
 def _stages(tests: set[str], seconds: dict[str, float]) -> list[list[str]]:

@@ -7,10 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from PIL import Image
 
 from faceapp import create_app, validation
-from faceapp.config import DEFAULTS
+from faceapp.config import DEFAULTS, SettingError, load_config, yes_no
 from faceapp.faces import FaceBox, build_detector
 
 
@@ -98,3 +99,53 @@ def test_every_default_is_the_one_docs_api_md_gives():
             assert default is None, f"{key}: docs/API.md gives no value for {default!r}"
             continue
         assert documented[key] == default and type(documented[key]) is type(default), key
+
+
+# Settings whose default is None ("work it out"): None stays allowed, and a value of another
+# type is refused like any other setting's (config.py's NULLABLE declares these types).
+NULLABLE_TYPES = {
+    "MODELS_DIR": str,
+    "ATTRIBUTES_FILE": str,
+    "STORE_URL": str,
+    "MAX_FORM_MEMORY_SIZE": int,
+    "DETECTOR_MODEL": str,
+    "DETECTOR_AUTO_PULL": bool,
+    "DETECTOR_URL": str,
+    "DETECTOR_SHA256": str,
+    "YUNET_SCORE_THRESHOLD": float,
+    "HAAR_MIN_CONFIDENCE": float,
+    "TESTER_ENABLED": bool,
+    "SECRET_KEY": str,
+    "RATELIMIT_STORAGE_URI": str,
+}
+NOT_OF_TYPE = {str: 12, int: "twelve", float: "twelve", bool: "maybe"}
+
+
+@pytest.mark.parametrize("key", sorted(NULLABLE_TYPES))
+def test_a_setting_without_a_default_takes_none_or_its_type_only(key, tmp_path):
+    load_config(Flask("faceapp", instance_path=str(tmp_path)), {key: None})
+    wrong = NOT_OF_TYPE[NULLABLE_TYPES[key]]
+    with pytest.raises(SettingError, match=key):
+        load_config(Flask("faceapp", instance_path=str(tmp_path)), {key: wrong})
+
+
+def test_flask_and_extension_settings_come_from_the_environment_too(tmp_path, monkeypatch):
+    """Keys faceapp does not declare (Flask-Limiter's RATELIMIT_HEADERS_ENABLED) are read from
+    FACEAPP_* as Flask reads them, JSON first."""
+    monkeypatch.setenv("FACEAPP_RATELIMIT_HEADERS_ENABLED", "true")
+    monkeypatch.setenv("FACEAPP_RATELIMIT_STRATEGY", "moving-window")
+    app = Flask("faceapp", instance_path=str(tmp_path), instance_relative_config=True)
+    load_config(app, None)
+    assert app.config["RATELIMIT_HEADERS_ENABLED"] is True
+    assert app.config["RATELIMIT_STRATEGY"] == "moving-window"
+
+
+@pytest.mark.parametrize(("value", "meant"), [(1, True), (0, False), (True, True), ("On", True)])
+def test_yes_no_takes_one_and_zero_as_numbers_too(value, meant):
+    assert yes_no(value) is meant
+
+
+@pytest.mark.parametrize("value", [2, -1, 0.5, "maybe", None])
+def test_yes_no_refuses_anything_else(value):
+    with pytest.raises(ValueError, match="not a yes/no value"):
+        yes_no(value)
