@@ -149,3 +149,20 @@ def test_yes_no_takes_one_and_zero_as_numbers_too(value, meant):
 def test_yes_no_refuses_anything_else(value):
     with pytest.raises(ValueError, match="not a yes/no value"):
         yes_no(value)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "role"),
+    [
+        (1, 1, "comparable"),  # one pixel in from the top and left edges: whole
+        (0, 50, "background"),
+        (250, 0, "background"),
+        (329, 129, "comparable"),  # ends one pixel before the right and bottom edges
+        (330, 50, "background"),
+        (250, 130, "background"),
+    ],
+)
+def test_a_face_is_cut_by_the_border_only_when_it_touches_it(x, y, role):
+    main = FaceBox(100, 50, 100, 100, 0.99)
+    roles = validation.face_roles([main, FaceBox(x, y, 70, 70, 0.99)], (400, 200), 0.5)
+    assert roles == ["main", role]

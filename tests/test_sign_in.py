@@ -70,3 +70,11 @@ def test_ordinary_answers_carry_no_rate_limit_headers(keyed):
     for answer in answers:
         names = [name.lower() for name in answer.headers.keys()]
         assert not [n for n in names if re.match(r"x-ratelimit|retry-after", n)], names
+
+
+def test_an_admin_signed_in_through_the_form_sees_every_upload(keyed, astronaut_jpeg):
+    image = {"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}
+    image_id = keyed.test_client().post("/api/validate", headers=USER, data=image).get_json()
+    client = keyed.test_client()
+    assert sign_in(client, "admin-key").status_code == 303
+    assert recent_ids(client) == [image_id["image_id"]]  # a user key's upload: admins see all
