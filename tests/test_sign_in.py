@@ -78,3 +78,13 @@ def test_an_admin_signed_in_through_the_form_sees_every_upload(keyed, astronaut_
     client = keyed.test_client()
     assert sign_in(client, "admin-key").status_code == 303
     assert recent_ids(client) == [image_id["image_id"]]  # a user key's upload: admins see all
+
+
+def test_the_image_page_shows_when_each_event_happened(client, astronaut_jpeg):
+    answer = client.post("/app", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")})
+    page = answer.headers["Location"]
+    events = client.get(f"/api{page.removeprefix('/app')}/trace").get_json()["events"]
+    text = client.get(page).get_data(as_text=True)
+    for event in events:
+        shown = event["time"].replace("T", " ").replace("Z", "")
+        assert f'<time datetime="{event["time"]}">{shown}</time>' in text
