@@ -28,6 +28,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "image.unsupported_format": 415,
     "image.too_large": 413,
     "image.too_many_pixels": 413,
+    "image.busy": 503,
     "url.invalid": 400,
     "url.forbidden": 400,
     "url.unreachable": 422,
@@ -129,6 +130,13 @@ def human_bytes(count: int) -> str:
         if size < 1024 or unit == "GiB":
             break
     return f"{size:.1f}".removesuffix(".0") + f" {unit}"
+
+
+def human_pixels(count: int) -> str:
+    """A pixel count in words: ``40 MP``, ``2.5 MP``, ``640,000 pixels``."""
+    if count < 1_000_000:
+        return f"{count:,} pixels"
+    return f"{count / 1_000_000:.1f}".removesuffix(".0") + " MP"
 
 
 def _form_too_large() -> bool:

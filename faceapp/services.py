@@ -51,7 +51,7 @@ def record_event(
 
 def _decode(data: bytes, source_kind: str, config: Mapping[str, Any]) -> decoding.DecodedImage:
     try:
-        return decoding.decode_with_limits(data, config)
+        return decoding.decode_with_limits(data, config, decoding.budget_for(current_app))
     except FaceappError as exc:
         # For a URL, "not an image we decode" is the remote's fault: 422 url.not_image.
         if source_kind == "image_url" and exc.code in (
@@ -135,6 +135,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     timings["detect"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
     report = validation.assess(decoded.image, found, validation.Thresholds.from_config(config))
+    found = validation.main_first(found, report)
     timings["validate"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
     face_dicts = [face.to_dict() for face in found]
@@ -204,8 +205,12 @@ def analyze(
     wipe_cache: bool = False,
     force: bool = False,
     max_faces: int | None = None,
+    trace_extra: Mapping[str, Any] | None = None,
 ) -> dict:
-    """POST /api/analyze: score the faces of a stored (or just sent) image, cached per options."""
+    """POST /api/analyze: score the faces of a stored (or just sent) image, cached per options.
+
+    `trace_extra` adds fields to this request's trace event (the tester names its run there).
+    """
     started = time.perf_counter()
     names = analysis.check_attribute_names(attributes)
     max_faces = max_faces or int(current_app.config["MAX_FACES"])
@@ -229,7 +234,11 @@ def analyze(
             f"The image failed validation ({codes}); send force=true to analyse it anyway.",
             field="image_id",
         )
+    step = time.perf_counter()
+    cold = analysis.analyzers.peek() is None
     scorer = analysis.analyzer()  # 503 model.not_ready before any work is done
+    if cold:  # this request waited for the worker's model to load: a stage of its own
+        timings["model_load"] = (time.perf_counter() - step) * 1000
     model_info = describe_model(scorer)
     key = result_key(
         scorer.version,
@@ -259,6 +268,7 @@ def analyze(
             batch = {"batch_size": stats.batch_size, "queue_ms": round(stats.queue_ms, 2)}
         timings["encode"] = (time.perf_counter() - step) * 1000
         store.backend.put_result(image_id, key, faces_doc)
+    counts = analysis.face_count(meta, max_faces)
     timings["total"] = (time.perf_counter() - started) * 1000
     record_event(
         image_id,
@@ -266,17 +276,20 @@ def analyze(
         timings,
         cached=cached,
         faces=len(faces_doc),
+        **({"faces_not_analysed": counts["not_analysed"]} if counts["not_analysed"] else {}),
         model_version=scorer.version,
         attributes=list(attributes or []),  # empty: the whole attribute set
         labels=list(labels or []),
         include_embedding=bool(include_embedding),
         force=bool(force),
         **batch,
+        **(trace_extra or {}),
     )
     return {
         "image_id": image_id,
         "model": model_info,
         "faces": faces_doc,
+        "face_count": counts,
         "cached": cached,
         "timings_ms": timings,
     }

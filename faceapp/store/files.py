@@ -27,6 +27,7 @@ from faceapp.store.base import (
     check_part_name,
     log_evicted,
     not_found,
+    oldest_first,
 )
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ class FileStore(EvictionSchedule):
                 found.append(json.loads(line))
             except ValueError:
                 continue  # a line cut short by a crash is skipped, not fatal
-        return found
+        return oldest_first(found)
 
     # -- removal -------------------------------------------------------------------------------
     def delete(self, image_id: str) -> bool:
