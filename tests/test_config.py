@@ -72,6 +72,7 @@ def _documented(text: str):
     """A default as docs/API.md's Configuration table writes it, or None for prose (a default
     worked out at start, like `<instance>/models`)."""
     units = {"GiB": 1024**3, "days": 24 * 3600}
+    text = re.sub(r" \([^)]*\)$", "", text)  # "335544320 (320 MiB)": the gloss aside
     literal = text[1:-1] if re.fullmatch(r"`[^`]*`", text) else text
     if literal in ("true", "false"):
         return literal == "true"
@@ -164,5 +165,6 @@ def test_yes_no_refuses_anything_else(value):
 )
 def test_a_face_is_cut_by_the_border_only_when_it_touches_it(x, y, role):
     main = FaceBox(100, 50, 100, 100, 0.99)
-    roles = validation.face_roles([main, FaceBox(x, y, 70, 70, 0.99)], (400, 200), 0.5)
+    faces = [main, FaceBox(x, y, 70, 70, 0.99)]
+    roles = validation.face_roles(faces, (400, 200), validation.Thresholds(), [500.0, 500.0])
     assert roles == ["main", role]
