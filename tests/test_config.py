@@ -71,12 +71,12 @@ API_MD = Path(__file__).resolve().parent.parent / "docs" / "API.md"
 def _documented(text: str):
     """A default as docs/API.md's Configuration table writes it, or None for prose (a default
     worked out at start, like `<instance>/models`)."""
-    units = {"GiB": 1024**3, "days": 24 * 3600}
+    units = {"GiB": 1024**3, "MiB": 1024**2, "days": 24 * 3600}
     text = re.sub(r" \([^)]*\)$", "", text)  # "335544320 (320 MiB)": the gloss aside
     literal = text[1:-1] if re.fullmatch(r"`[^`]*`", text) else text
     if literal in ("true", "false"):
         return literal == "true"
-    if match := re.fullmatch(r"(\d+) (GiB|days)", literal):
+    if match := re.fullmatch(r"(\d+) (GiB|MiB|days)", literal):
         return int(match.group(1)) * units[match.group(2)]
     if re.fullmatch(r"\d+", literal):
         return int(literal)
