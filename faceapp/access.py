@@ -45,6 +45,15 @@ def presented_key() -> str | None:
     return request.headers.get("X-API-Key", "").strip() or None
 
 
+def client_identity() -> str:
+    """Whom a request counts against (rate limits, the inference queue's turns): its key when it
+    carries a valid one, admin keys included, else its address."""
+    caller = current_caller()
+    if caller.key_id is not None:
+        return f"key:{caller.key_id}"
+    return f"addr:{request.remote_addr or '-'}"  # after ProxyFix: what the trusted proxy saw
+
+
 def key_matches(key: str, accepted: Iterable[str]) -> bool:
     """Constant-time comparison against every accepted key (no early exit on a match)."""
     found = False

@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     # waits for its turn before answering 503 model.busy.
     "INFERENCE_MAX_BATCH": 8,
     "INFERENCE_TIMEOUT": 60.0,
+    # Faces and labels one client (API key, or address without keys) may have waiting for the
+    # inference thread of a worker; more is 429 rate.limited (0: no limit). The queue serves
+    # clients in turn either way (faceapp/engine.py).
+    "INFERENCE_MAX_WAITING_PER_CLIENT": 64,
     # The store
     "STORE_URL": None,  # None: <instance>/store
     "STORE_MAX_BYTES": 2 * 1024**3,
@@ -66,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     # the main (largest) face's and it is not cut by the image border; else face.background.
     "COMPARABLE_FACE_RATIO": 0.5,
     "MAX_FACES": 5,  # faces analysed per image (largest first) unless a request says max_faces
+    # The most a request's max_faces may ask for: each face is a CLIP forward's worth of work
+    # (100 faces took 12.7 s where 5 took 0.7 s), so this bounds what one request costs.
+    "MAX_FACES_LIMIT": 20,
     "REQUIRE_SINGLE_FACE": True,
     "MIN_FACE_PX": 48,
     "MIN_IMAGE_PX": 64,

@@ -91,6 +91,8 @@ def error_response(error: FaceappError) -> Response:
     from faceapp.output import render  # late: output imports nothing from here at import time
 
     response = render(error.to_dict(), status=error.status)
+    if getattr(error, "retry_after", None):  # a limit that knows when it frees up
+        response.headers["Retry-After"] = str(error.retry_after)
     if error.code == "request.method_not_allowed" and getattr(error, "valid_methods", None):
         response.headers["Allow"] = ", ".join(error.valid_methods)
     return response

@@ -21,12 +21,11 @@ import time
 from flask import Flask, Response, current_app, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter, RateLimitExceeded
-from flask_limiter.util import get_remote_address
 from limits import parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from faceapp import metrics
-from faceapp.access import PUBLIC_ENDPOINTS, current_caller, keys_required
+from faceapp.access import PUBLIC_ENDPOINTS, client_identity, current_caller
 from faceapp.errors import FaceappError, error_response
 
 LIMITER_KEY = "faceapp.limiter"
@@ -100,10 +99,9 @@ def _not_limited() -> bool:
 
 
 def rate_limit_identity() -> str:
-    """Whom a request counts against: its API key when keys are configured, else its address."""
-    if _by_key():
-        return f"key:{current_caller().key_id}"
-    return f"addr:{get_remote_address()}"  # after ProxyFix: the peer, or what the proxy saw
+    """Whom a request counts against: the key it carries (admin keys too, with or without
+    API_KEYS), else its address (after ProxyFix: the peer, or what the proxy saw)."""
+    return client_identity()
 
 
 def init_rate_limits(app: Flask) -> Limiter:
@@ -158,4 +156,4 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
 
 
 def _by_key() -> bool:
-    return keys_required() and current_caller().key_id is not None
+    return current_caller().key_id is not None

@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import current_app, g
 
-from faceapp import analysis, decoding, faces, metrics, stored_image, validation
+from faceapp import access, analysis, decoding, faces, metrics, stored_image, validation
 from faceapp.errors import FaceappError
 from faceapp.inputs import ImageSource, source_bytes, source_name
 from faceapp.store import check_image_id, image_id_for, not_found, store
@@ -208,7 +208,7 @@ def analyze(
     """POST /api/analyze: score the faces of a stored (or just sent) image, cached per options."""
     started = time.perf_counter()
     names = analysis.check_attribute_names(attributes)
-    max_faces = max_faces or int(current_app.config["MAX_FACES"])
+    max_faces = check_max_faces(max_faces, current_app.config)
     timings: dict[str, float] = {}
     batch: dict[str, Any] = {}  # how the inference thread ran it (the trace shows it)
     if source is not None:
@@ -252,7 +252,9 @@ def analyze(
             raise not_found(image_id)
         timings["decode"] = (time.perf_counter() - step) * 1000
         step = time.perf_counter()
-        found, stats = scorer.analyze(crops, regions, names, labels, include_embedding)
+        found, stats = scorer.analyze(
+            crops, regions, names, labels, include_embedding, client=access.client_identity()
+        )
         faces_doc = _plain(found)
         if stats is not None:
             timings["queue"] = stats.queue_ms
@@ -280,6 +282,18 @@ def analyze(
         "cached": cached,
         "timings_ms": timings,
     }
+
+
+def check_max_faces(requested: int | None, config: Mapping[str, Any]) -> int:
+    """The faces to analyse: the request's max_faces (at most MAX_FACES_LIMIT), else MAX_FACES."""
+    limit = int(config["MAX_FACES_LIMIT"])
+    if requested is not None and requested > limit:
+        raise FaceappError(
+            "input.invalid",
+            f"max_faces: at most {limit} faces are analysed per request; ask for fewer.",
+            field="max_faces",
+        )
+    return min(requested or int(config["MAX_FACES"]), limit)
 
 
 def describe_model(scorer: analysis.Analyzer) -> dict:
