@@ -16,9 +16,11 @@ so it never stands in front of another client's single face: that face waits for
 running now and is in the next one. Measured before this (issue 22): three 100-face requests
 from one key made another key's one-face analyze wait 28 s. A client may also have only
 ``INFERENCE_MAX_WAITING_PER_CLIENT`` items waiting at a time; more is 429 ``rate.limited``, so a
-flood does not hold the worker's request threads either. A batch that fails is run again job by job, so an error reaches only the request it belongs
-to. Every job taken off the queue is settled (result or error) before the next one starts, so a
-failure never hangs the queue. :meth:`InferenceEngine.stop` (gunicorn's worker_exit and
+flood does not hold the worker's request threads either.
+
+A batch that fails is run again piece by piece, so an error reaches only the request it belongs
+to. Every piece taken off the queue is settled (rows, or its job's error) before the next batch
+starts, so a failure never hangs the queue. :meth:`InferenceEngine.stop` (gunicorn's worker_exit and
 worker_int hooks) refuses new work, finishes what is queued and joins the thread.
 
 This is the dynamic batcher of Triton, TorchServe and clip-as-service without their batching
