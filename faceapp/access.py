@@ -67,6 +67,12 @@ def keys_required() -> bool:
     return bool(current_app.config["API_KEYS"])
 
 
+def sees_everything() -> bool:
+    """Whether this request's caller sees every image, trace and tester run, and whose wipe
+    drops them: an admin key, or anyone on a service without API_KEYS (all callers are one)."""
+    return current_caller().admin or not keys_required()
+
+
 def current_caller() -> Caller:
     """The caller of this request, worked out once per request."""
     if "caller" not in g:

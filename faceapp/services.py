@@ -123,9 +123,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         # is stored afresh below, and its trace carried over (wipe_cache or not).
         history = backend.events(image_id)
         backend.delete(image_id)
-    elif meta is not None:  # wipe_cache: results go, the image is validated afresh, trace stays
-        backend.drop_results(image_id)
-        record_event(image_id, "wiped", {}, reason="wipe_cache")
+    elif meta is not None:  # wipe_cache: validated afresh, trace stays
+        wipe_results(image_id)
 
     step = time.perf_counter()
     decoded = _decode(data, source.kind, config)
@@ -216,12 +215,9 @@ def analyze(
         image_id = meta["image_id"]
         timings["validate"] = (time.perf_counter() - started) * 1000
     else:
-        image_id = check_image_id(image_id)
-        meta = store.meta_or_404(image_id)
-        g.image_id = image_id
+        meta = visible_meta(image_id)
         if wipe_cache:
-            store.backend.drop_results(image_id)
-            record_event(image_id, "wiped", {}, reason="wipe_cache")
+            wipe_results(image_id)
     if not meta["validation"]["valid"] and not force:
         codes = ", ".join(issue["code"] for issue in meta["validation"]["errors"])
         raise FaceappError(
@@ -240,7 +236,7 @@ def analyze(
         detector=model_info["detector"]["version"],
         max_faces=max_faces,
     )
-    faces_doc = store.backend.get_result(image_id, key)
+    faces_doc = None if wipe_cache else store.backend.get_result(image_id, key)
     cached = faces_doc is not None
     if not cached:
         step = time.perf_counter()
@@ -330,23 +326,54 @@ def result_key(
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-def image_record(image_id: str) -> dict:
-    """GET /api/images/<id>: the stored metadata and the validation answer."""
+def wipe_results(image_id: str) -> None:
+    """wipe_cache on a stored image. An admin's (or anyone's without API_KEYS) drops every
+    cached result and tester run of it; a user key's drops nothing of anyone else's: its
+    request is computed afresh and replaces the cached answer, which is the same for everyone."""
+    if access.sees_everything():
+        store.backend.drop_results(image_id)
+    record_event(image_id, "wiped", {}, reason="wipe_cache")
+
+
+def visible_meta(image_id: str) -> dict:
+    """The stored metadata of an image this caller may see, else 404 image_id.not_found.
+
+    With API_KEYS set, a user key sees an image once it has sent it (validate, analyze or the
+    tester's upload, of the same bytes); an image only other keys sent answers exactly as one
+    never stored, so an image_id tells nobody whether someone else sent that photo. Admin keys,
+    and everyone on a service without API_KEYS, see every image.
+    """
     meta = store.meta_or_404(image_id)
     g.image_id = image_id
+    if not access.sees_everything() and not visible_events(store.backend.events(image_id)):
+        raise not_found(image_id)
+    return meta
+
+
+def visible_events(events: list[dict]) -> list[dict]:
+    """The trace events this caller may see: its own key's (everything to an admin, and to
+    everyone without API_KEYS). Another key's events, file names and labels never show."""
+    if access.sees_everything():
+        return events
+    own = access.current_caller().key_id
+    return [event for event in events if own is not None and event.get("key_id") == own]
+
+
+def image_record(image_id: str) -> dict:
+    """GET /api/images/<id>: the stored metadata and the validation answer."""
+    meta = visible_meta(image_id)
     return {key: value for key, value in meta.items() if key != "stored"}  # storage's own notes
 
 
 def image_trace(image_id: str) -> dict:
-    """GET /api/images/<id>/trace: every event of an image, oldest first."""
-    store.meta_or_404(image_id)
-    g.image_id = image_id
-    return {"image_id": image_id, "events": store.backend.events(image_id)}
+    """GET /api/images/<id>/trace: the caller's events of an image, oldest first."""
+    visible_meta(image_id)
+    return {"image_id": image_id, "events": visible_events(store.backend.events(image_id))}
 
 
 def image_preview(image_id: str) -> bytes:
     """The stored image's bounded preview (JPEG bytes, upright, at most 1024 px a side)."""
-    meta = store.meta_or_404(image_id)
+    meta = visible_meta(image_id)
     data = store.backend.get_part(image_id, meta["stored"]["preview"]["part"])
     if data is None:
         raise not_found(image_id)

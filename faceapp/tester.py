@@ -223,8 +223,8 @@ def image_page(image_id: str) -> str | tuple[str, int]:
     if run is None:
         gone = FaceappError(
             "input.invalid",
-            "This analysis is no longer stored (a wipe of the cache drops it, and so does "
-            "storing the image again with wipe); press Analyze to run it again.",
+            "This analysis is no longer stored, or is another key's (a wipe of the cache by an "
+            "admin drops it); press Analyze to run it again.",
         )
         return render_image_page(meta, notice=gone), 404
     return render_image_page(meta, run=run, options=run["options"])
@@ -242,16 +242,25 @@ def analyze(image_id: str) -> Response | tuple[str, int]:
         page = render_image_page(meta, error=error, options=options or submitted_options())
         return page, error.status
     run_id = secrets.token_urlsafe(12)
-    run = {"run_id": run_id, "created_at": services.now_iso(), "options": options}
+    run = {
+        "run_id": run_id,
+        "created_at": services.now_iso(),
+        "options": options,
+        "key_id": access.current_caller().key_id,  # whose run: only that key (or an admin) sees it
+    }
     store.backend.put_result(image_id, RUN_PREFIX + run_id, {**run, "analysis": analysis})
     return redirect(url_for(".image_page", image_id=image_id, run=run_id), 303)
 
 
 def read_run(image_id: str, run_id: str) -> dict | None:
-    """A stored tester run of this image (None when unknown, malformed, or dropped since)."""
+    """A stored tester run of this image that this caller may see (None when unknown,
+    malformed, dropped since, or another key's)."""
     if not RUN_ID_RE.fullmatch(run_id):
         return None
-    return store.backend.get_result(image_id, RUN_PREFIX + run_id)
+    run = store.backend.get_result(image_id, RUN_PREFIX + run_id)
+    if run is None or access.sees_everything():
+        return run
+    return run if run.get("key_id") == access.current_caller().key_id else None
 
 
 @bp.get("/images/<image_id>/preview.jpg")
