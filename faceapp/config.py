@@ -100,6 +100,10 @@ DEFAULTS: dict[str, Any] = {
     # the limit stops runaway clients and key guessing, not capacity (faceapp/security.py).
     "RATELIMIT": "100 per second; 3000 per minute",
     "RATELIMIT_ENABLED": True,
+    # Failed key checks (a 401 to a request that carried a key, on /api, the pages, their
+    # sign-in form and /metrics) per client address: past it, that address's requests with a
+    # key are 429 until the window ends, right key or not (faceapp/security.py).
+    "AUTH_FAILURE_LIMIT": "10 per minute",
     # Where the counts live: None = the STORE_URL's Redis when STORE_URL is redis://, else the
     # worker's memory (each worker then counts on its own); or any limits storage URI.
     "RATELIMIT_STORAGE_URI": None,

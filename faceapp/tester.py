@@ -454,8 +454,10 @@ def security_headers(response: Response) -> Response:
 
 
 @bp.errorhandler(FaceappError)
-def faceapp_error_page(error: FaceappError) -> tuple[str, int]:
-    return render_template("tester/error.html", error=error, status=error.status), error.status
+def faceapp_error_page(error: FaceappError) -> tuple[str, int, dict]:
+    page = render_template("tester/error.html", error=error, status=error.status)
+    retry = getattr(error, "retry_after", None)  # a limit that knows when it frees up
+    return page, error.status, ({"Retry-After": str(retry)} if retry else {})
 
 
 @bp.errorhandler(CSRFError)
