@@ -30,6 +30,7 @@ Redis evicts by itself would leave ids in the index, which :meth:`RedisStore.rec
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -325,9 +326,17 @@ class RedisStore(EvictionSchedule):
         """How many images the store holds, and their bytes (with metadata and results)."""
         return self.client.hlen(self._bytes), sum(int(n) for n in self.client.hvals(self._bytes))
 
+    READY_PROBE_MS = 10_000
+
     def ping(self) -> None:
-        """Raise (redis.exceptions.ConnectionError) unless the server answers."""
-        self.client.ping()
+        """Raise (a redis.exceptions.RedisError) unless the server answers and takes a write.
+
+        PING alone answers while Redis refuses every write (out of memory under noeviction, a
+        read-only replica), when validate already fails: so readiness writes a short-lived key.
+        """
+        probe = f"{self.prefix}ready:{os.getpid()}:{threading.get_ident()}"
+        self.client.set(probe, b"ok", px=self.READY_PROBE_MS)
+        self.client.delete(probe)
 
     def is_outage(self, exc: BaseException) -> bool:
         """Connection, timeout, read-only replica, out of memory: the server, not the request."""
