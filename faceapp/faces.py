@@ -32,6 +32,7 @@ from flask import Flask, current_app
 from PIL import Image
 
 from faceapp import model_files
+from faceapp.errors import public_text
 from faceapp.face_geometry import aligned_crop, head_pose
 
 __all__ = ["FaceBox", "aligned_crop", "detect_faces", "detector", "describe", "init_app"]
@@ -259,7 +260,7 @@ def init_app(app: Flask) -> None:
     config = {key: app.config.get(key) for key in DETECTOR_KEYS}
     app.extensions[EXTENSION_KEY] = _DetectorState(config=config)
     # Pages show a banner when the detector is a fallback (templates/tester/base.html).
-    app.context_processor(lambda: {"detector_info": describe()})
+    app.context_processor(lambda: {"detector_info": public_describe()})
 
 
 def _active() -> ActiveDetector:
@@ -286,6 +287,15 @@ def describe() -> dict[str, Any]:
     """The detector as answers show it: name, version, score threshold, and ``fallback`` (from
     which detector, and why) when YuNet was configured but could not be used."""
     return dict(_active().info)
+
+
+def public_describe() -> dict[str, Any]:
+    """:func:`describe` as this request's caller may see it: a fallback's reason names server
+    paths (the YuNet file, MODELS_DIR) only to admins."""
+    info = describe()
+    if "fallback" in info:
+        info["fallback"] = {**info["fallback"], "reason": public_text(info["fallback"]["reason"])}
+    return info
 
 
 def trace_fields(info: Mapping[str, Any]) -> dict[str, str]:

@@ -28,7 +28,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from faceapp import metrics
 from faceapp.access import PUBLIC_ENDPOINTS, client_identity, current_caller, presented_key
-from faceapp.errors import FaceappError, error_response
+from faceapp.errors import SHOWS_PATHS_KEY, FaceappError, error_response
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def init_app(app: Flask) -> None:
         )
     init_rate_limits(app)
     init_failed_key_limit(app)
+    app.extensions[SHOWS_PATHS_KEY] = lambda: current_caller().admin  # server paths: admins
     app.session_interface = ProxyAwareSessionInterface()
     app.after_request(add_security_headers)
 

@@ -295,7 +295,7 @@ def check_max_faces(requested: int | None, config: Mapping[str, Any]) -> int:
 def describe_model(scorer: analysis.Analyzer) -> dict:
     """The answers' ``model`` object: the CLIP weights and attribute set, and the face detector
     (a Haar fallback standing in for YuNet says so there)."""
-    return {**scorer.describe(), "detector": faces.describe()}
+    return {**scorer.describe(), "detector": faces.public_describe()}
 
 
 def result_key(

@@ -43,7 +43,7 @@ from werkzeug.exceptions import HTTPException
 from faceapp import access, security, services
 from faceapp.analysis import analyzers
 from faceapp.config import instance_secret_key
-from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes
+from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes, public_error, public_text
 from faceapp.face_models import models
 from faceapp.inputs import pick_source
 from faceapp.model_files import read_manifest, resolve_model_folder
@@ -320,7 +320,7 @@ def render_index(error: FaceappError | None = None, image_url: str = "") -> str:
     return render_template(
         "tester/index.html",
         recent=recent_uploads(access.current_caller()),
-        error=error,
+        error=public_error(error) if error else None,
         image_url=image_url,
     )
 
@@ -352,7 +352,7 @@ def render_image_page(
         analysis_json=pretty_json(analysis) if analysis else None,
         analysis_yaml=dump_yaml(to_plain(analysis)) if analysis else None,
         trace_rows=[trace_row(event) for event in events],
-        error=error,
+        error=public_error(error) if error else None,
         notice=notice,
         options=options,
         labels_text=labels_text(request.form) if error else "\n".join(options["labels"]),
@@ -428,7 +428,7 @@ def page_context() -> dict[str, Any]:
         "model_status": models.status(),
         "model_info": None,
         "random_weights": configured_random_weights(),
-        "model_reason": models.reason(),
+        "model_reason": public_text(models.reason()),
     }
 
 
@@ -455,7 +455,7 @@ def security_headers(response: Response) -> Response:
 
 @bp.errorhandler(FaceappError)
 def faceapp_error_page(error: FaceappError) -> tuple[str, int, dict]:
-    page = render_template("tester/error.html", error=error, status=error.status)
+    page = render_template("tester/error.html", error=public_error(error), status=error.status)
     retry = getattr(error, "retry_after", None)  # a limit that knows when it frees up
     return page, error.status, ({"Retry-After": str(retry)} if retry else {})
 
