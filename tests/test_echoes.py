@@ -26,7 +26,7 @@ def stored(client, astronaut_jpeg) -> str:
     ],
 )
 def test_a_lone_surrogate_is_a_400_naming_its_field(client, stored, body, field, caplog):
-    raw = '{"image_id": "' + stored + '", ' + body + '}'
+    raw = '{"image_id": "' + stored + '", ' + body + "}"
     answer = client.post("/api/analyze", data=raw, content_type="application/json")
     assert answer.status_code == 400
     error = answer.get_json()["error"]
