@@ -14,7 +14,7 @@ import hmac
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from flask import current_app, g, request, session
+from flask import current_app, g, has_request_context, request, session
 
 from faceapp.errors import FaceappError
 
@@ -69,7 +69,10 @@ def keys_required() -> bool:
 
 def sees_everything() -> bool:
     """Whether this request's caller sees every image, trace and tester run, and whose wipe
-    drops them: an admin key, or anyone on a service without API_KEYS (all callers are one)."""
+    drops them: an admin key, or anyone on a service without API_KEYS (all callers are one).
+    Outside a request (the CLI, offline tools) it is the operator: everything."""
+    if not has_request_context():
+        return True
     return current_caller().admin or not keys_required()
 
 

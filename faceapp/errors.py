@@ -7,7 +7,6 @@ envelope, and anything else is logged with the request id and answered as ``inte
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
 from collections.abc import Callable
@@ -113,8 +112,10 @@ class FaceappError(Exception):
 
 def public_error(error: FaceappError) -> FaceappError:
     """The same error with the message this request's caller may see (pages render it)."""
-    shown = copy.copy(error)
-    shown.message = public_text(error.message)
+    shown = FaceappError(error.code, public_text(error.message), field=error.field)
+    for name, value in vars(error).items():  # line, retry_after, valid_methods...
+        if name != "message":
+            setattr(shown, name, value)
     return shown
 
 

@@ -289,12 +289,13 @@ def describe() -> dict[str, Any]:
     return dict(_active().info)
 
 
-def public_describe() -> dict[str, Any]:
-    """:func:`describe` as this request's caller may see it: a fallback's reason names server
-    paths (the YuNet file, MODELS_DIR) only to admins."""
-    info = describe()
-    if "fallback" in info:
-        info["fallback"] = {**info["fallback"], "reason": public_text(info["fallback"]["reason"])}
+def public_describe(info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`describe` (or a stored copy of it) as this request's caller may see it: a
+    fallback's reason names server paths (the YuNet file, MODELS_DIR) only to admins."""
+    info = dict(describe() if info is None else info)
+    fallback = info.get("fallback")
+    if isinstance(fallback, Mapping) and isinstance(fallback.get("reason"), str):
+        info["fallback"] = {**fallback, "reason": public_text(fallback["reason"])}
     return info
 
 

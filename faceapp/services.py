@@ -82,7 +82,7 @@ def validation_answer(meta: Mapping[str, Any], details: bool = False) -> dict:
             "height": meta["height"],
             "format": meta["format"],
             "faces": meta["faces"],
-            "detector": meta.get("detector"),
+            "detector": _public_detector(meta.get("detector")),
             "quality": result.get("quality", {}),
         }
     return answer
@@ -362,7 +362,14 @@ def visible_events(events: list[dict]) -> list[dict]:
 def image_record(image_id: str) -> dict:
     """GET /api/images/<id>: the stored metadata and the validation answer."""
     meta = visible_meta(image_id)
-    return {key: value for key, value in meta.items() if key != "stored"}  # storage's own notes
+    record = {key: value for key, value in meta.items() if key != "stored"}  # storage's notes
+    record["detector"] = _public_detector(meta.get("detector"))
+    return record
+
+
+def _public_detector(info: Any) -> Any:
+    """A stored detector description with a fallback's server paths for admins only."""
+    return faces.public_describe(info) if isinstance(info, Mapping) else info
 
 
 def image_trace(image_id: str) -> dict:
