@@ -91,6 +91,8 @@ DEFAULTS: dict[str, Any] = {
     # made per process would fail the CSRF tokens another gunicorn worker handed out).
     "SECRET_KEY": None,
     "SESSION_COOKIE_SAMESITE": "Lax",  # the tester's session cookie never rides cross-site posts
+    # A tester sign-in is held in the store this long at most (sign-out ends it at once).
+    "SESSION_MAX_AGE_SECONDS": 12 * 3600,
     # How many reverse proxies in front of faceapp append to X-Forwarded-For/-Proto (1 behind
     # one nginx); 0 trusts no such header: the client is the socket peer (faceapp/security.py).
     "TRUSTED_PROXY_HOPS": 0,

@@ -81,6 +81,7 @@ def init_app(app: Flask) -> None:
         app.config["SECRET_KEY"] = instance_secret_key(app.instance_path)
     csrf.init_app(app)
     csrf.exempt(api.bp)
+    access.init_sign_ins(app, lambda: store.backend)  # sign-out ends a sign-in server-side
     app.register_blueprint(bp)
     app.extensions[PAGE_ERRORS_KEY] = http_error_page  # /app/<no such page> answers a page too
 

@@ -87,3 +87,27 @@ def test_metrics_report_the_store_down_instead_of_failing(config):
     client = create_app(config).test_client()
     samples = scrape(client)
     assert samples[("faceapp_store_up", ())] == 0
+
+
+@pytest.mark.parametrize("backend", ["folder", "redis"])
+def test_sign_out_ends_the_sign_in_for_every_copy_of_the_cookie(config, backend, request):
+
+    if backend == "redis":
+        config.update(STORE_URL=request.getfixturevalue("redis_url"))
+    config.update(API_KEYS="user-key")
+    app = create_app(config)
+    client = app.test_client()
+    assert client.post("/app/login", data={"key": "user-key"}).status_code == 303
+    assert client.get("/app").status_code == 200
+    kept = client.get_cookie("session").value  # as a thief, or a shared machine, would keep it
+    assert client.post("/app/logout").status_code == 303
+    other = app.test_client()
+    other.set_cookie("session", kept)
+    assert other.get("/app").status_code == 303  # sent to sign in: the sign-in is over
+    assert other.get("/app/images/" + "0" * 64 + "/preview.jpg").status_code == 303
+    # Signing in again works, and two browsers' sign-ins are separate.
+    first, second = app.test_client(), app.test_client()
+    for browser in (first, second):
+        browser.post("/app/login", data={"key": "user-key"})
+    first.post("/app/logout")
+    assert first.get("/app").status_code == 303 and second.get("/app").status_code == 200

@@ -10,6 +10,7 @@ starts with a prefix (``faceapp:`` by default), so several apps can share one da
     <prefix>created              sorted set of image_ids scored by creation time (recent, eviction)
     <prefix>bytes                hash image_id -> bytes stored for it (the size limit)
     <prefix>evicting             short-lived lock so one worker at a time evicts
+    <prefix>session:<id>         a tester sign-in, until it expires or is signed out
 
 wipe() finds ids with SCAN (never KEYS or FLUSHDB) and removes only keys under the prefix.
 
@@ -43,6 +44,7 @@ from faceapp.store.base import (
     EvictionSchedule,
     check_image_id,
     check_part_name,
+    check_session_id,
     log_evicted,
     not_found,
 )
@@ -325,6 +327,19 @@ class RedisStore(EvictionSchedule):
     def usage(self) -> tuple[int, int]:
         """How many images the store holds, and their bytes (with metadata and results)."""
         return self.client.hlen(self._bytes), sum(int(n) for n in self.client.hvals(self._bytes))
+
+    # -- sessions (the tester's sign-ins) --------------------------------------------------------
+    def _session_key(self, session_id: str) -> str:
+        return f"{self.prefix}session:{check_session_id(session_id)}"
+
+    def put_session(self, session_id: str, seconds: float) -> None:
+        self.client.set(self._session_key(session_id), b"1", px=max(1, int(seconds * 1000)))
+
+    def has_session(self, session_id: str) -> bool:
+        return bool(self.client.exists(self._session_key(session_id)))
+
+    def drop_session(self, session_id: str) -> None:
+        self.client.delete(self._session_key(session_id))
 
     READY_PROBE_MS = 10_000
 
