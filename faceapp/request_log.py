@@ -132,6 +132,22 @@ def configure_logging(app: Flask) -> None:
     logger.setLevel(app.config.get("LOG_LEVEL", "INFO"))
 
 
+#: The WSGI environ key set on a request that did work (see :func:`count_as_work`).
+WORK_ENVIRON_KEY = "faceapp.did_work"
+
+
+def count_as_work() -> None:
+    """Mark this request as one that did work (stored, validated or analysed an image): only
+    these count toward gunicorn's MAX_REQUESTS (gunicorn.conf.py's post_request)."""
+    if has_request_context():
+        request.environ[WORK_ENVIRON_KEY] = True
+
+
+def did_work(environ: dict) -> bool:
+    """Whether the request of this WSGI environ did work (:func:`count_as_work`)."""
+    return bool(environ.get(WORK_ENVIRON_KEY))
+
+
 def init_request_ids(app: Flask) -> None:
     """Give every request an id (the client's if sane) and echo it in ``X-Request-ID``."""
     access = logging.getLogger("faceapp.access")

@@ -17,7 +17,16 @@ from typing import Any
 
 from flask import current_app, g
 
-from faceapp import access, analysis, decoding, faces, metrics, stored_image, validation
+from faceapp import (
+    access,
+    analysis,
+    decoding,
+    faces,
+    metrics,
+    request_log,
+    stored_image,
+    validation,
+)
 from faceapp.errors import FaceappError
 from faceapp.inputs import ImageSource, source_bytes, source_name
 from faceapp.store import check_image_id, image_id_for, not_found, store
@@ -97,6 +106,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     config = current_app.config
     backend = store.backend
     started = time.perf_counter()
+    request_log.count_as_work()
     data = source_bytes(source, config)
     image_id = image_id_for(data)
     g.image_id = image_id
@@ -206,6 +216,7 @@ def analyze(
 ) -> dict:
     """POST /api/analyze: score the faces of a stored (or just sent) image, cached per options."""
     started = time.perf_counter()
+    request_log.count_as_work()
     names = analysis.check_attribute_names(attributes)
     max_faces = check_max_faces(max_faces, current_app.config)
     timings: dict[str, float] = {}
