@@ -11,9 +11,10 @@ that can share its forward pass (same batch function), runs it, and hands each j
 The queue is fair between clients (an API key, or an address without keys), and it counts
 items, not requests: each client has its own queue, the clients take turns to start a batch,
 and a batch is shared out equally between the clients waiting (a client with less waiting leaves
-its share to the others). A job of many faces is served a share at a time over several batches,
-so it never stands in front of another client's single face: that face waits for the batch
-running now and is in the next one. Measured before this (issue 22): three 100-face requests
+its share to the others); the clients served go behind those that were not. A job of many faces
+is served a share at a time over several batches, so it never stands in front of another
+client's single face: that face waits for the batch running now and is in the next one (with
+more clients waiting than a batch holds, they take turns). Measured before this (issue 22): three 100-face requests
 from one key made another key's one-face analyze wait 28 s. A client may also have only
 ``INFERENCE_MAX_WAITING_PER_CLIENT`` items waiting at a time; more is 429 ``rate.limited``, so a
 flood does not hold the worker's request threads either.
@@ -222,6 +223,7 @@ class InferenceEngine:
             return head, []
         pieces: list[_Piece] = []
         budget = self.max_batch
+        served = [client]
         while budget > 0:
             takers = [c for c in self._ring if self._head_matches_locked(c, head.batch_fn)]
             if not takers:
@@ -229,9 +231,11 @@ class InferenceEngine:
             share = max(1, budget // len(takers))
             for taker in takers:
                 budget -= self._take_locked(taker, head.batch_fn, min(share, budget), pieces)
+                served.append(taker)
                 if budget == 0:
                     break
-        self._end_turn_locked(client)
+        for taker in dict.fromkeys(served):  # served now: behind those that were not
+            self._end_turn_locked(taker)
         return None, pieces
 
     def _head_matches_locked(self, client: str, batch_fn: BatchFn) -> bool:
@@ -261,7 +265,7 @@ class InferenceEngine:
         return taken
 
     def _end_turn_locked(self, client: str) -> None:
-        """The client whose turn it was goes to the back (or leaves, with nothing waiting)."""
+        """A client just served goes to the back of the turns (or leaves, nothing waiting)."""
         queue = self._queues.get(client)
         if queue is not None and not queue:
             del self._queues[client]

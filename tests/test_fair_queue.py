@@ -78,7 +78,7 @@ def test_two_busy_clients_share_each_batch_by_faces_not_by_requests(engine):
     for thread in [blocker, *threads]:
         thread.join(10)
     assert engine.served[1] == [("key:A", 4), *[("key:B", 1)] * 4]
-    assert engine.served[2] == [("key:B", 1)] * 4 + [("key:A", 4)]
+    assert engine.served[2] == [("key:A", 4)] + [("key:B", 1)] * 4
     assert engine.served[3] == [("key:A", 8)]  # B has nothing left: A gets the whole batch
 
 
@@ -100,6 +100,24 @@ def test_clients_take_turns_at_starting_a_batch(engine):
     assert images.batches == [["held"], ["a1", "a2"]]
     assert texts.batches == [["b1"]]
     assert engine.served[1:] == [[("key:A", 1), ("key:A", 1)], [("key:B", 1)]]
+
+
+def test_with_more_clients_than_a_batch_holds_every_client_is_served_in_turn(engine):
+    """Ten clients with one face each and max_batch 8: the two left out of the first batch are
+    first in the next one, not left behind those served already."""
+    encode = Recorder()
+    blocker = _hold(engine, encode)
+    threads = []
+    for number in range(10):
+        threads.append(_submit(engine, encode, f"key:{number}", [f"c{number}-a", f"c{number}-b"]))
+        _wait_for(lambda n=number: engine.pending() == n + 1)
+    encode.gate.set()
+    for thread in [blocker, *threads]:
+        thread.join(10)
+    first = [client for client, _ in engine.served[1]]
+    second = [client for client, _ in engine.served[2]]
+    assert first == [f"key:{n}" for n in range(8)]
+    assert second[:2] == ["key:8", "key:9"]  # their turn comes first
 
 
 def test_a_job_of_more_items_than_a_batch_runs_in_pieces_and_gets_its_rows_in_order(engine):
