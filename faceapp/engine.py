@@ -15,9 +15,9 @@ its share to the others); the clients served go behind those that were not. A jo
 is served a share at a time over several batches, so it never stands in front of another
 client's single face: that face waits for the batch running now and is in the next one (with
 more clients waiting than a batch holds, they take turns). Measured before this (issue 22):
-three 100-face requests from one key made another key's one-face analyze wait 28 s. A client may also have only
-``INFERENCE_MAX_WAITING_PER_CLIENT`` items waiting at a time; more is 429 ``rate.limited``, so a
-flood does not hold the worker's request threads either.
+three 100-face requests from one key made another key's one-face analyze wait 28 s. A client
+may also have only ``INFERENCE_MAX_WAITING_PER_CLIENT`` items waiting at a time; more is 429
+``rate.limited``, so a flood does not hold the worker's request threads either.
 
 A batch that fails is run again piece by piece, so an error reaches only the request it belongs
 to. Every piece taken off the queue is settled (rows, or its job's error) before the next batch
