@@ -81,7 +81,10 @@ class AnalyzeRequest(SourceSchema):
     force = Flag(load_default=False)
     max_faces = fields.Integer(
         validate=validate.Range(min=1, max=100),
-        metadata={"description": "Analyse at most this many faces, largest first (MAX_FACES)."},
+        metadata={
+            "description": "Analyse at most this many faces, largest first (default MAX_FACES; "
+            "more than MAX_FACES_LIMIT, 20 unless the operator set it, is 400 input.invalid)."
+        },
     )
 
 
