@@ -1,16 +1,38 @@
-"""Gunicorn settings for faceapp (`make run`); PORT, HOST, WORKERS and THREADS override them."""
+"""Gunicorn settings for faceapp (`make run`); PORT, HOST, WORKERS and THREADS override them.
+
+These environment variables are gunicorn's, not the app's (docs/API.md, "Configuration" lists
+both kinds); each is parsed like a FACEAPP_ setting, and a bad one stops the start in one line.
+"""
 
 import os
+import sys
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WORKERS", "2"))
+from faceapp import config as faceapp_config
+
+
+def _env(name, default, kind=str, least=None):
+    """The environment variable ``name`` as ``kind``; unset or empty: ``default``."""
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = faceapp_config.convert(name, raw, kind)
+        if least is not None and value < least:
+            raise faceapp_config.SettingError(f"{name}: {raw!r} is below {least}")
+    except faceapp_config.SettingError as exc:
+        sys.exit(f"Error: {exc}")  # SystemExit: gunicorn prints no traceback for it
+    return value
+
+
+bind = f"{_env('HOST', '127.0.0.1')}:{_env('PORT', 8000, int)}"
+workers = _env("WORKERS", 2, int, least=1)
 # Threads let a worker wait on a slow image_url while another request runs; the model's own
 # thread pool is sized to cores / workers (faceapp.face_models.torch_threads). The worker class
 # is gunicorn's gthread plus a deadline on reading headers (and on each body read), so that a
 # few slow clients cannot hold every thread: see faceapp/gunicorn_worker.py. gunicorn must still
 # not face the internet directly; nginx in front buffers whole requests (deploy/).
-worker_class = os.environ.get("WORKER_CLASS", "faceapp.gunicorn_worker.HeaderDeadlineWorker")
-threads = int(os.environ.get("THREADS", "8"))
+worker_class = _env("WORKER_CLASS", "faceapp.gunicorn_worker.HeaderDeadlineWorker")
+threads = _env("THREADS", 8, int, least=1)
 worker_connections = 1000  # gthread's cap on open connections per worker (idle keep-alives too)
 # The app is created, and the model loaded, in each worker after fork: a model used in the
 # master hangs workers (gunicorn #2478, pytorch #49555) and breaks CUDA. The master only imports
@@ -22,12 +44,18 @@ keepalive = 5  # an idle kept-alive connection costs no thread, and is closed af
 # Recycle workers now and then, staggered so they never all restart at once. Only requests that
 # did work (validate, analyze, the tester's upload and Analyze) count: post_request below takes
 # the others back, so 404s, 401s, 429s and probes never recycle a worker.
-max_requests = int(os.environ.get("MAX_REQUESTS", "1000"))
+max_requests = _env("MAX_REQUESTS", 1000, int)
 max_requests_jitter = max(1, max_requests // 10)
 raw_env = [f"FACEAPP_WORKERS={workers}"]
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info")
+# One knob for faceapp's and gunicorn's logs: FACEAPP_LOG_LEVEL (LOG_LEVEL, the older name, still
+# works when FACEAPP_LOG_LEVEL is unset). The master checks it with the other settings.
+loglevel = (_env("FACEAPP_LOG_LEVEL", "") or _env("LOG_LEVEL", "info")).strip().lower()
+if loglevel.upper() not in faceapp_config.LOG_LEVELS:
+    sys.exit(f"Error: LOG_LEVEL: {loglevel!r} is not one of {', '.join(faceapp_config.LOG_LEVELS)}")
+if not os.environ.get("FACEAPP_LOG_LEVEL", "").strip():
+    raw_env.append(f"FACEAPP_LOG_LEVEL={loglevel}")
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
@@ -51,19 +79,22 @@ _metrics_dir = None
 
 
 def on_starting(server):
-    """Give the workers an empty PROMETHEUS_MULTIPROC_DIR (a temporary one unless it is set),
-    and import the libraries they share (PRELOAD_LIBRARIES=0 leaves that to each worker)."""
+    """Check every setting before any worker exists, give the workers an empty
+    PROMETHEUS_MULTIPROC_DIR (a temporary one unless it is set), and import the libraries they
+    share (PRELOAD_LIBRARIES=0 leaves that to each worker)."""
     global _metrics_dir
+    from faceapp import PROJECT_ROOT
+
+    try:
+        # One "Error: FACEAPP_X: ..." line and exit 1 (gunicorn's answer to a RuntimeError here),
+        # where a worker that fails to boot would log a traceback and be started again.
+        faceapp_config.check_settings(faceapp_config.instance_path(PROJECT_ROOT))
+    except faceapp_config.SettingError as exc:
+        raise RuntimeError(str(exc)) from None
     from faceapp.metrics import prepare_multiprocess_dir
 
     _metrics_dir = prepare_multiprocess_dir()
-    from faceapp.schemas import yes_no
-
-    try:
-        preload = yes_no(os.environ.get("PRELOAD_LIBRARIES") or "1")
-    except ValueError as exc:
-        raise ValueError(f"PRELOAD_LIBRARIES: {exc}") from None
-    if preload:
+    if _env("PRELOAD_LIBRARIES", True, bool):
         # torch and transformers take seconds to import: once here, not in every worker.
         from faceapp.face_models import import_libraries
 

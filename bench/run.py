@@ -367,7 +367,7 @@ def bench_end_to_end(plan: Plan, folder: str, jpeg: bytes) -> Comparison:
                 "LOAD_MODEL_ON_START": False,
                 "MODEL_AUTO_PULL": False,
                 "LOG_LEVEL": "WARNING",
-                "TORCH_THREADS": plan.threads,
+                "TORCH_THREADS": plan.threads or 0,  # 0: as one worker would
             }
         )
         with app.app_context():

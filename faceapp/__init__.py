@@ -25,7 +25,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         template_folder=os.path.join(PROJECT_ROOT, "templates"),
         static_folder=os.path.join(PROJECT_ROOT, "static"),
     )
-    config.load_config(app, test_config)
+    try:
+        config.load_config(app, test_config)
+    except config.SettingError as exc:
+        if test_config is not None:
+            raise
+        # `flask run`, the CLI, a bare WSGI server: one line naming the key, no traceback.
+        raise SystemExit(f"Error: {exc}") from None
     os.makedirs(app.instance_path, exist_ok=True)
 
     register_logging(app)

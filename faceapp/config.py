@@ -4,10 +4,18 @@ Every key, its default and meaning: docs/API.md, "Configuration".
 
 Order: these defaults, then ``instance/config.py``, then ``FACEAPP_<KEY>`` environment variables
 (or the test mapping given to ``create_app``). Nothing here runs at import time.
+
+Every setting is converted once, here, by its declared type (its default's type, or
+:data:`NULLABLE` for the settings whose default is None), whichever source it came from. A
+value that does not parse stops the start with a :class:`SettingError` naming the key and the
+value: ``FACEAPP_URL_ALLOW_PRIVATE_NETWORKS=False`` must mean false, never the true of a
+non-empty string (Flask's ``from_prefixed_env`` alone parses JSON only, so ``False``, ``no`` and
+``off`` stayed strings). Code that reads ``app.config`` never converts a value again.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from typing import Any
@@ -15,6 +23,16 @@ from typing import Any
 from flask import Flask
 
 from faceapp.atomic import create_once
+
+ENV_PREFIX = "FACEAPP_"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingError(ValueError):
+    """A setting whose value does not parse; the message names the key and the value."""
+
 
 DEFAULTS: dict[str, Any] = {
     # The model (faceapp/face_models.py)
@@ -113,27 +131,70 @@ DEFAULTS: dict[str, Any] = {
     # unless METRICS_PUBLIC (then keep it internal at the proxy, deploy/nginx-faceapp.conf).
     "METRICS_ENABLED": False,
     "METRICS_PUBLIC": False,
+    # faceapp's own log level, and gunicorn's (gunicorn.conf.py reads the same FACEAPP_LOG_LEVEL).
+    "LOG_LEVEL": "INFO",
+    # gunicorn's worker class (faceapp/gunicorn_worker.py): seconds from a request's first byte to
+    # its last header, for each read of the body, and for the whole body.
+    "HEADER_TIMEOUT": 5.0,
+    "BODY_READ_TIMEOUT": 30.0,
+    "BODY_TIMEOUT": 120.0,
 }
+
+# The type of each setting whose default is None (None stays allowed: it means "derive it").
+NULLABLE: dict[str, type] = {
+    "MODELS_DIR": str,
+    "ATTRIBUTES_FILE": str,
+    "STORE_URL": str,
+    "MAX_FORM_MEMORY_SIZE": int,
+    "DETECTOR_MODEL": str,
+    "DETECTOR_AUTO_PULL": bool,
+    "DETECTOR_URL": str,
+    "DETECTOR_SHA256": str,
+    "YUNET_SCORE_THRESHOLD": float,
+    "HAAR_MIN_CONFIDENCE": float,
+    "TESTER_ENABLED": bool,
+    "SECRET_KEY": str,
+    "RATELIMIT_STORAGE_URI": str,
+    "MAX_CONTENT_LENGTH": int,  # Flask's own; derived from MAX_UPLOAD_BYTES when unset
+}
+# Comma-separated in the environment; a list (or the same string) in instance/config.py.
+LISTS = frozenset({"API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"})
 
 
 def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
     """Fill ``app.config`` from the defaults, the instance file and the environment (or tests)."""
+    types = setting_types(app)
     app.config.from_mapping(DEFAULTS)
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
-        app.config.from_prefixed_env("FACEAPP")
+        for key in types:
+            if key in app.config:
+                app.config[key] = convert(key, app.config[key], types[key])
+        # Flask's and extensions' other keys (RATELIMIT_HEADERS_ENABLED...) as Flask reads them;
+        # then every typed key again from its raw text, which JSON would have guessed at.
+        app.config.from_prefixed_env(ENV_PREFIX.rstrip("_"))
+        for key, kind in types.items():
+            raw = os.environ.get(ENV_PREFIX + key)
+            if raw is not None:
+                app.config[key] = convert(ENV_PREFIX + key, raw, kind)
     else:
         app.config.from_mapping(test_config)
+        for key in test_config:
+            if key in types:
+                app.config[key] = convert(key, app.config[key], types[key])
 
     cfg = app.config
+    level = str(cfg["LOG_LEVEL"]).strip().upper()
+    if level not in LOG_LEVELS:
+        name = "LOG_LEVEL" if test_config else ENV_PREFIX + "LOG_LEVEL"
+        raise SettingError(f"{name}: {cfg['LOG_LEVEL']!r} is not one of {', '.join(LOG_LEVELS)}")
+    cfg["LOG_LEVEL"] = level
     cfg["MODELS_DIR"] = cfg["MODELS_DIR"] or os.path.join(app.instance_path, "models")
     cfg["STORE_URL"] = cfg["STORE_URL"] or os.path.join(app.instance_path, "store")
     if under_gunicorn():
         cfg["DEBUG"] = False  # the Werkzeug debugger and tracebacks never face real traffic
     if cfg["TESTER_ENABLED"] is None:
         cfg["TESTER_ENABLED"] = app.debug or bool(cfg.get("TESTING"))
-    for key in ("API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"):
-        cfg[key] = split_list(cfg[key])
     # Flask enforces the request body limit before any view runs; leave room for base64 (4/3) and
     # form overhead. Flask's own defaults are in app.config already (MAX_CONTENT_LENGTH: None, no
     # limit at all), so "unset" means None here, not absent.
@@ -144,6 +205,118 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
         # Werkzeug's multipart decoder also holds up to this much of a file part while parsing,
         # so it never goes below the old 512 KiB even when MAX_UPLOAD_BYTES is small.
         cfg["MAX_FORM_MEMORY_SIZE"] = max(base64_bytes + 1024, 512 * 1024)
+
+
+def setting_types(app: Flask) -> dict[str, Any]:
+    """Each known setting's type: faceapp's from DEFAULTS and NULLABLE, Flask's from its defaults.
+
+    A type is bool, int, float, str, or list (comma-separated text). Flask's own settings count
+    too where their default says what they are (``SESSION_COOKIE_SECURE=False`` is false).
+    """
+    types: dict[str, Any] = {
+        key: type(value)
+        for key, value in app.config.items()
+        if isinstance(value, (bool, int, float, str))
+    }
+    for key, default in DEFAULTS.items():
+        types[key] = list if key in LISTS else type(default)
+    types.update(NULLABLE)
+    return types
+
+
+def check_settings(instance_dir: str) -> None:
+    """Read the settings as a worker will, raising :class:`SettingError` for the first bad one.
+
+    gunicorn's master calls this before it forks (gunicorn.conf.py), so a bad value is one
+    ``Error:`` line and exit 1, not a traceback from every worker that fails to boot.
+    """
+    load_config(Flask("faceapp", instance_path=instance_dir, instance_relative_config=True), None)
+
+
+def yes_no(value: Any) -> bool:
+    """The one yes/no parser: a bool, 1/0, true/false, yes/no, on/off (any case; "" is no).
+
+    Raises ValueError for anything else (callers turn it into their own clear error).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise ValueError(f"{value!r} is not a yes/no value (true/false, yes/no, on/off, 1/0)")
+
+
+def convert(name: str, value: Any, kind: Any) -> Any:
+    """``value`` as ``kind`` (bool, int, float, str or list); SettingError names ``name``."""
+    key = name.removeprefix(ENV_PREFIX)
+    if isinstance(value, str) and key in NULLABLE and not value.strip():
+        return None  # FACEAPP_TESTER_ENABLED= (empty): unset, as if it were not there
+    if value is None:
+        if key in NULLABLE:
+            return None
+        raise SettingError(f"{name}: needs a value (its default is {DEFAULTS.get(key)!r})")
+    try:
+        if kind is bool:
+            return yes_no(value)
+        if kind is list:
+            return split_list(value)
+        if kind is str:
+            return _text(value)
+        if kind is int:
+            return _non_negative(_whole_number(value))
+        if kind is float:
+            return _non_negative(_finite_number(value))
+    except ValueError as exc:
+        raise SettingError(f"{name}: {exc}") from None
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not text")
+    return value
+
+
+def _whole_number(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a whole number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"{value!r} is not a whole number")
+
+
+def _finite_number(value: Any) -> float:
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a number")
+    return number
+
+
+def _non_negative(number: Any) -> Any:
+    if number < 0:
+        raise ValueError(f"{number!r} is below 0")
+    return number
 
 
 def under_gunicorn() -> bool:

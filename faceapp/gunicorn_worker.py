@@ -3,10 +3,10 @@
 gunicorn's gthread worker reads a request's headers on a pool thread from a blocking socket with
 no time limit, so a client that sends one header line every few seconds holds a thread for as
 long as it likes: a handful of them stall the worker, health checks included. This worker gives
-each request FACEAPP_HEADER_TIMEOUT seconds (default 5) from its first byte to its last header,
-each later read of the body FACEAPP_BODY_READ_TIMEOUT seconds (default 30, like nginx's
-client_body_timeout), and the whole body
-FACEAPP_BODY_TIMEOUT seconds (default 120: a byte every 29 s would pass the per-read limit). A
+each request HEADER_TIMEOUT seconds (default 5) from its first byte to its last header, each
+later read of the body BODY_READ_TIMEOUT seconds (default 30, like nginx's client_body_timeout),
+and the whole body BODY_TIMEOUT seconds (default 120: a byte every 29 s would pass the per-read
+limit). They are faceapp settings (FACEAPP_HEADER_TIMEOUT...), read from the app's config. A
 client over any of them is disconnected; the view sees a cut-off body (a 400). nginx in front
 (deploy/nginx-faceapp.conf) still does this better: it buffers whole requests before gunicorn
 sees them.
@@ -14,16 +14,11 @@ sees them.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
-
-
-def _seconds(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
 
 
 class DeadlineSocket:
@@ -70,16 +65,23 @@ class DeadlineSocket:
 class HeaderDeadlineWorker(ThreadWorker):
     """gthread, with the header and body read deadlines of :class:`DeadlineSocket`."""
 
+    deadlines = (5.0, 30.0, 120.0)  # header, each body read, whole body: until the app is loaded
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        config = getattr(self.wsgi, "config", None) or {}
+        header, body_read, body = self.deadlines
+        self.deadlines = (
+            config.get("HEADER_TIMEOUT", header),
+            config.get("BODY_READ_TIMEOUT", body_read),
+            config.get("BODY_TIMEOUT", body),
+        )
+
     def handle(self, conn):
         # Not under gunicorn's own TLS (it wraps the socket itself); faceapp leaves TLS to nginx.
         fresh = not conn.initialized and not self.cfg.is_ssl
         if fresh and not isinstance(conn.sock, DeadlineSocket):
-            conn.sock = DeadlineSocket(
-                conn.sock,
-                _seconds("FACEAPP_HEADER_TIMEOUT", 5.0),
-                _seconds("FACEAPP_BODY_READ_TIMEOUT", 30.0),
-                _seconds("FACEAPP_BODY_TIMEOUT", 120.0),
-            )
+            conn.sock = DeadlineSocket(conn.sock, *self.deadlines)
         if isinstance(conn.sock, DeadlineSocket):
             conn.sock.expect_headers()  # each request on a kept-alive connection gets its own
         return super().handle(conn)

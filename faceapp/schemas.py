@@ -8,28 +8,8 @@ from typing import Any
 from flask import Request
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
+from faceapp.config import yes_no  # the one yes/no parser, for settings and requests alike
 from faceapp.errors import STATUS_BY_CODE, FaceappError
-
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
-
-
-def yes_no(value: Any) -> bool:
-    """The one yes/no parser: a bool, 1/0, true/false, yes/no, on/off (any case; "" is no).
-
-    Raises ValueError for anything else (callers turn it into their own clear error).
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in TRUE_WORDS:
-            return True
-        if word in FALSE_WORDS:
-            return False
-    raise ValueError(f"{value!r} is not a yes/no value (true/false, yes/no, on/off, 1/0)")
 
 
 class Flag(fields.Boolean):
