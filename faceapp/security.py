@@ -5,8 +5,9 @@
   ``Cache-Control: no-store``.
 - ``TRUSTED_PROXY_HOPS`` proxies are believed about the client's address (ProxyFix); with 0 the
   client is the socket peer and X-Forwarded-For is ignored.
-- /api and the tester pages are rate limited (``RATELIMIT``): per API key when API_KEYS is set
-  (a request without a valid key counts against its address), else per client address. The
+- /api and the tester pages are rate limited (``RATELIMIT``): per key for a request with a valid
+  key (admin keys too, with or without API_KEYS), else per client address. Failed key checks
+  are limited per address on their own (``AUTH_FAILURE_LIMIT``). The
   health and ready probes and /static are not limited. The counts live in Redis when the store
   does (so every worker and instance shares them).
 - The tester's session cookie is ``Secure`` whenever the request came over HTTPS (directly, or
