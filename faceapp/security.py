@@ -160,8 +160,9 @@ def init_failed_key_limit(app: Flask) -> None:
 
 
 def _checks_a_key() -> bool:
-    """A request that carries a key (header or sign-in form) to a route that checks it."""
-    if request.endpoint in PUBLIC_ENDPOINTS:
+    """A request that carries a key (header or sign-in form) to a route that checks it, while
+    limits are on (RATELIMIT_ENABLED=false turns this limit off with the others)."""
+    if not current_app.config["RATELIMIT_ENABLED"] or request.endpoint in PUBLIC_ENDPOINTS:
         return False
     return presented_key() is not None or (
         request.endpoint == "tester.login" and request.method == "POST"
@@ -175,7 +176,7 @@ def _failure_window() -> tuple[Any, str]:
 
 def refuse_key_guessing() -> None:
     """Before a key is checked: 429 once this address has had too many failed checks."""
-    if not current_app.config["RATELIMIT_ENABLED"] or not _checks_a_key():
+    if not _checks_a_key():
         return
     limit = current_app.extensions[FAILED_KEYS_KEY]
     strategy, address = _failure_window()

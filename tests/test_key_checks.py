@@ -63,6 +63,14 @@ def test_failed_key_checks_are_limited_per_address_right_key_or_not(config):
     assert client.get("/metrics", headers=ADMIN, environ_base=elsewhere).status_code == 200
 
 
+def test_with_rate_limits_off_failed_key_checks_are_not_limited_either(config):
+    config.update(API_KEYS="user-key", AUTH_FAILURE_LIMIT="1 per minute", RATELIMIT_ENABLED=False)
+    client = create_app(config).test_client()
+    wrong = {"X-API-Key": "guess"}
+    assert {client.get("/api/attributes", headers=wrong).status_code for _ in range(3)} == {401}
+    assert client.get("/api/attributes", headers=USER).status_code == 200
+
+
 def test_wrong_keys_at_the_sign_in_form_count_as_failed_checks(config):
     config.update(API_KEYS="user-key", AUTH_FAILURE_LIMIT="2 per minute")
     client = create_app(config).test_client()
