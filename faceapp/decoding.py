@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from faceapp.errors import FaceappError, human_bytes
+from faceapp.errors import FaceappError, human_bytes, human_pixels
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 
@@ -137,7 +137,7 @@ def decode_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise FaceappError(
             "image.too_many_pixels",
-            f"The image has more pixels than the {limit} accepted.",
+            f"The image has more pixels than the {human_pixels(limit)} accepted.",
         ) from exc
     except MemoryError as exc:
         raise FaceappError(
@@ -256,9 +256,12 @@ def _fit(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
 def _check_pixels(size: tuple[int, int], limit: int) -> None:
     width, height = size
     if width * height > limit:
+        count, most = human_pixels(width * height), human_pixels(limit)
+        if count == most:  # just over the limit: rounded, the two would read the same
+            count, most = f"{width * height:,} pixels", f"{limit:,} pixels"
         raise FaceappError(
             "image.too_many_pixels",
-            f"The image is {width}x{height} pixels; the largest accepted is {limit} pixels.",
+            f"The image is {width}x{height} pixels ({count}); the largest accepted is {most}.",
         )
 
 

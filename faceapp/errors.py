@@ -166,6 +166,13 @@ def human_bytes(count: int) -> str:
     return f"{size:.1f}".removesuffix(".0") + f" {unit}"
 
 
+def human_pixels(count: int) -> str:
+    """A pixel count in words: ``40 MP``, ``2.5 MP``, ``640,000 pixels``."""
+    if count < 1_000_000:
+        return f"{count:,} pixels"
+    return f"{count / 1_000_000:.1f}".removesuffix(".0") + " MP"
+
+
 def _form_too_large() -> bool:
     """A 413 for a body within MAX_CONTENT_LENGTH: the form parser's part or field limits hit."""
     length, limit = request.content_length, current_app.config.get("MAX_CONTENT_LENGTH")

@@ -59,13 +59,17 @@ def pick_source(
 
 
 def source_name(source: ImageSource) -> str | None:
-    """What to call a source in a trace: the file name, or the URL's host and path (no query)."""
+    """What to call a source in a trace: the file name, or the URL's host, port and path (no
+    query)."""
     if source.kind == "file":
         name = getattr(source.value, "filename", None) or ""
     elif source.kind == "image_url" and isinstance(source.value, str):
         try:
             parts = urlsplit(source.value.strip())
-            name = f"{parts.hostname or ''}{parts.path}"  # no user, password or query: secrets
+            host = parts.hostname or ""
+            host = f"[{host}]" if ":" in host else host  # an IPv6 address, as URLs write it
+            port = f":{parts.port}" if parts.port is not None else ""
+            name = f"{host}{port}{parts.path}"  # no user, password or query: secrets
         except ValueError:
             return None
     else:

@@ -213,8 +213,12 @@ def analyze(
     wipe_cache: bool = False,
     force: bool = False,
     max_faces: int | None = None,
+    trace_extra: Mapping[str, Any] | None = None,
 ) -> dict:
-    """POST /api/analyze: score the faces of a stored (or just sent) image, cached per options."""
+    """POST /api/analyze: score the faces of a stored (or just sent) image, cached per options.
+
+    `trace_extra` adds fields to this request's trace event (the tester names its run there).
+    """
     started = time.perf_counter()
     request_log.count_as_work()
     names = analysis.check_attribute_names(attributes)
@@ -236,7 +240,11 @@ def analyze(
             f"The image failed validation ({codes}); send force=true to analyse it anyway.",
             field="image_id",
         )
+    step = time.perf_counter()
+    cold = analysis.analyzers.peek() is None
     scorer = analysis.analyzer()  # 503 model.not_ready before any work is done
+    if cold:  # this request waited for the worker's model to load: a stage of its own
+        timings["model_load"] = (time.perf_counter() - step) * 1000
     model_info = describe_model(scorer)
     key = result_key(
         scorer.version,
@@ -281,6 +289,7 @@ def analyze(
         include_embedding=bool(include_embedding),
         force=bool(force),
         **batch,
+        **(trace_extra or {}),
     )
     return {
         "image_id": image_id,

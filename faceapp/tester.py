@@ -31,6 +31,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
 from flask_limiter import RateLimitExceeded
@@ -41,7 +42,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
 
 from faceapp import access, security, services
-from faceapp.analysis import analyzers
+from faceapp.analysis import analyzers, attribute_set
 from faceapp.config import instance_secret_key
 from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes, public_error, public_text
 from faceapp.face_models import models
@@ -63,13 +64,26 @@ MAX_LABELS, MAX_LABEL_CHARS = 32, 200  # as the API's AnalyzeRequest
 RUN_PREFIX = "tester-run:"  # result keys of the tester's runs, beside the analysis cache
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
 OPEN_ENDPOINTS = {"tester.login", "tester.logout"}
+IMAGE_PAGE_RE = re.compile(r"^/app/images/([0-9a-f]{64})$")
 # Pages allow nothing inline and nothing from elsewhere: no inline script, style or style="".
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
+    # Not the API's no-referrer: over HTTPS, Flask-WTF refuses a form post whose Referer is
+    # missing or from another origin (WTF_CSRF_SSL_STRICT), so the pages must send their own.
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",  # pages and images of people's photos stay out of caches
+}
+# The service's messages speak to API clients (image_base64, "send force=true", /api/validate);
+# a page says instead what its own forms offer.
+PAGE_MESSAGES = {
+    "input.missing": "No image was given: choose a photo file or paste an image URL.",
+    "input.ambiguous": "Give a photo file or an image URL, not both.",
+    "image_id.not_found": "No image is stored under this id: it expired, was wiped or never "
+    "existed. Upload the photo again.",
+    "image.not_valid": "The image failed validation (its errors are listed under Validation); "
+    "Analyze anyway (force) analyses it all the same.",
 }
 
 
@@ -144,6 +158,18 @@ def upload_options(data: MultiDict) -> dict[str, Any]:
     return parse(UploadForm(), {name: data[name] for name in ("wipe_cache",) if name in data})
 
 
+def for_page(error: FaceappError | None) -> FaceappError | None:
+    """The error in a page's words where the service's message gives an API client's advice,
+    with server paths for admins only."""
+    if error is None:
+        return None
+    if error.code not in PAGE_MESSAGES:
+        return public_error(error)
+    worded = FaceappError(error.code, PAGE_MESSAGES[error.code], field=error.field)
+    worded.line = getattr(error, "line", None)
+    return worded
+
+
 # -- who may see the pages -----------------------------------------------------------------------
 
 
@@ -157,19 +183,67 @@ def require_key() -> Response | None:
         return None
     if caller.sent_unknown_key:
         raise FaceappError("auth.required", "The key sent is not one this service accepts.")
+    if request.endpoint == "tester.analyze":  # keep what was typed through the sign-in
+        target = url_for(".image_page", image_id=request.view_args["image_id"])
+        return render_login(target, pending=request.form), 401
     return redirect(url_for(".login", next=request.full_path.rstrip("?")), 303)
+
+
+def session_ended() -> bool:
+    """Whether this browser signed in with a key that is no longer accepted."""
+    return access.SESSION_KEY_ID in session and access.current_caller().key_id is None
+
+
+def render_login(
+    target: str, *, pending: MultiDict | None = None, error: FaceappError | None = None
+) -> str:
+    """The sign-in form, saying why it is shown, with an interrupted Analyze's fields kept."""
+    kept = None
+    if pending is not None and IMAGE_PAGE_RE.match(target):
+        kept = {
+            "lines": labels_text(pending).splitlines(),  # one hidden field each, blanks too
+            **{name: name in pending for name in ("include_embedding", "force")},
+        }
+    return render_template(
+        "tester/login.html",
+        next=target,
+        error=error,
+        ended=session_ended(),
+        pending=kept,
+        pending_labels=[line.strip() for line in kept["lines"] if line.strip()] if kept else [],
+    )
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Response | tuple[str, int]:
-    """Sign in with an API key; the session then holds the key's id (never the key)."""
+    """Sign in with an API key; the session then holds the key's id (never the key).
+
+    Without API_KEYS there is nothing to sign in to: the page says so and a post goes on.
+    An Analyze interrupted by signing in comes back on its image page with its fields filled.
+    """
     target = safe_next(request.values.get("next", ""))
+    pending = request.form if "pending_analyze" in request.form else None
+    if not access.keys_required():
+        if request.method == "GET":
+            return render_template("tester/login.html", next=target, open_service=True), 200
+        return redirect(target, 303)
     if request.method == "GET":
-        return render_template("tester/login.html", next=target), 200
+        return render_login(target), 200
     try:
         access.sign_in(request.form.get("key", "").strip())
     except FaceappError as error:
-        return render_template("tester/login.html", next=target, error=error), error.status
+        return render_login(target, pending=pending, error=error), error.status
+    match = IMAGE_PAGE_RE.match(target)
+    if pending is not None and match:
+        meta = services.image_record(match.group(1))
+        options = {
+            "labels": [],
+            **{name: name in pending for name in ("include_embedding", "force")},
+        }
+        notice = "Signed in. What you typed is back in the form: press Analyze to run it."
+        return render_image_page(
+            meta, options=options, typed_labels=labels_text(pending), notice=notice
+        )
     return redirect(target, 303)
 
 
@@ -222,35 +296,66 @@ def image_page(image_id: str) -> str | tuple[str, int]:
         return render_image_page(meta)
     run = read_run(image_id, run_id)
     if run is None:
-        gone = FaceappError(
-            "input.invalid",
-            "This analysis is no longer stored, or is another key's (a wipe of the cache by an "
-            "admin drops it); press Analyze to run it again.",
+        gone = (
+            "This analysis is no longer stored, or is another key's (an admin's wipe of the cache "
+            "drops it)"
         )
-        return render_image_page(meta, notice=gone), 404
+        options = run_options_from_trace(image_id, run_id)
+        if options is None:
+            return render_image_page(meta, notice=gone + "; press Analyze to run it again."), 404
+        notice = (
+            gone + ". Its labels and options are back in the form: press Analyze to run it again."
+        )
+        return render_image_page(meta, notice=notice, options=options), 404
     return render_image_page(meta, run=run, options=run["options"])
+
+
+def run_options_from_trace(image_id: str, run_id: str) -> dict | None:
+    """The options of a tester run, from its trace event (which outlives the run itself)."""
+    for event in reversed(services.image_trace(image_id)["events"]):
+        if event.get("tester_run") == run_id:
+            return {
+                "labels": list(event.get("labels") or []),
+                "include_embedding": bool(event.get("include_embedding")),
+                "force": bool(event.get("force")),
+            }
+    return None
 
 
 @bp.post("/images/<image_id>")
 def analyze(image_id: str) -> Response | tuple[str, int]:
-    """Analyze once, keep what was computed as a tester run, and redirect to it (PRG)."""
+    """Analyze once, keep what was computed as a tester run, and redirect to it (PRG).
+
+    The run's id goes into the request's trace event too, so that a run dropped by a wipe can
+    still refill the form; the redirect lands on the result (#analysis), not the page's top.
+    """
     meta = services.image_record(image_id)
     options = None
+    run_id = secrets.token_urlsafe(12)
     try:
         options = analysis_options(request.form)
-        analysis = services.analyze(None, image_id, **options)
+        analysis = services.analyze(None, image_id, **options, trace_extra={"tester_run": run_id})
     except FaceappError as error:
         page = render_image_page(meta, error=error, options=options or submitted_options())
         return page, error.status
-    run_id = secrets.token_urlsafe(12)
     run = {
         "run_id": run_id,
         "created_at": services.now_iso(),
         "options": options,
         "key_id": access.current_caller().key_id,  # whose run: only that key (or an admin) sees it
+        "abstain_below": abstain_thresholds(),
     }
     store.backend.put_result(image_id, RUN_PREFIX + run_id, {**run, "analysis": analysis})
-    return redirect(url_for(".image_page", image_id=image_id, run=run_id), 303)
+    return redirect(url_for(".image_page", image_id=image_id, run=run_id, _anchor="analysis"), 303)
+
+
+def abstain_thresholds() -> dict[str, float]:
+    """The margin each attribute needs to answer, for those that abstain below one."""
+    return {
+        name: attribute.abstain_below
+        for name, attribute in attribute_set().attributes.items()
+        if attribute.abstain_below is not None
+    }
 
 
 def read_run(image_id: str, run_id: str) -> dict | None:
@@ -321,7 +426,7 @@ def render_index(error: FaceappError | None = None, image_url: str = "") -> str:
     return render_template(
         "tester/index.html",
         recent=recent_uploads(access.current_caller()),
-        error=public_error(error) if error else None,
+        error=for_page(error),
         image_url=image_url,
     )
 
@@ -331,16 +436,23 @@ def render_image_page(
     *,
     run: dict | None = None,
     error: FaceappError | None = None,
-    notice: FaceappError | None = None,
+    notice: str | None = None,
     options: dict | None = None,
+    typed_labels: str | None = None,
 ) -> str:
-    """The image page for stored metadata, with a tester run and an error where there are."""
+    """The image page for stored metadata, with a tester run and an error where there are.
+
+    The labels box shows `typed_labels` when given, else what an error came with, else the
+    labels of `options`.
+    """
     image_id = meta["image_id"]
     validation = services.validation_answer(meta)
     analysis = run["analysis"] if run else None
     events = services.image_trace(image_id)["events"]
     last_upload = next((e for e in reversed(events) if e.get("event") == "validated"), {})
     options = options or {"labels": []}
+    if typed_labels is None:
+        typed_labels = labels_text(request.form) if error else "\n".join(options["labels"])
     return render_template(
         "tester/image.html",
         meta=meta,
@@ -353,11 +465,15 @@ def render_image_page(
         analysis_json=pretty_json(analysis) if analysis else None,
         analysis_yaml=dump_yaml(to_plain(analysis)) if analysis else None,
         trace_rows=[trace_row(event) for event in events],
-        error=public_error(error) if error else None,
+        error=for_page(error),
         notice=notice,
         options=options,
-        labels_text=labels_text(request.form) if error else "\n".join(options["labels"]),
+        labels_text=typed_labels,
         error_line=getattr(error, "line", None),
+        # A run keeps the thresholds it was scored with; older runs show the current ones.
+        abstain_below=run["abstain_below"]
+        if run and "abstain_below" in run
+        else abstain_thresholds(),
     )
 
 
@@ -456,7 +572,7 @@ def security_headers(response: Response) -> Response:
 
 @bp.errorhandler(FaceappError)
 def faceapp_error_page(error: FaceappError) -> tuple[str, int, dict]:
-    page = render_template("tester/error.html", error=public_error(error), status=error.status)
+    page = render_template("tester/error.html", error=for_page(error), status=error.status)
     retry = getattr(error, "retry_after", None)  # a limit that knows when it frees up
     return page, error.status, ({"Retry-After": str(retry)} if retry else {})
 

@@ -139,3 +139,43 @@ def yunet(yunet_model):
     from faceapp.faces import YuNetFaceDetector
 
     return YuNetFaceDetector(yunet_model)
+
+
+# -- the tester pages in Chromium (tests/browser.py) ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    """Where browser tests leave screenshots and server logs: $FACEAPP_ARTIFACTS, else a tmp dir."""
+    from pathlib import Path
+
+    folder = os.environ.get("FACEAPP_ARTIFACTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return Path(folder)
+    return tmp_path_factory.mktemp("tester-artifacts")
+
+
+@pytest.fixture(scope="session")
+def playwright():
+    """Playwright's sync driver; Chromium missing is a failure, never a skip."""
+    from tests.browser import CHROMIUM
+
+    assert os.path.exists(CHROMIUM), (
+        f"chromium is not installed at {CHROMIUM}: install Debian's `chromium` package "
+        "(CI does; FACEAPP_CHROMIUM names another binary)"
+    )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright):
+    """One headless Chromium for the session's browser tests (each opens its own pages)."""
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()

@@ -43,9 +43,13 @@ def app_env(instance: str, model_dir: str, **settings: str) -> dict[str, str]:
 
 
 @contextmanager
-def gunicorn(env: dict[str, str], workers: int = 2, log_path: str | None = None):
-    """Run `gunicorn -c gunicorn.conf.py wsgi:app` as `make run` does; yield its base URL."""
-    port = free_port()
+def gunicorn(
+    env: dict[str, str], workers: int = 2, log_path: str | None = None, port: int | None = None
+):
+    """Run `gunicorn -c gunicorn.conf.py wsgi:app` as `make run` does; yield its base URL.
+
+    `port` (default: a free one) lets a test restart a service where a browser left it."""
+    port = port or free_port()
     full_env = {
         **os.environ,
         **env,

@@ -13,76 +13,22 @@ import re
 from pathlib import Path
 
 import pytest
-import requests
 from PIL import Image
 
-from tests.conftest import YUNET_FIXTURE
-from tests.servers import ROOT, gunicorn, wait_until
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, collect_console_errors, serve_tester
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("FACEAPP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-VIEWPORT = {"width": 1280, "height": 900}
 DOCS_SCREENSHOT = Path(ROOT) / "docs" / "tester-result.png"
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    folder = os.environ.get("FACEAPP_ARTIFACTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        return Path(folder)
-    return tmp_path_factory.mktemp("tester-artifacts")
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_model_dir, artifacts):
     """Two gunicorn workers, each with its model loaded (so the pages never say 'not ready')."""
-    instance = tmp_path_factory.mktemp("tester-instance")
-    env = {
-        "FACEAPP_INSTANCE_PATH": str(instance),
-        "FACEAPP_MODEL_NAME": tiny_model_dir,
-        "FACEAPP_MODEL_AUTO_PULL": "false",
-        "FACEAPP_TESTER_ENABLED": "true",
-    }
-    if os.path.isfile(YUNET_FIXTURE):  # the detector users get; without it, the Haar fallback
-        env["FACEAPP_DETECTOR_MODEL"] = YUNET_FIXTURE
-    with gunicorn(env, workers=2, log_path=str(artifacts / "gunicorn.log")) as (base, _):
-        streak = []
-
-        def every_worker_ready() -> bool:
-            with requests.Session() as session:  # a new connection: any worker may answer
-                streak.append(session.get(base + "/api/ready", timeout=5).status_code == 200)
-            return len(streak) >= 8 and all(streak[-8:])
-
-        wait_until(every_worker_ready, 60, "both workers' models ready")
+    instance = str(tmp_path_factory.mktemp("tester-instance"))
+    with serve_tester(instance, tiny_model_dir, str(artifacts / "gunicorn.log")) as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    assert os.path.exists(CHROMIUM), (
-        f"chromium is not installed at {CHROMIUM}: install Debian's `chromium` package "
-        "(CI does; FACEAPP_CHROMIUM names another binary)"
-    )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def browser(playwright):
-    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    yield chromium
-    chromium.close()
 
 
 def save_docs_screenshot(source: Path) -> None:
@@ -106,14 +52,7 @@ def test_upload_analyze_and_a_corrupt_file_in_chromium(
     half.write_bytes(astronaut_jpeg[: len(astronaut_jpeg) // 2])
 
     page = browser.new_page(viewport=VIEWPORT)
-    console_errors = []  # CSP violations and script errors (not the 4xx pages we ask for)
-
-    def on_console(message) -> None:
-        if message.type == "error" and not message.text.startswith("Failed to load resource"):
-            console_errors.append(message.text)
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: console_errors.append(str(exc)))
+    console_errors = collect_console_errors(page)  # CSP violations and script errors
 
     page.goto(base + "/app")
     expect(page).to_have_title(re.compile("faceapp tester"))
@@ -137,7 +76,7 @@ def test_upload_analyze_and_a_corrupt_file_in_chromium(
 
     page.fill("#labels", "an astronaut\na person in a clown costume")
     page.click("#analyze-button")
-    page.wait_for_url(re.compile(r"\?run=[A-Za-z0-9_-]+$"))
+    page.wait_for_url(re.compile(r"\?run=[A-Za-z0-9_-]+#analysis$"))
     expect(page.locator("#analysis-json")).to_be_visible()
     analysis = json.loads(page.inner_text("#analysis-json"))
     assert analysis["image_id"] == image_id and len(analysis["faces"]) == 1
@@ -204,19 +143,9 @@ def test_the_docs_screenshot_stays_small():
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory, tiny_model_dir, artifacts):
     """One gunicorn worker that needs a key (API_KEYS), its model loaded."""
-    env = {
-        "FACEAPP_INSTANCE_PATH": str(tmp_path_factory.mktemp("keyed-instance")),
-        "FACEAPP_MODEL_NAME": tiny_model_dir,
-        "FACEAPP_MODEL_AUTO_PULL": "false",
-        "FACEAPP_TESTER_ENABLED": "true",
-        "FACEAPP_API_KEYS": "qa-key",
-    }
-    with gunicorn(env, workers=1, log_path=str(artifacts / "gunicorn-keyed.log")) as (base, _):
-        wait_until(
-            lambda: requests.get(base + "/api/ready", timeout=5).status_code == 200,
-            60,
-            "the model ready",
-        )
+    instance = str(tmp_path_factory.mktemp("keyed-instance"))
+    log = str(artifacts / "gunicorn-keyed.log")
+    with serve_tester(instance, tiny_model_dir, log, workers=1, API_KEYS="qa-key") as base:
         yield base
 
 
@@ -235,16 +164,7 @@ def test_sign_in_busy_button_label_errors_and_copy_over_http_in_chromium(
     chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
     try:
         page = chromium.new_page(viewport=VIEWPORT)
-        console_errors = []
-        page.on(
-            "console",
-            lambda m: (
-                m.type == "error"
-                and not m.text.startswith("Failed to load resource")
-                and console_errors.append(m.text)
-            ),
-        )
-        page.on("pageerror", lambda exc: console_errors.append(str(exc)))
+        console_errors = collect_console_errors(page)
 
         page.goto(base + "/app")  # no key yet: the sign-in form
         page.wait_for_url(re.compile(r"/app/login\?next=/app$"))

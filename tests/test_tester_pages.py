@@ -57,7 +57,7 @@ def test_upload_form_has_the_inputs_and_a_csrf_token(client, astronaut_jpeg):
     text = assert_html_page(client.get("/app"), 200)
     assert re.search(
         r'<form class="upload-form" method="post" action="/app" '
-        r'enctype="multipart/form-data">',
+        r'enctype="multipart/form-data" data-busy-form>',
         text,
     )
     for name in ("file", "image_url", "wipe_cache"):
@@ -119,7 +119,7 @@ def test_image_page_before_and_after_analyze(client, astronaut_jpeg):
     answer = client.post(page, data={"labels": "an astronaut\n\n a clown \n"})
     assert answer.status_code == 303
     location = answer.headers["Location"]
-    assert re.fullmatch(re.escape(page) + r"\?run=[A-Za-z0-9_-]{16,32}", location)
+    assert re.fullmatch(re.escape(page) + r"\?run=[A-Za-z0-9_-]{16,32}#analysis", location)
     text = assert_html_page(client.get(location), 200)
     for element_id in ("validation-json", "analysis-json", "analysis-yaml", "trace"):
         assert f'id="{element_id}"' in text
@@ -230,7 +230,8 @@ def test_a_corrupt_upload_reshows_the_form_with_the_message(client, astronaut_jp
     assert 'id="form-error"' in text and "image.corrupt" in text
     assert 'class="upload-form"' in text
     text = assert_html_page(client.post("/app", data={}), 400)
-    assert "input.missing" in text and "No image was sent" in text
+    assert "input.missing" in text and "No image was given" in text
+    assert "image_base64" not in text  # the form has no such field
 
 
 @pytest.mark.parametrize(
@@ -460,3 +461,36 @@ def test_sizes_are_written_for_people(config, astronaut_jpeg):
     small = create_app({**config, "MAX_UPLOAD_BYTES": 10 * 1024 * 1024, "MAX_CONTENT_LENGTH": 1000})
     text = assert_html_page(upload(small.test_client(), astronaut_jpeg), 413)
     assert "10 MiB" in text and "10485760" not in text
+
+
+def test_pixel_counts_are_written_for_people():
+    from faceapp.decoding import _check_pixels
+    from faceapp.errors import FaceappError
+
+    with pytest.raises(FaceappError) as over:
+        _check_pixels((8000, 6000), 40_000_000)
+    assert over.value.message == (
+        "The image is 8000x6000 pixels (48 MP); the largest accepted is 40 MP."
+    )
+    with pytest.raises(FaceappError) as just_over:  # rounded, both would read "40 MP"
+        _check_pixels((40_001, 1000), 40_000_000)
+    assert "40,001,000 pixels" in just_over.value.message
+    assert "40,000,000 pixels" in just_over.value.message
+
+
+def test_without_api_keys_the_sign_in_page_says_so_and_lets_anyone_on(client):
+    text = assert_html_page(client.get("/app/login"), 200)
+    assert "needs no key" in text and 'name="key"' not in text
+    answer = client.post("/app/login", data={"key": "anything", "next": "/app/images/x"})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/app/images/x"
+
+
+def test_the_readme_names_the_referrer_policy_each_part_sends(client):
+    """/api sends no-referrer; the pages send same-origin, which Flask-WTF's HTTPS check needs."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as fh:
+        readme = " ".join(fh.read().split())
+    api = client.get("/api/health").headers["Referrer-Policy"]
+    pages = client.get("/app").headers["Referrer-Policy"]
+    assert (api, pages) == ("no-referrer", "same-origin")
+    assert f"`Referrer-Policy: {api}`, except the `/app` pages" in readme
+    assert f"which send `Referrer-Policy: {pages}`: over HTTPS, Flask-WTF" in readme
