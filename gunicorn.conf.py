@@ -68,9 +68,13 @@ control_socket_disable = True
 
 def post_worker_init(worker):
     """Load this worker's model in the background: health answers at once, ready once loaded."""
+    from faceapp import faces
+    from faceapp.decoding import return_large_buffers_to_the_os
     from faceapp.face_models import models
 
+    return_large_buffers_to_the_os()  # so the decode budget bounds what the worker holds
     models.load_in_background(worker.wsgi)
+    faces.prepare(worker.wsgi)  # a missing YuNet is pulled in the background from now on
 
 
 # Prometheus metrics (faceapp/metrics.py): the workers write their figures to files in one

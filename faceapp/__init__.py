@@ -50,7 +50,7 @@ def register_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from faceapp import faces, metrics, security, versioning
+    from faceapp import decoding, faces, metrics, security, versioning
     from faceapp.analysis import analyzers
     from faceapp.engine import engine
     from faceapp.face_models import models
@@ -58,6 +58,7 @@ def register_extensions(app: Flask) -> None:
 
     security.init_app(app)
     store.init_app(app)
+    decoding.init_app(app)  # the worker's decode memory budget
     engine.init_app(app)  # the inference thread: every torch call of a worker runs on it
     models.init_app(app)  # the CLIP model, loaded and warmed on that thread
     analyzers.init_app(app)  # the attribute set now; its label embeddings once the model is ready

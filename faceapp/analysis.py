@@ -310,6 +310,13 @@ def regions_for(meta: dict, force: bool, max_faces: int | None = None) -> list[R
     return regions
 
 
+def face_count(meta: dict, max_faces: int) -> dict[str, int]:
+    """The answer's ``face_count``: the faces validation found, how many of them were left out
+    by `max_faces` (the largest are analysed), and the `max_faces` in force."""
+    found = len(meta["faces"])
+    return {"found": found, "not_analysed": max(0, found - max_faces), "max_faces": max_faces}
+
+
 def check_attribute_names(requested: Sequence[str] | None) -> list[str]:
     """The attribute names to score (default all); an unknown one is 400 input.invalid."""
     known = attribute_set().names()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from flask import Blueprint, Response, request
+from werkzeug.routing import PathConverter
 
 from faceapp import analysis, openapi, services
 from faceapp.access import admin_required, check_api_key
@@ -17,6 +18,18 @@ from faceapp.store import store
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 bp.before_request(check_api_key)
+
+
+class ImageIdConverter(PathConverter):
+    """An image_id in a URL: any text, slashes too (a malformed id is 400 image_id.invalid, not
+    404), except text ending in ``/trace``: that is the trace's route, so OPTIONS on a trace
+    does not offer the image's DELETE."""
+
+    regex = r"[^/](?:(?!/trace$)[\s\S])*?"
+
+
+# Before the routes below: the converter must be known when they are added to the app.
+bp.record_once(lambda state: state.app.url_map.converters.setdefault("image_id", ImageIdConverter))
 
 
 def _flag(name: str) -> bool:
@@ -103,19 +116,19 @@ def ready() -> Response:
     return render({"ready": True, "model": described, "worker": {"pid": os.getpid()}})
 
 
-@bp.get("/images/<path:image_id>/trace")
+@bp.get("/images/<image_id:image_id>/trace")
 def image_trace(image_id: str) -> Response:
     """Every event of an image_id, oldest first."""
     return render(services.image_trace(image_id))
 
 
-@bp.get("/images/<path:image_id>")
+@bp.get("/images/<image_id:image_id>")
 def image_record(image_id: str) -> Response:
     """Stored metadata and the validation result of an image_id."""
     return render(services.image_record(image_id))
 
 
-@bp.delete("/images/<path:image_id>")
+@bp.delete("/images/<image_id:image_id>")
 @admin_required
 def delete_image(image_id: str) -> Response:
     """Forget an image, its results and its trace (admin)."""

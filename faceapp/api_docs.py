@@ -4,7 +4,9 @@ Swagger UI's files come from the flask-swagger-ui package (its ``dist`` folder, 
 of npm's swagger-ui-dist), never from a CDN. The page has no inline script, so it runs under a
 strict Content-Security-Policy: ``static/api-docs.js`` starts Swagger UI on ``/api/openapi.json``.
 The page needs no key; the document does when API_KEYS is set, so the page takes one (kept in
-the tab's sessionStorage) and sends it with every request it makes.
+the tab's sessionStorage) and sends it with every request it makes. Until it has one, the page
+explains the key instead of loading the document (which would fail). Validate and analyze come
+with request examples that run as they are (faceapp/openapi.py, ``request_examples``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import os
 
 from flask import Blueprint, Response, abort, render_template, send_from_directory
+
+from faceapp import access
 
 bp = Blueprint("api_docs", __name__, url_prefix="/api/docs")
 
@@ -33,7 +37,8 @@ def swagger_ui_folder() -> str:
 @bp.get("")
 def page() -> Response:
     """The Swagger UI page for this service's OpenAPI document."""
-    response = Response(render_template("api_docs/index.html"))
+    page = render_template("api_docs/index.html", keys_required=access.keys_required())
+    response = Response(page)
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return response
 

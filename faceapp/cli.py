@@ -50,7 +50,11 @@ def pull_detector(models_dir: str) -> None:
     click.echo(f"Pulling the YuNet face detector from {source['url']} into {models_dir} ...")
     try:
         path = model_files.pull_file(
-            source["url"], source["sha256"], models_dir, size=source["size"]
+            source["url"],
+            source["sha256"],
+            models_dir,
+            size=source["size"],
+            deadline=float(current_app.config["DETECTOR_PULL_DEADLINE"]),
         )
     except model_files.DownloadError as exc:
         raise click.ClickException(f"could not pull the face detector: {exc}") from exc

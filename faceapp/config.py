@@ -61,6 +61,13 @@ DEFAULTS: dict[str, Any] = {
     "MAX_UPLOAD_BYTES": 10 * 1024 * 1024,
     "MAX_IMAGE_PIXELS": 40_000_000,
     "MAX_IMAGE_FRAMES": 1000,
+    # What decoding may hold in memory (faceapp/decoding.py): one image at most MAX_DECODE_MEMORY
+    # bytes (its estimate; more is 413 image.too_many_pixels), and all of a worker's decodes at
+    # once DECODE_MEMORY_BUDGET bytes (a decode waits its turn up to DECODE_WAIT_SECONDS, then
+    # 503 image.busy). A 40 MP RGB PNG needs about 250 MB, a 12 MP JPEG photo about 12 MB.
+    "MAX_DECODE_MEMORY": 320 * 1024**2,
+    "DECODE_MEMORY_BUDGET": 512 * 1024**2,
+    "DECODE_WAIT_SECONDS": 30.0,
     # The stored, normalised image is at most this wide and tall. 2000, not 2048: a 4000 px JPEG
     # then decodes at half scale (JPEG's draft mode never goes below the size asked for).
     "STORED_MAX_SIDE": 2000,
@@ -81,12 +88,16 @@ DEFAULTS: dict[str, Any] = {
     "DETECTOR_AUTO_PULL": None,  # None: as MODEL_AUTO_PULL
     "DETECTOR_URL": None,  # None: OpenCV's published file (faceapp/model_files.py YUNET)
     "DETECTOR_SHA256": None,  # the SHA-256 DETECTOR_URL's file must have; None: the pinned one
+    # Seconds a detector pull may take in all (connect, headers, body); a worker pulls in the
+    # background, never while a request waits (faceapp/faces.py).
+    "DETECTOR_PULL_DEADLINE": 120.0,
     "YUNET_SCORE_THRESHOLD": None,  # None: 0.75, calibrated on real photos (docs/DETECTOR.md)
     "HAAR_MIN_CONFIDENCE": None,  # None: 0.85, calibrated on real photos
     "DETECT_MAX_SIDE": 640,
     # Another face counts toward face.multiple only when its side is at least this fraction of
     # the main (largest) face's and it is not cut by the image border; else face.background.
     "COMPARABLE_FACE_RATIO": 0.5,
+    "OUT_OF_FOCUS_RATIO": 0.1,  # a blurry face under this share of the sharpest is background
     "MAX_FACES": 5,  # faces analysed per image (largest first) unless a request says max_faces
     # The most a request's max_faces may ask for: each face is a CLIP forward's worth of work
     # (100 faces took 12.7 s where 5 took 0.7 s), so this bounds what one request costs.
@@ -134,10 +145,13 @@ DEFAULTS: dict[str, Any] = {
     # faceapp's own log level, and gunicorn's (gunicorn.conf.py reads the same FACEAPP_LOG_LEVEL).
     "LOG_LEVEL": "INFO",
     # gunicorn's worker class (faceapp/gunicorn_worker.py): seconds from a request's first byte to
-    # its last header, for each read of the body, and for the whole body.
+    # its last header, for each read of the body, and for the whole body; and the bytes a second
+    # a body must average once BODY_RATE_GRACE seconds have passed (0: no minimum).
     "HEADER_TIMEOUT": 5.0,
     "BODY_READ_TIMEOUT": 30.0,
     "BODY_TIMEOUT": 120.0,
+    "BODY_MIN_RATE": 1024.0,
+    "BODY_RATE_GRACE": 5.0,
 }
 
 # The type of each setting whose default is None (None stays allowed: it means "derive it").
@@ -157,6 +171,28 @@ NULLABLE: dict[str, type] = {
     "RATELIMIT_STORAGE_URI": str,
     "MAX_CONTENT_LENGTH": int,  # Flask's own; derived from MAX_UPLOAD_BYTES when unset
 }
+# Settings that must be above 0: a zero here would refuse every image or wait, or divide by it.
+POSITIVE = frozenset(
+    {
+        "INFERENCE_MAX_BATCH",
+        "INFERENCE_TIMEOUT",
+        "MAX_UPLOAD_BYTES",
+        "MAX_IMAGE_PIXELS",
+        "MAX_IMAGE_FRAMES",
+        "MAX_DECODE_MEMORY",
+        "DECODE_MEMORY_BUDGET",
+        "STORED_MAX_SIDE",
+        "URL_CONNECT_TIMEOUT",
+        "URL_READ_TIMEOUT",
+        "URL_DEADLINE",
+        "DETECTOR_PULL_DEADLINE",
+        "DETECT_MAX_SIDE",
+        "MAX_FACES",
+        "HEADER_TIMEOUT",
+        "BODY_READ_TIMEOUT",
+        "BODY_TIMEOUT",
+    }
+)
 # Comma-separated in the environment; a list (or the same string) in instance/config.py.
 LISTS = frozenset({"API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"})
 
@@ -268,9 +304,9 @@ def convert(name: str, value: Any, kind: Any) -> Any:
         if kind is str:
             return _text(value)
         if kind is int:
-            return _non_negative(_whole_number(value))
+            return _in_range(key, _whole_number(value))
         if kind is float:
-            return _non_negative(_finite_number(value))
+            return _in_range(key, _finite_number(value))
     except ValueError as exc:
         raise SettingError(f"{name}: {exc}") from None
     return value
@@ -313,7 +349,9 @@ def _finite_number(value: Any) -> float:
     return number
 
 
-def _non_negative(number: Any) -> Any:
+def _in_range(key: str, number: Any) -> Any:
+    if key in POSITIVE and number <= 0:
+        raise ValueError(f"{number!r} must be above 0")
     if number < 0:
         raise ValueError(f"{number!r} is below 0")
     return number

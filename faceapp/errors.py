@@ -52,6 +52,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "image.unsupported_format": 415,
     "image.too_large": 413,
     "image.too_many_pixels": 413,
+    "image.busy": 503,
     "url.invalid": 400,
     "url.forbidden": 400,
     "url.unreachable": 422,

@@ -197,8 +197,6 @@ class YuNetFaceDetector:
         net = self._nets.get()
         net.setInputSize((width, height))
         _ok, rows = net.detect(bgr)
-        if rows is None:
-            return []
         # Each row: x, y, w, h, five landmark points (10 values), score.
         return [
             FaceBox(
@@ -209,8 +207,27 @@ class YuNetFaceDetector:
                 min(1.0, max(0.0, float(row[-1]))),
                 tuple((float(row[i]), float(row[i + 1])) for i in range(4, 14, 2)),
             )
-            for row in rows
+            for row in usable_rows(rows, width, height)
         ]
+
+
+def usable_rows(rows: np.ndarray | None, width: int, height: int) -> np.ndarray:
+    """YuNet's rows that describe a face in a `width` x `height` input: every value finite, a box
+    of at least 1 x 1 px, at most twice the input's size, whose centre lies in the input.
+
+    On tiny inputs (a 5 x 5 or 12 x 12 image, in some processes, most often right after a photo
+    of another size) YuNet returns rows of what look like uninitialised memory: infinite boxes
+    (int() of them raised OverflowError, a 500), zero-width ones, or boxes 1e22 px away.
+    """
+    if rows is None:
+        return np.empty((0, 15), dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.float64).reshape(-1, 15)
+    with np.errstate(invalid="ignore", over="ignore"):
+        centre_x, centre_y = rows[:, 0] + rows[:, 2] / 2, rows[:, 1] + rows[:, 3] / 2
+        keep = np.isfinite(rows).all(axis=1) & (rows[:, 2] >= 1) & (rows[:, 3] >= 1)
+        keep &= (centre_x >= 0) & (centre_x <= width) & (centre_y >= 0) & (centre_y <= height)
+        keep &= (rows[:, 2] <= 2 * width) & (rows[:, 3] <= 2 * height)  # a close-up: 1.3x
+    return rows[keep]
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,6 +248,8 @@ class _DetectorState:
     config: dict[str, Any]
     lock: threading.Lock = field(default_factory=threading.Lock)
     active: ActiveDetector | None = None
+    pull: threading.Thread | None = None  # the background pull of a missing YuNet, once started
+    pull_error: str | None = None  # why it failed
 
 
 DETECTOR_KEYS = (
@@ -239,6 +258,7 @@ DETECTOR_KEYS = (
     "DETECTOR_AUTO_PULL",
     "DETECTOR_URL",
     "DETECTOR_SHA256",
+    "DETECTOR_PULL_DEADLINE",
     "YUNET_SCORE_THRESHOLD",
     "HAAR_MIN_CONFIDENCE",
     "DETECT_MAX_SIDE",
@@ -250,9 +270,10 @@ DETECTOR_KEYS = (
 def init_app(app: Flask) -> None:
     """Register the detector; an unknown DETECTOR fails the start.
 
-    The detector is built on first use, like the CLIP model is loaded: a missing YuNet is pulled
-    then (with auto-pull on), in the process that serves, not in every `flask` command. When
-    YuNet cannot be had, Haar is used and :func:`describe` says why.
+    The detector is built on first use, like the CLIP model is loaded, in the process that
+    serves, not in every `flask` command. A missing YuNet (with auto-pull on) is pulled on a
+    background thread: requests never wait for a download, and Haar stands in until the file is
+    there (:func:`describe` says so). When YuNet cannot be had, Haar is used and says why.
     """
     name = str(app.config.get("DETECTOR") or "yunet").strip().lower()
     if name not in ("yunet", "haar"):
@@ -270,12 +291,87 @@ def _active() -> ActiveDetector:
         raise RuntimeError(
             "faces.detector() is used before faces.init_app(app) was called"
         ) from None
-    if state.active is None:
+    active = state.active
+    if active is None:
         with state.lock:
             if state.active is None:
-                state.active = build_detector(state.config)
+                state.active = _build(state)
                 log.info("face detector: %s", state.active.info)
-    return state.active
+            active = state.active
+    return active
+
+
+def _build(state: _DetectorState) -> ActiveDetector:
+    """The detector to use now: while a missing YuNet is pulled (or after the pull failed),
+    Haar standing in for it; else :func:`build_detector`. Called under the state's lock."""
+    config = state.config
+    if not _pull_needed(config):
+        return build_detector(config)
+    if state.pull is None:
+        state.pull = threading.Thread(
+            target=_pull_in_background, args=(state,), name="faceapp-detector-pull", daemon=True
+        )
+        state.pull.start()
+    if state.pull_error is not None:
+        reason = (
+            f"{state.pull_error}; run `flask --app wsgi models pull yunet` where the network is "
+            "reachable, or set FACEAPP_DETECTOR_MODEL to a YuNet ONNX file"
+        )
+        log.error("YuNet is not available (%s); falling back to OpenCV's Haar cascade", reason)
+    else:
+        reason = "the YuNet model is being pulled in the background; Haar stands in until then"
+    return _haar(config, fallback={"from": "yunet", "reason": reason})
+
+
+def _pull_needed(config: Mapping[str, Any]) -> bool:
+    """Whether YuNet is wanted from the models folder, is not there, and may be pulled."""
+    name = str(config.get("DETECTOR") or "yunet").strip().lower()
+    if name != "yunet" or config.get("DETECTOR_MODEL") or not _auto_pull(config):
+        return False
+    return not os.path.isfile(model_files.detector_path(config["MODELS_DIR"]))
+
+
+def _pull_in_background(state: _DetectorState) -> None:
+    """Pull YuNet into the models folder; then the next request builds the detector again."""
+    config = state.config
+    models_dir = config["MODELS_DIR"]
+    source = model_files.detector_source(config)
+    log.info("the YuNet face detector is not in %s; pulling it in the background", models_dir)
+    error = None
+    try:
+        model_files.pull_file(
+            source["url"],
+            source["sha256"],
+            models_dir,
+            size=source["size"],
+            progress=False,
+            deadline=float(config.get("DETECTOR_PULL_DEADLINE") or 120.0),
+        )
+    except (model_files.DownloadError, OSError) as exc:
+        error = str(exc)
+    except Exception as exc:  # no request sees this thread: the fallback's reason must say it
+        log.exception("the background pull of YuNet failed")
+        error = f"the pull failed: {type(exc).__name__}"
+    with state.lock:
+        state.pull_error = error
+        state.active = None  # rebuilt on the next request: YuNet now, or Haar saying why not
+
+
+def wait_for_pull(timeout: float | None = None) -> bool:
+    """Wait for this app's background pull of YuNet, if one runs; True when none is left."""
+    state: _DetectorState = current_app.extensions[EXTENSION_KEY]
+    pull = state.pull
+    if pull is not None:
+        pull.join(timeout)
+        return not pull.is_alive()
+    return True
+
+
+def prepare(app: Flask) -> None:
+    """Build the app's detector now (a worker just started): a missing YuNet starts pulling in
+    the background at once, instead of on the first request."""
+    with app.app_context():
+        _active()
 
 
 def detector() -> FaceDetector:
@@ -319,8 +415,8 @@ def detect(image: Image.Image) -> list[FaceBox]:
 
 
 def build_detector(config: Mapping[str, Any]) -> ActiveDetector:
-    """The detector DETECTOR names (``yunet`` or ``haar``); Haar when YuNet's file is missing,
-    cannot be pulled or does not load."""
+    """The detector DETECTOR names (``yunet`` or ``haar``); Haar when YuNet's file is missing
+    or does not load. It never downloads: pulls run in the background (:func:`init_app`)."""
     name = str(config.get("DETECTOR") or "yunet").strip().lower()
     if name == "haar":
         return _haar(config)
@@ -328,7 +424,7 @@ def build_detector(config: Mapping[str, Any]) -> ActiveDetector:
         raise ValueError(f"Unknown DETECTOR {name!r}: use 'yunet' or 'haar'.")
     try:
         return _yunet(config)
-    except (ValueError, OSError, model_files.DownloadError) as exc:
+    except (ValueError, OSError) as exc:
         reason = str(exc)
         log.error("YuNet is not available (%s); falling back to OpenCV's Haar cascade", reason)
         return _haar(config, fallback={"from": "yunet", "reason": reason})
@@ -339,18 +435,6 @@ def _yunet(config: Mapping[str, Any]) -> ActiveDetector:
     if not path:
         models_dir = config["MODELS_DIR"]
         path = model_files.detector_path(models_dir)
-        if not os.path.isfile(path) and _auto_pull(config):
-            log.info("the YuNet face detector is not in %s; pulling it", models_dir)
-            source = model_files.detector_source(config)
-            try:
-                model_files.pull_file(
-                    source["url"], source["sha256"], models_dir, size=source["size"], progress=False
-                )
-            except model_files.DownloadError as exc:
-                raise ValueError(
-                    f"{exc}; run `flask --app wsgi models pull yunet` where the network is "
-                    "reachable, or set FACEAPP_DETECTOR_MODEL to a YuNet ONNX file"
-                ) from exc
         if not os.path.isfile(path):
             raise ValueError(
                 f"the YuNet model is not in the models folder ({path}); run "

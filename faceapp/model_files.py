@@ -4,6 +4,11 @@ MODELS_DIR holds one folder per model (``openai--clip-vit-base-patch32``), each 
 ``faceapp-manifest.json``: the id, the revision, and every file's name, size and SHA-256.
 ``model.weights_version`` is derived from it, so it changes whenever the weights do. Folders are
 written beside their final place and renamed in, so nobody sees a half-written one.
+
+A pull stages into ``MODELS_DIR/.pull-<host>-<pid>-*``. One killed on the way (SIGKILL, a power
+cut) leaves that folder behind: every later pull removes those of processes of this host that
+are gone, and any older than :data:`STALE_PULL_SECONDS`. A detector pull has an overall deadline
+(``DETECTOR_PULL_DEADLINE``) over connect, headers and body.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +27,10 @@ from typing import Any
 from faceapp.atomic import replace_folder, staging_folder, write_json
 
 MANIFEST_NAME = "faceapp-manifest.json"
+STAGING_PREFIX = ".pull-"
+#: A staging folder untouched this long belongs to no running pull, whoever made it.
+STALE_PULL_SECONDS = 24 * 3600
+_STAGING_OWNER = re.compile(r"^\.pull-(?P<host>[A-Za-z0-9_-]+)-(?P<pid>[0-9]+)-")
 # Files a CLIP checkpoint needs; `models pull` fetches only these.
 PULL_PATTERNS = ["*.json", "*.txt", "model.safetensors"]
 
@@ -96,6 +108,59 @@ def resolve_model_folder(model_name: str, models_dir: str) -> str | None:
     return candidate if read_manifest(candidate) else None
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+
+
+def staging_prefix() -> str:
+    """The prefix of this process's staging folders: ``.pull-<host>-<pid>-``."""
+    return f"{STAGING_PREFIX}{_host()}-{os.getpid()}-"
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
+def _last_touched(folder: str) -> float:
+    latest = os.path.getmtime(folder)
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                latest = max(latest, os.path.getmtime(os.path.join(root, name)))
+            except OSError:
+                pass
+    return latest
+
+
+def remove_stale_pulls(models_dir: str, max_age: float = STALE_PULL_SECONDS) -> list[str]:
+    """Remove the staging folders of pulls that died: this host's whose process is gone, and
+    anybody's untouched for `max_age` seconds. Returns the names removed."""
+    removed: list[str] = []
+    if not os.path.isdir(models_dir):
+        return removed
+    host, now = _host(), time.time()
+    for name in sorted(os.listdir(models_dir)):
+        folder = os.path.join(models_dir, name)
+        if not name.startswith(STAGING_PREFIX) or not os.path.isdir(folder):
+            continue
+        owner = _STAGING_OWNER.match(name)
+        try:
+            dead = owner is not None and owner["host"] == host and _process_gone(int(owner["pid"]))
+            stale = dead or now - _last_touched(folder) > max_age
+        except OSError:
+            continue  # removed meanwhile
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def pull_model(
     model_id: str,
     models_dir: str,
@@ -107,8 +172,9 @@ def pull_model(
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     os.makedirs(models_dir, exist_ok=True)
+    remove_stale_pulls(models_dir)
     final = os.path.join(models_dir, folder_name(model_id))
-    with staging_folder(models_dir, ".pull-") as staging:
+    with staging_folder(models_dir, staging_prefix()) as staging:
         (enable_progress_bars if progress else disable_progress_bars)()
         snapshot_download(
             repo_id=model_id, revision=revision, local_dir=staging, allow_patterns=PULL_PATTERNS
@@ -163,23 +229,34 @@ def pull_file(
     size: int | None = None,
     progress: bool = True,
     timeout: float = 10.0,
+    deadline: float = 120.0,
 ) -> str:
     """Download one model file into its folder in MODELS_DIR, check its SHA-256, write a manifest.
 
     Nothing is left behind on failure; an older copy stays until the new one is complete.
-    `size`, when known, tells a truncated download from a different file. Returns the path.
+    `size`, when known, tells a truncated download from a different file. `timeout` bounds each
+    wait for the server, `deadline` the whole download. Returns the path.
     """
     import requests
     from tqdm import tqdm
 
+    from faceapp.deadlines import DeadlineAdapter, overall_deadline
+
     expected = sha256.strip().lower()
     os.makedirs(models_dir, exist_ok=True)
+    remove_stale_pulls(models_dir)
     final = os.path.join(models_dir, folder_name(model_id))
-    with staging_folder(models_dir, ".pull-") as staging:
+    with (
+        staging_folder(models_dir, staging_prefix()) as staging,
+        overall_deadline(deadline) as watch,
+        requests.Session() as session,
+    ):
+        session.mount("http://", DeadlineAdapter())
+        session.mount("https://", DeadlineAdapter())
         target = os.path.join(staging, filename)
         digest, received = hashlib.sha256(), 0
         try:
-            with requests.get(url, stream=True, timeout=timeout) as response:
+            with session.get(url, stream=True, timeout=timeout) as response:
                 if response.status_code != 200:
                     raise DownloadError(f"{url} answered HTTP {response.status_code}")
                 total = int(response.headers.get("Content-Length") or 0) or None
@@ -201,7 +278,11 @@ def pull_file(
                         fh.write(chunk)
                         bar.update(len(chunk))
         except requests.RequestException as exc:
+            if watch.expired:
+                raise _overdue(url, deadline) from exc
             raise DownloadError(f"could not download {url}: {type(exc).__name__}") from exc
+        if watch.expired:  # the sockets were shut down: what came is cut short
+            raise _overdue(url, deadline)
         if size is not None and received != size:
             raise DownloadError(
                 f"{url} sent {received} of the expected {size} bytes (truncated or a different "
@@ -215,6 +296,13 @@ def pull_file(
         write_manifest(staging, build_manifest(staging, model_id, revision, source="url", url=url))
         replace_folder(staging, final)
     return os.path.join(final, filename)
+
+
+def _overdue(url: str, deadline: float) -> DownloadError:
+    return DownloadError(
+        f"could not download {url} within {deadline:g} s (DETECTOR_PULL_DEADLINE); "
+        "nothing was stored"
+    )
 
 
 def detector_source(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,9 @@ built once per app, for that app's configuration (whether a key is needed depend
 
 from __future__ import annotations
 
+import base64
+import copy
+import os
 from typing import Any
 
 from apispec import APISpec
@@ -42,13 +45,14 @@ IMAGE_ID = {
     "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
 }
 # Query flags are lenient: a value the service does not know means the default, not a 400.
+# No example: Swagger UI would fill it in, and every "Try it out" would answer YAML.
 FORMAT = {
     "name": "format",
     "in": "query",
     "required": False,
     "description": "`yaml` answers in YAML (as does `Accept: application/yaml`); any other "
-    "value, JSON.",
-    "schema": {"type": "string", "example": "yaml"},
+    "value, or none, JSON.",
+    "schema": {"type": "string"},
 }
 DETAILS = {
     "name": "details",
@@ -57,6 +61,24 @@ DETAILS = {
     "description": "`1` (or true, yes, on) adds `details` (size, format, faces, quality).",
     "schema": {"type": "string", "example": "1"},
 }
+
+# The request examples Swagger UI fills in, so that "Try it out" runs as it is: a 160 px crop of
+# scikit-image's astronaut (Eileen Collins, a NASA photo in the public domain), valid under
+# YuNet and Haar.
+EXAMPLE_FACE = os.path.join(os.path.dirname(__file__), "example-face.jpg")
+EXAMPLE_LABELS = ["a person wearing a hat", "a person in a space suit"]
+
+
+def request_examples() -> dict[str, dict]:
+    """The JSON request examples of validate and analyze, by operation path."""
+    with open(EXAMPLE_FACE, "rb") as fh:
+        image = base64.b64encode(fh.read()).decode("ascii")
+    return {
+        "/api/validate": {"image_base64": image},
+        # No attribute names: an operator's ATTRIBUTES_FILE may name others; all are scored.
+        "/api/analyze": {"image_base64": image, "labels": EXAMPLE_LABELS},
+    }
+
 
 # Statuses every keyed operation can give besides its own: no or a wrong key, too many requests.
 KEYED_ERRORS = (401, 429)
@@ -155,11 +177,31 @@ def build_document(app: Flask) -> dict:
         spec.components.response(_error_ref(status), _error_response(status))
 
     paths: dict[str, dict[str, Any]] = {}
+    examples = request_examples()
     for (path, method), spec_op in OPERATIONS.items():
-        paths.setdefault(path, {})[method] = _operation(path, method, spec_op, keys_required)
+        operation = _operation(path, method, spec_op, keys_required)
+        if path in examples:
+            operation["requestBody"]["content"]["application/json"]["example"] = examples[path]
+        paths.setdefault(path, {})[method] = operation
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
-    return versioning.annotate_document(spec.to_dict())
+    document = spec.to_dict()
+    _state_what_marshmallow_cannot(document["components"]["schemas"])
+    return versioning.annotate_document(document)
+
+
+def _state_what_marshmallow_cannot(components: dict[str, dict]) -> None:
+    """Say in the request schemas what the service checks beyond their fields: exactly one image
+    source (oneOf; each is non-empty by its minLength), and the yes/no spellings a flag takes."""
+    requests = {schema for op in OPERATIONS.values() for schema in op.get("request", ())}
+    for schema in requests:
+        component = components[schema.__name__]
+        component["oneOf"] = [{"required": [name]} for name in schema.SOURCES]
+        for name, field in schema().fields.items():
+            if isinstance(field, schemas.Flag):
+                documented = component["properties"][name]
+                documented.pop("type", None)
+                documented.update(copy.deepcopy(schemas.FLAG_SCHEMA))
 
 
 def _description(keys_required: bool, admin_enabled: bool) -> str:

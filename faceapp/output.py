@@ -5,11 +5,15 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Response, request
 from ruamel.yaml import YAML
+from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.representer import SafeRepresenter
+from ruamel.yaml.resolver import VersionedResolver
 
 YAML_MIMETYPE = "application/yaml"
 FLOAT_PLACES = 4
@@ -44,14 +48,44 @@ def wants_yaml() -> bool:
 
 
 def dump_yaml(document: Any) -> str:
-    """Serialise a plain document as block-style YAML 1.2 that any safe loader reads back."""
+    """Serialise a plain document as block-style YAML that YAML 1.1 and 1.2 loaders read back the
+    same: a string either would take for something else is written in double quotes."""
     yaml = YAML(typ="safe", pure=True)
+    yaml.Representer = QuotingRepresenter
     yaml.default_flow_style = False
     yaml.sort_base_mapping_type_on_output = False
     yaml.width = 4096
     buffer = io.StringIO()
     yaml.dump(document, buffer)
     return buffer.getvalue()
+
+
+# YAML 1.1 (PyYAML, most libyaml bindings) reads yes/no/on/off/y/n as booleans, 1:20 as 80 and
+# 2026-12-05 as a date; YAML 1.2 reads 0o17 as a number. ruamel quotes only what 1.2 misreads.
+_RESOLVERS = (VersionedResolver(version=(1, 1)), VersionedResolver(version=(1, 2)))
+_STR_TAG = "tag:yaml.org,2002:str"
+# What the resolvers' tables may not name: merge keys, 1.1's value key, and the spec's y/n.
+_RISKY = re.compile(r"^(?:<<|=|[yYnN])$")
+
+
+def needs_quotes(text: str) -> bool:
+    """Whether a YAML 1.1 or 1.2 reader could take the plain scalar `text` for a non-string."""
+    if _RISKY.match(text):
+        return True
+    return any(
+        resolver.resolve(ScalarNode, text, (True, False)) != _STR_TAG for resolver in _RESOLVERS
+    )
+
+
+class QuotingRepresenter(SafeRepresenter):
+    """The safe representer, writing strings :func:`needs_quotes` names in double quotes."""
+
+    def represent_str(self, data: str) -> Any:
+        style = '"' if needs_quotes(data) else None
+        return self.represent_scalar(_STR_TAG, data, style=style)
+
+
+QuotingRepresenter.add_representer(str, QuotingRepresenter.represent_str)
 
 
 def dump_json(document: Any) -> str:

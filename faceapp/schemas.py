@@ -8,12 +8,28 @@ from typing import Any
 from flask import Request
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
-from faceapp.config import yes_no  # the one yes/no parser, for settings and requests alike
+from faceapp.config import FALSE_WORDS, TRUE_WORDS, yes_no  # the one yes/no parser
 from faceapp.errors import STATUS_BY_CODE, FaceappError
 
 
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+_WORDS = "|".join(sorted(_any_case(word) for word in TRUE_WORDS | FALSE_WORDS if word))
+#: What a :class:`Flag` accepts, as JSON Schema: a boolean, 0 or 1, or a yes/no word in any case.
+FLAG_SCHEMA = {
+    "anyOf": [
+        {"type": "boolean"},
+        {"type": "integer", "enum": [0, 1]},
+        {"type": "string", "pattern": f"^\\s*({_WORDS})?\\s*$"},
+    ]
+}
+
+
 class Flag(fields.Boolean):
-    """A boolean field that reads the usual form spellings through :func:`yes_no`."""
+    """A boolean field that reads the usual form spellings through :func:`yes_no`
+    (faceapp/openapi.py documents it as :data:`FLAG_SCHEMA`)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
         try:
@@ -28,9 +44,12 @@ class SourceSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    image_url = fields.String(validate=validate.Length(max=4096))
-    image_base64 = fields.String()
+    image_url = fields.String(validate=validate.Length(min=1, max=4096))
+    image_base64 = fields.String(validate=validate.Length(min=1))
     wipe_cache = Flag(load_default=False)
+
+    #: Exactly one of these is sent (faceapp/openapi.py says so with oneOf).
+    SOURCES: tuple[str, ...] = ("image_url", "image_base64")
 
 
 class ValidateRequest(SourceSchema):
@@ -49,7 +68,9 @@ def distinct_labels(labels: list[str]) -> None:
 class AnalyzeRequest(SourceSchema):
     """POST /api/analyze: an image_id or an image source, and what to compute."""
 
-    image_id = fields.String()  # checked by check_image_id: image_id.invalid, as API.md says
+    SOURCES = ("image_id", *SourceSchema.SOURCES)
+
+    image_id = fields.String(validate=validate.Length(min=1))  # then check_image_id (API.md)
     attributes = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=64)
     )
@@ -62,14 +83,17 @@ class AnalyzeRequest(SourceSchema):
     max_faces = fields.Integer(
         validate=validate.Range(min=1, max=100),
         metadata={
-            "description": "Analyse at most this many faces, largest first (default MAX_FACES; "
-            "more than MAX_FACES_LIMIT, 20 unless the operator set it, is 400 input.invalid)."
+            "description": "Analyse at most this many faces, the main face first, then the "
+            "largest (MAX_FACES); the answer's face_count says how many were left out. More "
+            "than MAX_FACES_LIMIT (20 unless the operator set it) is 400 input.invalid."
         },
     )
 
 
 class ValidateForm(ValidateRequest):
     """POST /api/validate as multipart/form-data: the same fields, and the uploaded `file`."""
+
+    SOURCES = ("file", *ValidateRequest.SOURCES)
 
     file = fields.Raw(
         metadata={
@@ -82,6 +106,8 @@ class ValidateForm(ValidateRequest):
 
 class AnalyzeForm(AnalyzeRequest):
     """POST /api/analyze as multipart/form-data (lists as repeated or comma-separated fields)."""
+
+    SOURCES = ("file", *AnalyzeRequest.SOURCES)
 
     file = fields.Raw(
         metadata={
@@ -155,9 +181,13 @@ class Face(Open):
     role = fields.String(
         validate=validate.OneOf(["main", "comparable", "background"]),
         metadata={
-            "description": "main: the largest face; comparable: counts toward "
-            "face.multiple; background: smaller or cut by the border (face.background)."
+            "description": "main: the largest face in focus; comparable: counts toward "
+            "face.multiple; background: smaller, cut by the border or out of focus "
+            "(face.background)."
         },
+    )
+    sharpness = fields.Float(
+        metadata={"description": "The face's sharpness (Laplacian variance, as BLUR_THRESHOLD)."}
     )
 
 
@@ -227,10 +257,22 @@ class AnalyzedFace(Face):
     embedding = fields.List(fields.Float(allow_none=True))
 
 
+class FaceCount(Schema):
+    found = fields.Integer(required=True, metadata={"description": "Faces validation found."})
+    not_analysed = fields.Integer(
+        required=True,
+        metadata={"description": "Found faces left out by max_faces (the smallest ones)."},
+    )
+    max_faces = fields.Integer(
+        required=True, metadata={"description": "The max_faces in force (MAX_FACES by default)."}
+    )
+
+
 class AnalyzeResponse(Schema):
     image_id = image_id_field()
     model = fields.Nested(ModelInfo, required=True)
     faces = fields.List(fields.Nested(AnalyzedFace), required=True)
+    face_count = fields.Nested(FaceCount, required=True)
     cached = fields.Boolean(required=True)
     timings_ms = fields.Dict(keys=fields.String(), values=fields.Float(), required=True)
 

@@ -60,7 +60,7 @@ def record_event(
 
 def _decode(data: bytes, source_kind: str, config: Mapping[str, Any]) -> decoding.DecodedImage:
     try:
-        return decoding.decode_with_limits(data, config)
+        return decoding.decode_with_limits(data, config, decoding.budget_for(current_app))
     except FaceappError as exc:
         # For a URL, "not an image we decode" is the remote's fault: 422 url.not_image.
         if source_kind == "image_url" and exc.code in (
@@ -144,6 +144,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     timings["detect"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
     report = validation.assess(decoded.image, found, validation.Thresholds.from_config(config))
+    found = validation.main_first(found, report)
     timings["validate"] = (time.perf_counter() - step) * 1000
     step = time.perf_counter()
     face_dicts = [face.to_dict() for face in found]
@@ -276,6 +277,7 @@ def analyze(
             batch = {"batch_size": stats.batch_size, "queue_ms": round(stats.queue_ms, 2)}
         timings["encode"] = (time.perf_counter() - step) * 1000
         store.backend.put_result(image_id, key, faces_doc)
+    counts = analysis.face_count(meta, max_faces)
     timings["total"] = (time.perf_counter() - started) * 1000
     record_event(
         image_id,
@@ -283,6 +285,7 @@ def analyze(
         timings,
         cached=cached,
         faces=len(faces_doc),
+        **({"faces_not_analysed": counts["not_analysed"]} if counts["not_analysed"] else {}),
         model_version=scorer.version,
         attributes=list(attributes or []),  # empty: the whole attribute set
         labels=list(labels or []),
@@ -295,6 +298,7 @@ def analyze(
         "image_id": image_id,
         "model": model_info,
         "faces": faces_doc,
+        "face_count": counts,
         "cached": cached,
         "timings_ms": timings,
     }

@@ -49,7 +49,7 @@ from faceapp.face_models import models
 from faceapp.inputs import pick_source
 from faceapp.model_files import read_manifest, resolve_model_folder
 from faceapp.output import dump_yaml, to_plain
-from faceapp.schemas import Flag, parse
+from faceapp.schemas import AnalyzeRequest, Flag, parse
 from faceapp.store import IMAGE_ID_RE, store
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class AnalyzeFlags(Schema):
     include_embedding = Flag(load_default=False)
     wipe_cache = Flag(load_default=False)
     force = Flag(load_default=False)
+    max_faces = AnalyzeRequest._declared_fields["max_faces"]  # the API's field and limits
 
 
 class UploadForm(Schema):
@@ -149,7 +150,8 @@ def _label_error(line: int, problem: str) -> FaceappError:
 
 def analysis_options(data: MultiDict) -> dict[str, Any]:
     """The Analyze options of a submitted form."""
-    given = {name: data[name] for name in AnalyzeFlags().fields if name in data}
+    # A field left blank (max_faces) means its default, as an absent one does.
+    given = {name: data[name] for name in AnalyzeFlags().fields if data.get(name, "") != ""}
     return {**parse(AnalyzeFlags(), given), "labels": parse_labels(labels_text(data))}
 
 
@@ -507,7 +509,8 @@ def _words(value: Any) -> str:
 def submitted_options() -> dict:
     """The submitted flags to refill the form with (the labels box is refilled as typed)."""
     form = request.form
-    return {"labels": [], **{name: name in form for name in AnalyzeFlags().fields}}
+    flags = {name: name in form for name in AnalyzeFlags().fields if name != "max_faces"}
+    return {"labels": [], **flags, "max_faces": form.get("max_faces", "").strip()}
 
 
 def pretty_json(document: Any) -> str:

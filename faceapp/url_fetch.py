@@ -7,6 +7,9 @@ once, every address it resolves to is checked, and the connection goes to the ad
 checked (:class:`PinnedAddressAdapter`), so a second DNS answer cannot point it elsewhere.
 Redirects are followed here, not by requests, so every hop goes through the same checks.
 Whether the bytes are an image is for the decoder to say, not the Content-Type header.
+``URL_DEADLINE`` covers the whole download, every hop's connect, status line, headers and body
+(:mod:`faceapp.deadlines` shuts the sockets down when it passes); ``URL_READ_TIMEOUT`` bounds
+each wait for data within it.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import ReadTimeoutError
 
 from faceapp import __version__, metrics
 from faceapp.config import split_list
+from faceapp.deadlines import DeadlineAdapter, overall_deadline
 from faceapp.errors import FaceappError, human_bytes
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -252,7 +255,7 @@ def check_host_allowed(host: str, policy: FetchPolicy) -> None:
         raise _error("url.forbidden", "image_url's host is not one of the allowed hosts.")
 
 
-class PinnedAddressAdapter(HTTPAdapter):
+class PinnedAddressAdapter(DeadlineAdapter):
     """A requests transport that connects to an already-checked address, never resolving again.
 
     The URL keeps its host name, so the Host header, TLS SNI and certificate checks use the name;
@@ -294,7 +297,17 @@ class PinnedAddressAdapter(HTTPAdapter):
 @metrics.count_url_fetch
 def fetch_url(url: str, policy: FetchPolicy) -> bytes:
     """Download `url` under the remote-fetch rules and return its body (raises url.* errors)."""
-    give_up_at = time.monotonic() + policy.deadline
+    with overall_deadline(policy.deadline) as deadline:
+        try:
+            return _fetch(url, policy, deadline.give_up_at)
+        except FaceappError as exc:
+            # Shut down at the deadline, a socket reads as a server that hung up.
+            if deadline.expired and exc.code == "url.unreachable":
+                raise _timeout() from exc
+            raise
+
+
+def _fetch(url: str, policy: FetchPolicy, give_up_at: float) -> bytes:
     adapter = PinnedAddressAdapter()
     with requests.Session() as session:
         session.trust_env = False  # no proxies or .netrc credentials from the environment

@@ -100,7 +100,7 @@ def deprecations_used() -> list[Deprecation]:
 
 
 def openapi_path(rule: str) -> str:
-    """A Flask rule (``/api/images/<path:image_id>``) as an OpenAPI path."""
+    """A Flask rule (``/api/images/<image_id:image_id>``) as an OpenAPI path."""
     return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
 
 

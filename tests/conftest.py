@@ -179,3 +179,14 @@ def browser(playwright):
     chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     yield chromium
     chromium.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The hostile-input report: the worst memory and CPU cost of any input measured."""
+    from tests.costs import summary_lines
+
+    lines = summary_lines()
+    if lines:
+        terminalreporter.section("costs of hostile inputs")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -42,7 +42,8 @@ def test_full_document_for_the_astronaut(client, stored):
     answer = analyze(client, image_id=stored)
     assert answer.status_code == 200, answer.get_json()
     body = answer.get_json()
-    assert list(body) == ["image_id", "model", "faces", "cached", "timings_ms"]
+    assert list(body) == ["image_id", "model", "faces", "face_count", "cached", "timings_ms"]
+    assert body["face_count"] == {"found": 1, "not_analysed": 0, "max_faces": 5}
     assert body["image_id"] == stored and body["cached"] is False
     assert body["model"]["random_weights"] is True and len(body["model"]["version"]) == 12
     assert {"decode", "encode", "total"} <= set(body["timings_ms"])

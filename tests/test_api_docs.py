@@ -38,46 +38,70 @@ def test_the_page_and_its_files(config):
 
 
 @pytest.mark.slow
-def test_swagger_ui_renders_offline_in_chromium(tmp_path, tiny_model_dir):
-    from playwright.sync_api import sync_playwright
-
-    from tests.test_tester_browser import CHROMIUM, CHROMIUM_ARGS
+def test_swagger_ui_renders_offline_in_chromium(tmp_path, tiny_model_dir, playwright):
+    # The session's Playwright driver (tests/conftest.py): a second sync driver in the same
+    # process fails once the first has started ("Sync API inside the asyncio loop").
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
     env = app_env(
         str(tmp_path / "instance"), tiny_model_dir, LOAD_MODEL_ON_START="false", API_KEYS="user-key"
     )
     with gunicorn(env, workers=1, log_path=str(tmp_path / "g.log")) as (base, _):
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            asked, problems = [], []
-            page.on("request", lambda r: asked.append(r.url))
-            page.on(
-                "console",
-                lambda m: problems.append(m.text) if m.type in ("error", "warning") else None,
-            )
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto(base + "/api/docs")
-            # Without a key the document is refused; with one the UI renders every operation.
-            page.fill("#api-key-value", "user-key")
-            with page.expect_response(lambda r: r.url.endswith("/api/openapi.json")) as doc:
-                page.click("#api-key button[type=submit]")
-            assert doc.value.status == 200
-            page.wait_for_selector(".swagger-ui .info .title")
-            assert "faceapp" in page.inner_text(".swagger-ui .info .title")
-            page.wait_for_selector(".opblock-summary-path")
-            paths = page.locator(".opblock-summary-path").all_inner_texts()
-            assert "/api/validate" in " ".join(paths) and len(paths) >= 10
-            # Try a request from the page: GET /api/health through Swagger UI's own client.
-            block = page.locator("#operations-probes-get_health")
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        asked, problems = [], []
+        page.on("request", lambda r: asked.append(r.url))
+        page.on(
+            "console",
+            lambda m: problems.append(m.text) if m.type in ("error", "warning") else None,
+        )
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(base + "/api/docs")
+        # Without a key the page explains the key and asks nothing of the document.
+        page.wait_for_selector("#api-key-needed")
+        assert "needs an API key" in page.inner_text("#api-key-needed")
+        assert not any(url.endswith("/api/openapi.json") for url in asked)
+        assert "Failed to load" not in page.inner_text("body")
+        # A wrong key is refused and said so; the right one renders every operation.
+        page.fill("#api-key-value", "wrong-key")
+        with page.expect_response(lambda r: r.url.endswith("/api/openapi.json")) as doc:
+            page.click("#api-key button[type=submit]")
+        assert doc.value.status == 401
+        page.wait_for_selector("#api-key-refused", state="visible")
+        page.fill("#api-key-value", "user-key")
+        with page.expect_response(lambda r: r.url.endswith("/api/openapi.json")) as doc:
+            page.click("#api-key button[type=submit]")
+        assert doc.value.status == 200
+        page.wait_for_selector(".swagger-ui .info .title")
+        assert "faceapp" in page.inner_text(".swagger-ui .info .title")
+        page.wait_for_selector(".opblock-summary-path")
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+        assert "/api/validate" in " ".join(paths) and len(paths) >= 10
+        # Try a request from the page: GET /api/health through Swagger UI's own client.
+        block = page.locator("#operations-probes-get_health")
+        block.locator(".opblock-summary-control").click()
+        block.locator("button.execute").wait_for()
+        with page.expect_response(lambda r: "/api/health" in r.url) as health:
+            block.locator("button.execute").click()
+        assert health.value.status == 200
+        block.locator(".live-responses-table").wait_for()
+        assert "x-faceapp-version" in block.inner_text().lower()
+        # validate and analyze run as delivered: a real example, JSON, no format=yaml.
+        for operation, path in [
+            ("post_validate", "/api/validate"),
+            ("post_analyze", "/api/analyze"),
+        ]:
+            block = page.locator(f"#operations-images-{operation}")
             block.locator(".opblock-summary-control").click()
             block.locator("button.execute").wait_for()
-            with page.expect_response(lambda r: "/api/health" in r.url) as health:
+            body = block.locator(".body-param__text").input_value()
+            assert '"image_base64"' in body and '"string"' not in body and "image_url" not in body
+            assert block.locator("tr[data-param-name='format'] input").input_value() == ""
+            with page.expect_response(lambda r, p=path: r.url.split("?")[0].endswith(p)) as ran:
                 block.locator("button.execute").click()
-            assert health.value.status == 200
-            block.locator(".live-responses-table").wait_for()
-            assert "x-faceapp-version" in block.inner_text().lower()
-            browser.close()
+            assert ran.value.status == 200, ran.value.text()[:300]
+            assert ran.value.headers["content-type"].startswith("application/json")
+        browser.close()
     origins = {urlsplit(url).netloc for url in asked if not url.startswith("data:")}
     assert origins == {urlsplit(base).netloc}, f"the page reached outside: {origins}"
     csp = [p for p in problems if "Content Security Policy" in p]

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 from faceapp import create_app, faces, model_files
+from tests.test_url_fetch import raw_server  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +119,16 @@ def test_cli_pull_reports_a_bad_file_without_a_traceback(config, served):
     assert "Traceback" not in result.output
 
 
-def test_the_app_pulls_a_missing_detector_at_start_when_auto_pull_is_on(config, served):
+def test_the_app_pulls_a_missing_detector_in_the_background(config, served):
     url, sha = served
     config.update(DETECTOR="yunet", DETECTOR_URL=url, DETECTOR_SHA256=sha, MODEL_AUTO_PULL=True)
     with create_app(config).app_context():
+        first = faces.describe()  # never waits for the download
+        assert faces.wait_for_pull(timeout=30)
         assert faces.describe()["name"] == "yunet"
+    assert first["name"] in ("haar", "yunet")  # yunet only when the pull won the race
+    if first["name"] == "haar":
+        assert "being pulled in the background" in first["fallback"]["reason"]
     assert os.path.isfile(model_files.detector_path(config["MODELS_DIR"]))
 
 
@@ -129,6 +138,8 @@ def test_a_failed_auto_pull_falls_back_to_haar_with_the_reason(config, httpserve
         DETECTOR="yunet", DETECTOR_URL=httpserver.url_for("/yunet.onnx"), DETECTOR_AUTO_PULL=True
     )
     with create_app(config).app_context():
+        faces.describe()
+        assert faces.wait_for_pull(timeout=30)
         info = faces.describe()
     assert info["name"] == "haar"
     assert "HTTP 404" in info["fallback"]["reason"]
@@ -140,7 +151,83 @@ def test_auto_pull_fetches_a_missing_detector_once_and_quietly(config, served, h
     config.update(DETECTOR="yunet", DETECTOR_URL=url, DETECTOR_SHA256=sha, MODEL_AUTO_PULL=True)
     for _ in range(2):  # a second start finds the file in the models folder
         with create_app(config).app_context():
+            faces.describe()
+            assert faces.wait_for_pull(timeout=30)
             assert faces.describe()["name"] == "yunet"
     assert len(httpserver.log) == 1
     # A worker pulls in the background: no progress bar in the server's log.
     assert "B/s" not in capfd.readouterr().err
+
+
+def drip_forever(conn, stop):
+    """Headers, then one byte of the body every 0.2 s (the probe's server: one every 5 s)."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 232589\r\n\r\n")
+    while not stop.wait(0.2):
+        conn.sendall(b"x")
+
+
+def test_a_pull_from_a_dripping_server_stops_at_its_deadline(tmp_path, raw_server):  # noqa: F811
+    server = raw_server(drip_forever)
+    started = time.monotonic()
+    with pytest.raises(model_files.DownloadError, match="within 1 s"):
+        model_files.pull_file(
+            f"http://127.0.0.1:{server.port}/yunet.onnx",
+            "0" * 64,
+            str(tmp_path),
+            progress=False,
+            timeout=5,
+            deadline=1.0,
+        )
+    assert time.monotonic() - started < 4  # before: until the server gave up
+    assert leftovers(tmp_path) == []
+
+
+def test_a_request_never_waits_for_the_detector_pull(config, raw_server):  # noqa: F811
+    server = raw_server(drip_forever)
+    config.update(
+        DETECTOR="yunet",
+        DETECTOR_URL=f"http://127.0.0.1:{server.port}/yunet.onnx",
+        MODEL_AUTO_PULL=True,
+        DETECTOR_PULL_DEADLINE=3.0,
+    )
+    app = create_app(config)
+    started = time.monotonic()
+    with app.app_context():
+        info = faces.describe()  # before: blocked in the download, holding the detector lock
+        assert time.monotonic() - started < 1.5
+        assert info["name"] == "haar"
+        assert "being pulled in the background" in info["fallback"]["reason"]
+        assert faces.wait_for_pull(timeout=30)
+        assert "within 3 s" in faces.describe()["fallback"]["reason"]
+
+
+def stale_staging(models_dir, name: str, age: float = 0.0) -> str:
+    folder = os.path.join(models_dir, name)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "model.safetensors"), "wb") as fh:
+        fh.write(b"half")
+    if age:
+        old = time.time() - age
+        for path in (os.path.join(folder, "model.safetensors"), folder):
+            os.utime(path, (old, old))
+    return folder
+
+
+def test_a_pull_removes_the_staging_folders_of_dead_pulls(tmp_path, served):
+    url, sha = served
+    models_dir = str(tmp_path)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    killed = stale_staging(
+        models_dir, f"{model_files.staging_prefix().rsplit('-', 2)[0]}-{dead}-abcd"
+    )
+    forgotten = stale_staging(models_dir, ".pull-abcd1234", age=model_files.STALE_PULL_SECONDS + 60)
+    running = stale_staging(models_dir, model_files.staging_prefix() + "live")
+    foreign = stale_staging(models_dir, ".pull-otherhost-1-xyz")  # another host's, recent
+    model_files.pull_file(url, sha, models_dir, progress=False)
+    assert not os.path.exists(killed) and not os.path.exists(forgotten)
+    assert os.path.isdir(running) and os.path.isdir(foreign)

@@ -168,11 +168,37 @@ def test_background_faces_are_listed_and_analysed(yunet_config, crowd_jpeg):
     assert all(len(face["landmarks"]) == 5 and "pose" in face for face in analysed["faces"])
     assert analysed["model"]["detector"]["name"] == "yunet"
 
+    assert analysed["face_count"] == {"found": 3, "not_analysed": 0, "max_faces": 5}
+
     one = client.post("/api/analyze", json={**forced, "max_faces": 1}).get_json()
     assert [face["role"] for face in one["faces"]] == ["main"]
     assert one["cached"] is False  # max_faces is part of the cache key
+    assert one["face_count"] == {"found": 3, "not_analysed": 2, "max_faces": 1}
     two = client.post("/api/analyze", json={**forced, "max_faces": 2}).get_json()
     assert [face["role"] for face in two["faces"]] == ["main", "comparable"]
+    again = client.post("/api/analyze", json={**forced, "max_faces": 2}).get_json()
+    assert again["cached"] is True
+    assert again["face_count"] == {"found": 3, "not_analysed": 1, "max_faces": 2}
+    trace = client.get(f"/api/images/{body['image_id']}/trace").get_json()["events"]
+    assert [e.get("faces_not_analysed") for e in trace if "faces" in e] == [None, 2, 1, 1]
+
+
+def test_the_tester_says_how_many_faces_were_not_analysed(yunet_config, crowd_jpeg):
+    client = create_app(yunet_config).test_client()
+    image_id = upload(client, crowd_jpeg).get_json()["image_id"]
+    page = client.get(f"/app/images/{image_id}").get_data(as_text=True)
+    assert 'name="max_faces"' in page and 'placeholder="5"' in page
+    form = {"force": "1", "max_faces": "2", "labels": ""}
+    answer = client.post(f"/app/images/{image_id}", data=form, follow_redirects=True)
+    assert answer.status_code == 200
+    text = " ".join(answer.get_data(as_text=True).split())
+    assert "3 faces found: the 2 largest analysed, <strong>1 not analysed</strong>" in text
+    assert 'value="2"' in text  # the field keeps what was sent
+    assert text.count('class="face-card"') == 2
+    blank = client.post(f"/app/images/{image_id}", data={**form, "max_faces": ""})
+    assert blank.status_code == 303  # blank: MAX_FACES
+    refused = client.post(f"/app/images/{image_id}", data={**form, "max_faces": "0"})
+    assert refused.status_code == 400 and "max_faces" in refused.get_data(as_text=True)
 
 
 def test_max_faces_default_is_a_config_key(yunet_config, crowd_jpeg):
@@ -180,6 +206,7 @@ def test_max_faces_default_is_a_config_key(yunet_config, crowd_jpeg):
     image_id = upload(client, crowd_jpeg).get_json()["image_id"]
     analysed = client.post("/api/analyze", json={"image_id": image_id, "force": True})
     assert len(analysed.get_json()["faces"]) == 2
+    assert analysed.get_json()["face_count"] == {"found": 3, "not_analysed": 1, "max_faces": 2}
 
 
 @pytest.mark.parametrize("value", [0, -1, 101, "many"])
@@ -206,3 +233,16 @@ def test_wipe_cache_under_a_new_detector_stores_the_image_afresh(
     events = client.get(f"/api/images/{first['image_id']}/trace").get_json()["events"]
     assert [e["event"] for e in events] == ["validated", "wiped", "validated"]
     assert events[1]["reason"] == "detector_changed"
+
+
+def test_tiny_images_between_photos_are_too_small_never_a_500(yunet_config, astronaut_jpeg):
+    client = create_app(yunet_config).test_client()
+    for side, level in [(5, 128), (12, 255), (10, 0), (1, 128), (2, 0), (31, 255)] * 2:
+        assert upload(client, astronaut_jpeg, wipe_cache=1).get_json()["valid"] is True
+        tiny = io.BytesIO()
+        Image.new("RGB", (side, side), (level,) * 3).save(tiny, "PNG")
+        answer = upload(client, tiny.getvalue(), wipe_cache=1, details=1)
+        assert answer.status_code == 200, answer.get_data(as_text=True)[:300]
+        body = answer.get_json()
+        assert [issue["code"] for issue in body["errors"]][:1] == ["image.too_small"]
+        assert body["details"]["faces"] == []

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from faceapp.errors import STATUS_BY_CODE
+from tests.costs import measured, report
 
 
 def post(client, data: bytes):
@@ -137,7 +138,10 @@ SEEDS = [
 )
 @given(data=mutated_images())
 def test_mutated_images_never_cause_a_500(client, data):
-    answer = post(client, data)
+    with measured(f"mutated image of {len(data)} bytes") as cost:
+        answer = post(client, data)
+    cost.outcome = str(answer.status_code)
+    report(cost)
     assert answer.status_code < 500, answer.get_data(as_text=True)
     body = answer.get_json()
     if answer.status_code != 200:

@@ -150,6 +150,35 @@ def test_without_api_keys_a_key_is_optional_except_for_admin_operations(config):
     assert {} not in doc["paths"]["/api/cache/wipe"]["post"]["security"]
 
 
+def test_requests_say_exactly_one_non_empty_image_source(keyed_app):
+    components = document(keyed_app)["components"]["schemas"]
+    sources = {
+        "ValidateRequest": ["image_url", "image_base64"],
+        "ValidateForm": ["file", "image_url", "image_base64"],
+        "AnalyzeRequest": ["image_id", "image_url", "image_base64"],
+        "AnalyzeForm": ["file", "image_id", "image_url", "image_base64"],
+    }
+    for name, names in sources.items():
+        schema = components[name]
+        assert schema["oneOf"] == [{"required": [source]} for source in names], name
+        for source in names:
+            if source != "file":
+                assert schema["properties"][source]["minLength"] == 1, (name, source)
+        assert "type" not in schema["properties"]["wipe_cache"]  # a flag: anyOf its spellings
+    client = keyed_app.test_client()
+    for body in ({"image_url": "", "image_base64": ""}, {"image_url": ""}, {"image_id": ""}):
+        answer = client.post("/api/analyze", json=body, headers=ADMIN)
+        assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "input.invalid"
+
+
+def test_options_on_a_trace_allows_only_what_the_trace_serves(keyed_app):
+    image_id = "0" * 64
+    answer = keyed_app.test_client().options(f"/api/images/{image_id}/trace", headers=ADMIN)
+    assert set(answer.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    record = keyed_app.test_client().options(f"/api/images/{image_id}", headers=ADMIN)
+    assert set(record.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS", "DELETE"}
+
+
 def test_the_document_needs_a_key_when_keys_are_set(keyed_app):
     answer = keyed_app.test_client().get("/api/openapi.json")
     assert answer.status_code == 401 and answer.get_json()["error"]["code"] == "auth.required"
@@ -269,3 +298,67 @@ def test_generated_requests_without_a_key_are_refused(keyed_app, label):
         case.call_and_validate(checks=[refused_unless_a_probe, not_a_server_error])
 
     run()
+
+
+# -- schemathesis as QA runs it: every phase and every check, against gunicorn --------------------
+
+ST_CONFIG = """
+[checks.positive_data_acceptance]
+# A schema-valid image source may still carry no image (400, 415), be unreachable (422), or
+# exceed MAX_FORM_PARTS as repeated form fields, which no OpenAPI keyword can state (413).
+# tests/schemathesis_hooks.py holds the schema to what it can state.
+expected-statuses = ["2xx", 400, 401, 403, 404, 409, 413, 415, 422, 429]
+
+[checks.negative_data_rejection]
+expected-statuses = [400, 401, 403, 404, 405, 409, 413, 415, 422, 429]
+"""
+
+
+@pytest.mark.slow
+def test_schemathesis_with_all_checks_finds_nothing(tmp_path, tiny_model_dir):
+    """`st run --checks all` (examples, coverage, fuzzing and stateful phases) on a bounded,
+    deterministic set of cases: no 5xx, and the document says what the service enforces."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT, app_env, gunicorn
+
+    config_file = tmp_path / "schemathesis.toml"
+    config_file.write_text(ST_CONFIG, encoding="utf-8")
+    env = app_env(
+        str(tmp_path / "instance"),
+        tiny_model_dir,
+        API_KEYS="user-key",
+        ADMIN_KEYS="admin-key",
+        RATELIMIT_ENABLED="false",
+        URL_ALLOWED_HOSTS="images.invalid",  # no generated URL is ever fetched
+        DETECTOR="haar",
+    )
+    st = os.path.join(os.path.dirname(sys.executable), "st")
+    with gunicorn(env, workers=1, log_path=str(tmp_path / "g.log")) as (base, _):
+        command = [
+            st,
+            "--config-file",
+            str(config_file),
+            "run",
+            base + "/api/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            "8",
+            "--generation-deterministic",
+            "--header",
+            "Authorization: Bearer admin-key",
+            "--continue-on-failure",
+            "--warnings",
+            "off",
+            "--workers",
+            "1",
+        ]
+        hooks = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks", "PYTHONPATH": ROOT}
+        run = subprocess.run(
+            command, capture_output=True, text=True, env=hooks, timeout=300, cwd=str(tmp_path)
+        )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert " generated" in run.stdout  # the summary: how many cases ran

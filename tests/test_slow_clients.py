@@ -153,3 +153,117 @@ def test_a_silent_peer_is_cut_off_after_one_read_timeout():
         with pytest.raises(NoMoreData):
             sock.recv(10)
         assert ours.gettimeout() is None  # left blocking, as gunicorn expects
+
+
+def test_a_body_below_the_minimum_rate_is_cut_off_after_the_grace():
+    from gunicorn.http.errors import NoMoreData
+
+    from faceapp.gunicorn_worker import DeadlineSocket
+
+    ours, theirs = socket.socketpair()
+    stop = threading.Event()
+    # 20 bytes a second against a minimum of 200: within every per-read and total limit, only
+    # the rate stops it (before: held until the 60 s body deadline).
+    sock = DeadlineSocket(
+        ours, header_timeout=5.0, read_timeout=5.0, body_timeout=60.0, min_rate=200, rate_grace=0.4
+    )
+    sock.expect_body()
+    drip = dripping(theirs, stop)
+    started, received = time.monotonic(), b""
+    try:
+        with pytest.raises(NoMoreData):
+            for _ in range(200):
+                received += sock.recv(1)
+    finally:
+        stop.set()
+        drip.join(timeout=5)
+        ours.close()
+        theirs.close()
+    assert 0.3 < time.monotonic() - started < 3 and received.startswith(b"x")
+
+
+def test_a_body_at_the_minimum_rate_is_read_whole():
+    from faceapp.gunicorn_worker import DeadlineSocket
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        sock = DeadlineSocket(
+            ours, header_timeout=5.0, read_timeout=5.0, body_timeout=60.0, min_rate=200
+        )
+        sock.expect_body()
+        theirs.sendall(b"x" * 5000)
+        received = b""
+        while len(received) < 5000:
+            received += sock.recv(5000)
+        assert received == b"x" * 5000
+
+
+def unwanted_body_client(port: int, results: list, stop: threading.Event) -> None:
+    """POST an upload without a key, then drip its body a byte every 0.5 s; note the answer's
+    status line, its Connection header and how long the server kept the connection open."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(
+            b"POST /api/validate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+        )
+        answer = b""
+        for _ in range(40):
+            if stop.wait(0.5):
+                return
+            try:
+                sock.sendall(b"x")
+                sock.settimeout(0.05)
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:  # closed by the server
+                break
+            answer += data
+        else:
+            results.append(("never closed", answer[:40]))
+            return
+        results.append((answer.split(b"\r\n", 1)[0], time.monotonic() - started, answer))
+
+
+def test_an_answer_before_the_body_closes_the_connection(tmp_path, tiny_model_dir):
+    """Slow bodies without a key: each gets its 401 and the connection closes; health stays up."""
+    threads = 4
+    env = {
+        "FACEAPP_INSTANCE_PATH": str(tmp_path / "instance"),
+        "FACEAPP_MODEL_NAME": tiny_model_dir,
+        "FACEAPP_LOAD_MODEL_ON_START": "false",
+        "FACEAPP_API_KEYS": "the-key",
+        "THREADS": str(threads),
+    }
+    with gunicorn(env, workers=1) as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        results: list = []
+        stop = threading.Event()
+        clients = [
+            threading.Thread(target=unwanted_body_client, args=(port, results, stop))
+            for _ in range(threads * 3)
+        ]
+        for client in clients:
+            client.start()
+        answers = []
+        try:
+            for _ in range(6):
+                time.sleep(0.5)
+                try:
+                    answers.append(requests.get(base + "/api/health", timeout=4).status_code)
+                except requests.RequestException as exc:
+                    answers.append(type(exc).__name__)
+        finally:
+            for client in clients:
+                client.join(timeout=30)
+            stop.set()
+    assert answers == [200] * 6
+    assert len(results) == threads * 3
+    for status_line, *rest in results:
+        assert status_line == b"HTTP/1.1 401 UNAUTHORIZED", (status_line, rest)
+        seconds, answer = rest
+        assert b"connection: close" in answer.lower()
+        assert seconds < 4, seconds  # before: held until gunicorn's drain gave up

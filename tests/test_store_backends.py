@@ -172,6 +172,17 @@ def test_events_from_many_threads_all_arrive_whole_and_in_order(store):
         assert all(e["pad"] == f"{thread}" * 500 for e in mine)
 
 
+def test_events_come_back_oldest_first_whatever_order_they_landed_in(store):
+    # Two requests each take their event's time, then append: the later one may land first.
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {})
+    times = ["2026-12-05T10:00:00.200Z", "2026-12-05T10:00:00.100Z", "2026-12-05T10:00:00.300Z"]
+    for n, moment in enumerate(times):
+        store.append_event(image_id, {"event": "analyzed", "n": n, "time": moment})
+    store.append_event(image_id, {"event": "analyzed", "n": 3, "time": times[2]})  # a tie
+    assert [e["n"] for e in store.events(image_id)] == [1, 0, 2, 3]
+
+
 def test_events_of_unknown_image_are_empty_and_not_recorded(store):
     image_id, _ = _image(1)
     store.append_event(image_id, {"event": "analyzed"})

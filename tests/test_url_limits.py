@@ -298,3 +298,34 @@ def test_a_body_cut_short_by_the_server_is_unreachable(raw_server):  # noqa: F81
 
     server = raw_server(hang_up)
     assert code_of(fetch_url, local(server, "/short.png"), LOCAL) == "url.unreachable"
+
+
+# --- the overall deadline covers the status line and headers (issue 22, item 4) ---------------
+
+
+def drip_header_lines(conn, stop):
+    """A status line, then one header line every 0.2 s, for as long as the client listens."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    for line in range(100):
+        if stop.wait(0.2):
+            return
+        conn.sendall(f"X-Drip-{line}: 1\r\n".encode())
+
+
+def drip_status_line(conn, stop):
+    """The status line one byte every 0.2 s."""
+    for byte in b"HTTP/1.1 200 OK" * 5:
+        if stop.wait(0.2):
+            return
+        conn.sendall(bytes([byte]))
+
+
+@pytest.mark.parametrize("drip", [drip_header_lines, drip_status_line])
+def test_the_deadline_covers_the_status_line_and_headers(raw_server, drip):  # noqa: F811
+    # Each piece arrives well inside the read timeout: before, only the server giving up ended
+    # it (44 s with one header line a second); now the deadline does.
+    server = raw_server(drip)
+    policy = FetchPolicy(allow_private=True, connect_timeout=0.5, read_timeout=5.0, deadline=1.0)
+    started = time.monotonic()
+    assert code_of(fetch_url, local(server, "/drip.png"), policy) == "url.timeout"
+    assert time.monotonic() - started < 3.0

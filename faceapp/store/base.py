@@ -84,6 +84,16 @@ def is_current(meta: Mapping[str, Any] | None) -> bool:
     return isinstance(stored, Mapping) and stored.get("format") == STORE_FORMAT
 
 
+def oldest_first(events: list[dict]) -> list[dict]:
+    """A trace's events ordered by their time, oldest first (events of one time keep their order).
+
+    An event's time is taken before it is appended, so two requests' appends can land in the
+    other order; both backends sort on reading. Times are ISO 8601 UTC with milliseconds, all of
+    one width, so they sort as text.
+    """
+    return sorted(events, key=lambda event: str(event.get("time", "")))
+
+
 def log_evicted(count: int, max_bytes: int, max_age: float) -> None:
     """One log line for an eviction pass that removed anything (both backends)."""
     metrics.count_evicted(count)

@@ -29,6 +29,7 @@ from faceapp.store.base import (
     check_session_id,
     log_evicted,
     not_found,
+    oldest_first,
 )
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ class FileStore(EvictionSchedule):
                 found.append(json.loads(line))
             except ValueError:
                 continue  # a line cut short by a crash is skipped, not fatal
-        return found
+        return oldest_first(found)
 
     # -- removal -------------------------------------------------------------------------------
     def delete(self, image_id: str) -> bool:

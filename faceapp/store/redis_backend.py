@@ -47,6 +47,7 @@ from faceapp.store.base import (
     check_session_id,
     log_evicted,
     not_found,
+    oldest_first,
 )
 
 # KEYS: image, results, trace, created, bytes. ARGV: image_id, image bytes, meta JSON, score,
@@ -238,7 +239,7 @@ class RedisStore(EvictionSchedule):
             event = _loads(line)
             if event is not None:
                 found.append(event)
-        return found
+        return oldest_first(found)
 
     # -- removal -------------------------------------------------------------------------------
     def _remove(self, image_id: str) -> tuple[bool, int]:
