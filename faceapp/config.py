@@ -188,6 +188,8 @@ POSITIVE = frozenset(
         "DETECTOR_PULL_DEADLINE",
         "DETECT_MAX_SIDE",
         "MAX_FACES",
+        "MAX_FACES_LIMIT",
+        "SESSION_MAX_AGE_SECONDS",
         "HEADER_TIMEOUT",
         "BODY_READ_TIMEOUT",
         "BODY_TIMEOUT",
