@@ -119,7 +119,7 @@ def test_analyze_lands_on_the_result(open_server, page, astronaut_file):
     analyze(page, ["an astronaut"])
     assert page.url.endswith("#analysis")
     top = page.locator("#analysis").bounding_box()["y"]  # relative to the viewport
-    assert 0 <= top < 768 / 2, top
+    assert -1 < top < 768 / 2, top  # a scrolled-to anchor may sit a sub-pixel above the top
 
 
 def test_a_dropped_run_refills_the_labels_and_the_embedding_box(
