@@ -41,7 +41,9 @@ preload_app = False
 timeout = 120
 graceful_timeout = 30  # SIGTERM: in-flight requests get this long to finish
 keepalive = 5  # an idle kept-alive connection costs no thread, and is closed after 5 s
-# Recycle workers now and then, staggered so they never all restart at once.
+# Recycle workers now and then, staggered so they never all restart at once. Only requests that
+# did work (validate, analyze, the tester's upload and Analyze) count: post_request below takes
+# the others back, so 404s, 401s, 429s and probes never recycle a worker.
 max_requests = _env("MAX_REQUESTS", 1000, int)
 max_requests_jitter = max(1, max_requests // 10)
 raw_env = [f"FACEAPP_WORKERS={workers}"]
@@ -111,6 +113,15 @@ def on_starting(server):
         server.log.info("imported torch, transformers and faceapp in %.1f s", seconds)
         if failed:
             server.log.warning("could not import %s: the workers will say why", ", ".join(failed))
+
+
+def post_request(worker, req, environ, resp):
+    """A request that did no work (faceapp.request_log.count_as_work) does not count toward
+    MAX_REQUESTS: a flood of cheap requests must not make workers reload their model."""
+    from faceapp.request_log import did_work
+
+    if not did_work(environ):
+        worker.nr -= 1
 
 
 def child_exit(server, worker):

@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image
 
 from bench import batch, http, jobs, photos
+from bench.fairness import bench_fair_queue
 from bench.memory import cpu_model_config, measure_in_subprocesses
 from bench.timing import Comparison, interleaved
 
@@ -36,6 +37,7 @@ SECTIONS = (
     "decode_draft",
     "end_to_end_cache",
     "face_batching",
+    "fair_queue",
     "memory",
     "http_analyze",
     "http_validate",
@@ -635,6 +637,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
         )
     )
     face_batching = bench_face_batching(plan, fp32_analyzer, mosaic, four, names)
+    fair_queue = bench_fair_queue(fp32, crops, rounds=min(plan.repeats, 5))
     del bf16
     int8 = load_model(folder, "int8", plan.threads)
     eight = (crops * 2)[:8]
@@ -655,6 +658,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results.append(bench_decode(plan, large, DEFAULTS["STORED_MAX_SIDE"], "decode_draft"))
     results.append(bench_end_to_end(plan, folder, photos.jpeg_bytes(photo)))
     results.append(face_batching)
+    results.append(fair_queue)
     results.append(bench_memory(folder, plan.threads))
     results.extend(http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo)))
     results.extend(jobs.run_jobs(plan, folder, photo))

@@ -194,7 +194,7 @@ class Analyzer:
             start += len(label_prompts)
         return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
-    def free_text_rows(self, labels: Sequence[str]) -> list[Any]:
+    def free_text_rows(self, labels: Sequence[str], client: str = "") -> list[Any]:
         """One embedding row per label of a request, encoding only those not seen recently.
 
         The missing labels go to the inference thread as one job, batched with other requests'.
@@ -205,7 +205,7 @@ class Analyzer:
                     self._free_text.move_to_end(label)
             missing = [label for label in dict.fromkeys(labels) if label not in self._free_text]
         if missing:
-            encoded, _ = self.engine.encode(self.model.encode_texts, missing, _rows)
+            encoded, _ = self.engine.encode(self.model.encode_texts, missing, _rows, client=client)
             with self._free_text_lock:
                 for label, row in zip(missing, encoded, strict=True):
                     self._free_text[label] = row
@@ -214,7 +214,9 @@ class Analyzer:
         with self._free_text_lock:
             found = {label: self._free_text.get(label) for label in labels}
         if any(row is None for row in found.values()):  # evicted by other requests meanwhile
-            encoded, _ = self.engine.encode(self.model.encode_texts, list(labels), _rows)
+            encoded, _ = self.engine.encode(
+                self.model.encode_texts, list(labels), _rows, client=client
+            )
             found = dict(zip(labels, encoded, strict=True))
         return [found[label] for label in labels]
 
@@ -226,15 +228,17 @@ class Analyzer:
         attribute_names: Sequence[str],
         labels: Sequence[str] | None,
         include_embedding: bool,
+        client: str = "",
     ) -> tuple[list[dict], JobStats | None]:
-        """Score each region's crop (one per region, in order) in one batch on the inference thread.
+        """Score each region's crop (one per region, in order) on the inference thread.
 
         Returns the faces in the order of `regions`, and how the job fared in the queue.
+        `client` (a key or address) is whose turn the job takes in the fair queue.
         """
         if not regions:
             return [], None
         embedding = include_embedding
-        label_rows = self.free_text_rows(labels) if labels else None
+        label_rows = self.free_text_rows(labels, client) if labels else None
 
         def score(faces) -> list[dict]:  # on the inference thread, this request's rows only
             return self._answers(faces, regions, attribute_names, labels, label_rows, embedding)
@@ -242,7 +246,7 @@ class Analyzer:
         # The processor's resize and normalisation run here, on the request's own thread; the
         # inference thread only stacks the arrays and runs the forward pass.
         pixels = self.model.prepare_images(crops)
-        return self.engine.encode(self.model.encode_pixels, pixels, score)
+        return self.engine.encode(self.model.encode_pixels, pixels, score, client=client)
 
     def _answers(
         self,

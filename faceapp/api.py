@@ -35,10 +35,17 @@ bp.record_once(lambda state: state.app.url_map.converters.setdefault("image_id",
 
 def _flag(name: str) -> bool:
     """A yes/no query parameter (absent: no); anything else is 400 input.invalid."""
+    value = request.args.get(name, "")
     try:
-        return yes_no(request.args.get(name, ""))
-    except ValueError as exc:
-        raise FaceappError("input.invalid", f"?{name}: {exc}.", field=name) from None
+        return yes_no(value)
+    except ValueError:
+        # The value is the client's text: echo a few characters of it, never kilobytes.
+        shown = value if len(value) <= 16 else value[:16] + "…"
+        raise FaceappError(
+            "input.invalid",
+            f"?{name}: {shown!r} is not a yes/no value (true/false, yes/no, on/off, 1/0).",
+            field=name,
+        ) from None
 
 
 @bp.post("/validate")
@@ -80,7 +87,7 @@ def setup() -> Response:
     """Load and warm this worker's model now (idempotent; retries a failed load)."""
     model = models.load(retry=True)
     if model is None:
-        models.get()  # raises 503 model.not_ready with the reason
+        models.get()  # raises 503 model.not_ready with the reason (paths shown: an admin)
     return render(
         {
             "ready": True,

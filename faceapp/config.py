@@ -52,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
     # waits for its turn before answering 503 model.busy.
     "INFERENCE_MAX_BATCH": 8,
     "INFERENCE_TIMEOUT": 60.0,
+    # Faces and labels one client (API key, or address without keys) may have waiting for the
+    # inference thread of a worker; more is 429 rate.limited (0: no limit). The queue serves
+    # clients in turn either way (faceapp/engine.py).
+    "INFERENCE_MAX_WAITING_PER_CLIENT": 64,
     # The store
     "STORE_URL": None,  # None: <instance>/store
     "STORE_MAX_BYTES": 2 * 1024**3,
@@ -108,6 +112,9 @@ DEFAULTS: dict[str, Any] = {
     "COMPARABLE_FACE_RATIO": 0.5,
     "OUT_OF_FOCUS_RATIO": 0.1,  # a blurry face under this share of the sharpest is background
     "MAX_FACES": 5,  # faces analysed per image (largest first) unless a request says max_faces
+    # The most a request's max_faces may ask for: each face is a CLIP forward's worth of work
+    # (100 faces took 12.7 s where 5 took 0.7 s), so this bounds what one request costs.
+    "MAX_FACES_LIMIT": 20,
     "REQUIRE_SINGLE_FACE": True,
     "MIN_FACE_PX": 48,
     "MIN_IMAGE_PX": 64,
@@ -126,6 +133,8 @@ DEFAULTS: dict[str, Any] = {
     # made per process would fail the CSRF tokens another gunicorn worker handed out).
     "SECRET_KEY": None,
     "SESSION_COOKIE_SAMESITE": "Lax",  # the tester's session cookie never rides cross-site posts
+    # A tester sign-in is held in the store this long at most (sign-out ends it at once).
+    "SESSION_MAX_AGE_SECONDS": 12 * 3600,
     # How many reverse proxies in front of faceapp append to X-Forwarded-For/-Proto (1 behind
     # one nginx); 0 trusts no such header: the client is the socket peer (faceapp/security.py).
     "TRUSTED_PROXY_HOPS": 0,
@@ -135,6 +144,10 @@ DEFAULTS: dict[str, Any] = {
     # the limit stops runaway clients and key guessing, not capacity (faceapp/security.py).
     "RATELIMIT": "100 per second; 3000 per minute",
     "RATELIMIT_ENABLED": True,
+    # Failed key checks (a 401 to a request that carried a key, on /api, the pages, their
+    # sign-in form and /metrics) per client address: past it, that address's requests with a
+    # key are 429 until the window ends, right key or not (faceapp/security.py).
+    "AUTH_FAILURE_LIMIT": "10 per minute",
     # Where the counts live: None = the STORE_URL's Redis when STORE_URL is redis://, else the
     # worker's memory (each worker then counts on its own); or any limits storage URI.
     "RATELIMIT_STORAGE_URI": None,
@@ -189,6 +202,8 @@ POSITIVE = frozenset(
         "DETECTOR_PULL_DEADLINE",
         "DETECT_MAX_SIDE",
         "MAX_FACES",
+        "MAX_FACES_LIMIT",
+        "SESSION_MAX_AGE_SECONDS",
         "HEADER_TIMEOUT",
         "BODY_READ_TIMEOUT",
         "BODY_TIMEOUT",

@@ -5,11 +5,23 @@ over them (the same forward took 49 ms on the first thread and 69 ms on a second
 request threads never call the model: they hand it work here and wait, with a timeout.
 
 The thread sleeps while the queue is empty (no polling, no fixed batching delay). When it wakes,
-it takes the oldest job and every queued job that can share its forward pass (same batch
-function), up to ``INFERENCE_MAX_BATCH`` items, runs them as one batch, and hands each job its own
-rows. A batch that fails is run again job by job, so an error reaches only the request it belongs
-to. Every job taken off the queue is settled (result or error) before the next one starts, so a
-failure never hangs the queue. :meth:`InferenceEngine.stop` (gunicorn's worker_exit and
+it fills one batch of up to ``INFERENCE_MAX_BATCH`` items (faces, or labels) from every queued job
+that can share its forward pass (same batch function), runs it, and hands each job its own rows.
+
+The queue is fair between clients (an API key, or an address without keys), and it counts
+items, not requests: each client has its own queue, the clients take turns to start a batch,
+and a batch is shared out equally between the clients waiting (a client with less waiting leaves
+its share to the others); the clients served go behind those that were not. A job of many faces
+is served a share at a time over several batches, so it never stands in front of another
+client's single face: that face waits for the batch running now and is in the next one (with
+more clients waiting than a batch holds, they take turns). Measured before this (issue 22):
+three 100-face requests from one key made another key's one-face analyze wait 28 s. A client
+may also have only ``INFERENCE_MAX_WAITING_PER_CLIENT`` items waiting at a time; more is 429
+``rate.limited``, so a flood does not hold the worker's request threads either.
+
+A batch that fails is run again piece by piece, so an error reaches only the request it belongs
+to. Every piece taken off the queue is settled (rows, or its job's error) before the next batch
+starts, so a failure never hangs the queue. :meth:`InferenceEngine.stop` (gunicorn's worker_exit and
 worker_int hooks) refuses new work, finishes what is queued and joins the thread.
 
 This is the dynamic batcher of Triton, TorchServe and clip-as-service without their batching
@@ -55,28 +67,52 @@ class _Job:
     batch_fn: BatchFn | None  # None: `call` runs alone
     call: Callable[[], Any] | None
     finish: Callable[[Any], Any] | None
+    client: str = ""  # whose turn it takes in the queue (a key id or an address)
     future: Future = field(default_factory=Future)
     queued: float = field(default_factory=time.perf_counter)
-    started: float = 0.0
+    taken: int = 0  # items handed to batches so far (a job of many faces spans several)
+    blocks: list = field(default_factory=list)  # (start, rows) of the items computed so far
+    done: int = 0  # items whose rows are in
+    stats: JobStats | None = None  # of its first batch; compute_ms summed over its batches
+    abandoned: bool = False  # its waiter gave up: the items not yet taken never run
 
 
-_STOP = object()
+@dataclass
+class _Piece:
+    """Items ``job.items[start:end]``, one job's share of a batch."""
+
+    job: _Job
+    start: int
+    end: int
 
 
 class InferenceEngine:
     """One worker's inference thread and its queue (plain object; see :class:`Engine` for Flask)."""
 
-    def __init__(self, max_batch: int = 8, timeout: float = 60.0, name: str = "faceapp-infer"):
+    def __init__(
+        self,
+        max_batch: int = 8,
+        timeout: float = 60.0,
+        name: str = "faceapp-infer",
+        max_client_items: int = 0,
+    ):
         if max_batch < 1:
             raise ValueError("INFERENCE_MAX_BATCH must be at least 1")
         self.max_batch = max_batch
         self.timeout = timeout
         self.name = name
-        self._queue: deque = deque()
+        # Items (faces, labels) one client may have waiting; 0: no limit. A job larger than
+        # this is still taken when the client has nothing else waiting.
+        self.max_client_items = max_client_items
+        self._queues: dict[str, deque[_Job]] = {}  # per client, oldest first
+        self._ring: deque[str] = deque()  # clients with work waiting, whose turn is next first
         self._cond = threading.Condition()
         self._accepting = True
+        self._stopping = False
         self._thread: threading.Thread | None = None
         self.batches = 0  # forward passes run (tests and the bench read it)
+        self.served: list[list[tuple[str, int]]] = []  # (client, items) per batch; see `record`
+        self.record = False  # tests and the bench turn it on to see the order served
 
     # -- request side ------------------------------------------------------------------------
     def run(self, call: Callable[[], Any], *, timeout: float | None = None) -> Any:
@@ -91,16 +127,19 @@ class InferenceEngine:
         finish: Callable[[Any], Any] | None = None,
         *,
         timeout: float | None = None,
+        client: str = "",
     ) -> tuple[Any, JobStats]:
         """`batch_fn(items)` (batched with other jobs of the same batch_fn), then `finish(rows)`.
 
         `batch_fn` maps a list to a tensor-like value with one row per item; `finish` runs on the
         inference thread too, on this job's rows only (for work that must stay off the request
-        threads, like the scoring that follows an encoding).
+        threads, like the scoring that follows an encoding). `client` names whose turn the job
+        takes: clients are served in turn, a fair share of each batch's items each, so many
+        items from one client never stand in front of another's few.
         """
         if not items:
             raise ValueError("encode needs at least one item")
-        return self._wait(_Job(list(items), batch_fn, None, finish), timeout)
+        return self._wait(_Job(list(items), batch_fn, None, finish, client), timeout)
 
     def in_engine_thread(self) -> bool:
         """True on the inference thread (work it does for itself runs directly, not queued)."""
@@ -112,10 +151,30 @@ class InferenceEngine:
                 raise FaceappError(
                     "model.not_ready", "This worker is shutting down; send the request again."
                 )
+            self._check_client_share_locked(job)
             self._start_locked()
-            self._queue.append(job)
+            queue = self._queues.get(job.client)
+            if queue is None:
+                queue = self._queues[job.client] = deque()
+                self._ring.append(job.client)
+            queue.append(job)
             self._cond.notify()
         return job
+
+    def _check_client_share_locked(self, job: _Job) -> None:
+        """429 rate.limited when this client already has its share of items waiting."""
+        queue = self._queues.get(job.client)
+        if not self.max_client_items or not queue:
+            return
+        waiting = sum(len(j.items) - j.taken for j in queue)
+        if waiting + len(job.items) > self.max_client_items:
+            error = FaceappError(
+                "rate.limited",
+                f"This client already has {waiting} faces or labels waiting for the model "
+                f"(at most {self.max_client_items} at a time); retry when they are done.",
+            )
+            error.retry_after = 1
+            raise error
 
     def _wait(self, job: _Job, timeout: float | None) -> tuple[Any, JobStats]:
         if self.in_engine_thread():  # work the thread asks for itself (a load hook): run inline
@@ -126,7 +185,9 @@ class InferenceEngine:
         try:
             return job.future.result(timeout=limit)
         except FutureTimeout:
-            job.future.cancel()  # still queued: it never runs; already running: it finishes unseen
+            # Still queued: it never runs. Part-way through: its other items are skipped.
+            job.abandoned = True
+            job.future.cancel()
             raise FaceappError(
                 "model.busy",
                 f"The model did not get to this request within {limit:g} s; try again later.",
@@ -141,53 +202,132 @@ class InferenceEngine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue:
+                while not self._ring and not self._stopping:
                     self._cond.wait()
-                first = self._queue.popleft()
-                if first is _STOP:
-                    return
-                batch = [first] + self._take_companions_locked(first)
-            self._run(batch)
+                if not self._ring:
+                    return  # stopping, and everything queued is done
+                alone, pieces = self._next_batch_locked()
+            if alone is not None:
+                self._run_alone(alone)
+            elif pieces:
+                self._run(pieces)
 
-    def _take_companions_locked(self, first: _Job) -> list[_Job]:
-        """Queued jobs that can share `first`'s forward pass, oldest first, up to max_batch."""
-        if first.batch_fn is None:
-            return []
-        taken, size = [], len(first.items)
-        for job in list(self._queue):
-            if job is _STOP:
-                break  # what was queued after stop() was asked for is not ours to take
-            if job.batch_fn != first.batch_fn or size + len(job.items) > self.max_batch:
+    def _next_batch_locked(self) -> tuple[_Job | None, list[_Piece]]:
+        """The next batch: the client whose turn it is first, then every client with work of
+        the same batch function, a fair share of the items each (a plain call runs alone)."""
+        client = self._ring[0]
+        head = self._queues[client][0]
+        if head.batch_fn is None:
+            self._queues[client].popleft()
+            self._end_turn_locked(client)
+            return head, []
+        pieces: list[_Piece] = []
+        budget = self.max_batch
+        served = [client]
+        while budget > 0:
+            takers = [c for c in self._ring if self._head_matches_locked(c, head.batch_fn)]
+            if not takers:
+                break
+            share = max(1, budget // len(takers))
+            for taker in takers:
+                budget -= self._take_locked(taker, head.batch_fn, min(share, budget), pieces)
+                served.append(taker)
+                if budget == 0:
+                    break
+        for taker in dict.fromkeys(served):  # served now: behind those that were not
+            self._end_turn_locked(taker)
+        return None, pieces
+
+    def _head_matches_locked(self, client: str, batch_fn: BatchFn) -> bool:
+        """Whether `client` has a job of `batch_fn` waiting."""
+        return any(job.batch_fn == batch_fn for job in self._queues.get(client, ()))
+
+    def _take_locked(self, client: str, batch_fn: BatchFn, limit: int, pieces: list) -> int:
+        """Up to `limit` items from `client`'s oldest jobs of `batch_fn`, as pieces."""
+        queue, taken = self._queues[client], 0
+        for job in list(queue):
+            if taken >= limit:
+                break
+            if job.batch_fn != batch_fn:
+                continue  # another request's kind of work (texts beside images): its own batch
+            if job.abandoned or (job.taken == 0 and not job.future.set_running_or_notify_cancel()):
+                queue.remove(job)  # its waiter timed out: what is left of it never runs
                 continue
-            self._queue.remove(job)
-            taken.append(job)
-            size += len(job.items)
+            count = min(limit - taken, len(job.items) - job.taken)
+            pieces.append(_Piece(job, job.taken, job.taken + count))
+            job.taken += count
+            taken += count
+            if job.taken == len(job.items):
+                queue.remove(job)
+        if not queue:
+            del self._queues[client]
+            self._ring.remove(client)
         return taken
 
-    def _run(self, batch: list[_Job]) -> None:
-        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
-        if not batch:
-            return
-        if len(batch) == 1:
-            self._run_alone(batch[0], running=True)
-            return
+    def _end_turn_locked(self, client: str) -> None:
+        """A client just served goes to the back of the turns (or leaves, nothing waiting)."""
+        queue = self._queues.get(client)
+        if queue is not None and not queue:
+            del self._queues[client]
+        if client in self._ring:
+            self._ring.remove(client)
+            if client in self._queues:
+                self._ring.append(client)
+
+    def _run(self, pieces: list[_Piece]) -> None:
+        items = [item for p in pieces for item in p.job.items[p.start : p.end]]
+        if self.record:
+            self.served.append([(p.job.client, p.end - p.start) for p in pieces])
         started = time.perf_counter()
-        items = [item for job in batch for item in job.items]
         try:
-            rows = batch[0].batch_fn(items)
-        except Exception:  # noqa: BLE001 - find the job at fault: each is run again alone
-            log.warning("a batch of %d jobs failed; running them one by one", len(batch))
-            for job in batch:
-                self._run_alone(job, running=True)
+            rows = pieces[0].job.batch_fn(items)
+        except Exception:  # noqa: BLE001 - find the job at fault: each piece is run again alone
+            log.warning("a batch of %d pieces failed; running them one by one", len(pieces))
+            for piece in pieces:
+                self._run_piece_alone(piece)
             return
         self.batches += 1
         compute_ms = (time.perf_counter() - started) * 1000
-        start = 0
-        for job in batch:
-            part = rows[start : start + len(job.items)]
-            start += len(job.items)
-            stats = JobStats((started - job.queued) * 1000, compute_ms, len(items))
-            self._settle(job, lambda job=job, part=part: _finish(job, part), stats)
+        offset = 0
+        for piece in pieces:
+            count = piece.end - piece.start
+            self._piece_done(piece, rows[offset : offset + count], started, compute_ms, len(items))
+            offset += count
+
+    def _run_piece_alone(self, piece: _Piece) -> None:
+        job = piece.job
+        if job.future.done():
+            return  # an earlier piece of it failed already
+        started = time.perf_counter()
+        try:
+            rows = job.batch_fn(job.items[piece.start : piece.end])
+        except Exception as exc:  # noqa: BLE001 - the waiter gets it, the thread lives on
+            self._fail(job, exc)
+            return
+        self.batches += 1
+        compute_ms = (time.perf_counter() - started) * 1000
+        self._piece_done(piece, rows, started, compute_ms, piece.end - piece.start)
+
+    def _piece_done(
+        self, piece: _Piece, rows: Any, started: float, compute_ms: float, batch_size: int
+    ) -> None:
+        job = piece.job
+        if job.future.done():
+            return
+        # Queue time until its first batch, and that batch's size; compute over all of them.
+        first = job.stats or JobStats((started - job.queued) * 1000, 0.0, batch_size)
+        job.stats = JobStats(first.queue_ms, first.compute_ms + compute_ms, first.batch_size)
+        job.blocks.append((piece.start, rows))
+        job.done += piece.end - piece.start
+        if job.done < len(job.items):
+            return
+        blocks = [rows for _, rows in sorted(job.blocks, key=lambda block: block[0])]
+        self._settle(job, lambda: _finish(job, _join(blocks)), job.stats)
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        job.abandoned = True  # its other items are not worth computing
+        if not job.future.done():
+            job.future.set_exception(exc)
 
     def _run_alone(self, job: _Job, running: bool = False) -> None:
         if not running and not job.future.set_running_or_notify_cancel():
@@ -221,10 +361,10 @@ class InferenceEngine:
         """Refuse new work, finish what is queued, join the thread; False if it outlives timeout."""
         with self._cond:
             self._accepting = False
+            self._stopping = True
             thread = self._thread
             if thread is None:
                 return True
-            self._queue.append(_STOP)
             self._cond.notify()
         if thread is threading.current_thread():
             return False
@@ -235,9 +375,20 @@ class InferenceEngine:
         return True
 
     def pending(self) -> int:
-        """Jobs waiting in the queue (not counting the batch being run)."""
+        """Jobs waiting in the queue, wholly or in part (not counting the batch being run)."""
         with self._cond:
-            return sum(1 for job in self._queue if job is not _STOP)
+            return sum(len(queue) for queue in self._queues.values())
+
+
+def _join(blocks: list) -> Any:
+    """One job's rows from the blocks its batches gave, in order (lists, or torch tensors)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    if all(isinstance(block, list | tuple) for block in blocks):
+        return [row for block in blocks for row in block]
+    import torch  # only a job spread over several batches gets here, on the inference thread
+
+    return torch.cat(list(blocks))
 
 
 def _finish(job: _Job, rows: Any) -> Any:
@@ -260,6 +411,7 @@ class Engine:
         app.extensions[EXTENSION_KEY] = _EngineSlot(
             max_batch=int(app.config["INFERENCE_MAX_BATCH"]),
             timeout=float(app.config["INFERENCE_TIMEOUT"]),
+            max_client_items=int(app.config.get("INFERENCE_MAX_WAITING_PER_CLIENT") or 0),
         )
 
     def get(self, app: Flask | None = None) -> InferenceEngine:
@@ -281,6 +433,7 @@ class Engine:
 class _EngineSlot:
     max_batch: int
     timeout: float
+    max_client_items: int = 0
     engine: InferenceEngine | None = None
     pid: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -288,7 +441,9 @@ class _EngineSlot:
     def current(self) -> InferenceEngine:
         with self.lock:
             if self.engine is None or self.pid != os.getpid():
-                self.engine = InferenceEngine(self.max_batch, self.timeout)
+                self.engine = InferenceEngine(
+                    self.max_batch, self.timeout, max_client_items=self.max_client_items
+                )
                 self.pid = os.getpid()
             return self.engine
 

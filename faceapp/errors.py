@@ -8,8 +8,10 @@ envelope, and anything else is logged with the request id and answered as ``inte
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -17,6 +19,28 @@ log = logging.getLogger(__name__)
 #: app.extensions key of the tester's page renderer for HTTP errors on paths under /app that
 #: no route matched (faceapp/tester.py sets it), so that /app/<typo> answers a page, not JSON.
 PAGE_ERRORS_KEY = "faceapp.page_errors"
+#: app.extensions key of a callable saying whether this request's caller may see server paths
+#: (faceapp/security.py sets it: admin keys); without it, nobody does.
+SHOWS_PATHS_KEY = "faceapp.shows_paths"
+
+# An absolute (or ~ or ./) file path in a message: a model folder, MODELS_DIR, the instance
+# folder. Not a URL's path (preceded by its host), and not the API's own routes.
+_SERVER_PATH = re.compile(r"(?<![\w.:/~-])(?:~|\.{1,2})?/(?!api/|app/)[^\s'\"`,;()<>\[\]{}]+")
+HIDDEN_PATH = "[path]"
+
+
+def hide_paths(text: str) -> str:
+    """`text` with every server path replaced by ``[path]``."""
+    return _SERVER_PATH.sub(HIDDEN_PATH, text)
+
+
+def public_text(text: str) -> str:
+    """`text` as this request's caller may see it: server paths only for admins (and logs)."""
+    if not has_request_context():
+        return text  # the CLI, logs: the operator's own
+    shows: Callable[[], bool] | None = current_app.extensions.get(SHOWS_PATHS_KEY)
+    return text if shows is not None and shows() else hide_paths(text)
+
 
 #: Every code a client can receive, with its HTTP status (docs/API.md, "Error codes").
 STATUS_BY_CODE: dict[str, int] = {
@@ -93,10 +117,19 @@ class FaceappError(Exception):
         return STATUS_BY_CODE[self.code]
 
     def to_dict(self) -> dict:
-        body = {"code": self.code, "message": self.message}
+        body = {"code": self.code, "message": public_text(self.message)}
         if self.field:
             body["field"] = self.field
         return {"error": body}
+
+
+def public_error(error: FaceappError) -> FaceappError:
+    """The same error with the message this request's caller may see (pages render it)."""
+    shown = FaceappError(error.code, public_text(error.message), field=error.field)
+    for name, value in vars(error).items():  # line, retry_after, valid_methods...
+        if name != "message":
+            setattr(shown, name, value)
+    return shown
 
 
 def error_response(error: FaceappError) -> Response:
@@ -104,6 +137,8 @@ def error_response(error: FaceappError) -> Response:
     from faceapp.output import render  # late: output imports nothing from here at import time
 
     response = render(error.to_dict(), status=error.status)
+    if getattr(error, "retry_after", None):  # a limit that knows when it frees up
+        response.headers["Retry-After"] = str(error.retry_after)
     if error.code == "request.method_not_allowed" and getattr(error, "valid_methods", None):
         response.headers["Allow"] = ", ".join(error.valid_methods)
     return response

@@ -32,6 +32,7 @@ from flask import Flask, current_app
 from PIL import Image
 
 from faceapp import model_files
+from faceapp.errors import public_text
 from faceapp.face_geometry import aligned_crop, head_pose
 
 __all__ = ["FaceBox", "aligned_crop", "detect_faces", "detector", "describe", "init_app"]
@@ -280,7 +281,7 @@ def init_app(app: Flask) -> None:
     config = {key: app.config.get(key) for key in DETECTOR_KEYS}
     app.extensions[EXTENSION_KEY] = _DetectorState(config=config)
     # Pages show a banner when the detector is a fallback (templates/tester/base.html).
-    app.context_processor(lambda: {"detector_info": describe()})
+    app.context_processor(lambda: {"detector_info": public_describe()})
 
 
 def _active() -> ActiveDetector:
@@ -382,6 +383,16 @@ def describe() -> dict[str, Any]:
     """The detector as answers show it: name, version, score threshold, and ``fallback`` (from
     which detector, and why) when YuNet was configured but could not be used."""
     return dict(_active().info)
+
+
+def public_describe(info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`describe` (or a stored copy of it) as this request's caller may see it: a
+    fallback's reason names server paths (the YuNet file, MODELS_DIR) only to admins."""
+    info = dict(describe() if info is None else info)
+    fallback = info.get("fallback")
+    if isinstance(fallback, Mapping) and isinstance(fallback.get("reason"), str):
+        info["fallback"] = {**fallback, "reason": public_text(fallback["reason"])}
+    return info
 
 
 def trace_fields(info: Mapping[str, Any]) -> dict[str, str]:

@@ -27,7 +27,10 @@ LOG_FORMAT = (
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Query parameters whose values are never logged (a key sent where no key belongs is still one).
-_SECRET_PARAM = re.compile(r"key|token|secret|pass|auth|session|sig", re.IGNORECASE)
+_SECRET_PARAM = re.compile(
+    r"key|token|secret|pass|auth|session|sig|bearer|credential", re.IGNORECASE
+)
+_QUERY_SEPARATOR = re.compile(r"([&;])")  # `;` too: some servers split on it (x=1;apikey=...)
 REDACTED = "[redacted]"
 _SECRET_HEADERS = {"authorization", "x-api-key", "cookie", "proxy-authorization"}
 
@@ -48,12 +51,12 @@ def escape_controls(text: str) -> str:
 def redact_query(query: str) -> str:
     """A raw query string with the values of key-like parameters replaced by ``[redacted]``."""
     parts = []
-    for part in query.split("&"):
+    for part in _QUERY_SEPARATOR.split(query):  # separators are kept, at the odd places
         name, sep, _ = part.partition("=")
         if sep and _SECRET_PARAM.search(unquote(name)):
             part = f"{name}={REDACTED}"
         parts.append(part)
-    return "&".join(parts)
+    return "".join(parts)
 
 
 def redact_uri(uri: str) -> str:
@@ -82,13 +85,28 @@ class AccessLogger(GunicornLogger):
             environ.get("SERVER_PROTOCOL", "-"),
         )
         atoms["q"] = redact_query(environ.get("QUERY_STRING") or "")
-        for name in _SECRET_HEADERS:
-            if f"{{{name}}}i" in atoms:
-                atoms[f"{{{name}}}i"] = REDACTED
+        # A page that sent its key in its own URL passes it on in the Referer.
+        atoms["f"] = redact_uri(environ.get("HTTP_REFERER", "-"))
+        for name in list(atoms):
+            atoms[name] = _redacted_atom(name, atoms[name])
         return {
             name: escape_controls(value) if isinstance(value, str) else value
             for name, value in atoms.items()
         }
+
+
+def _redacted_atom(name: str, value):
+    """A ``{header}i`` or ``{environ}e`` atom a custom access_log_format might use, redacted."""
+    if not isinstance(value, str) or not name.startswith("{"):
+        return value
+    field = name[1:-2].lower().replace("-", "_").removeprefix("http_")
+    if field.replace("_", "-") in _SECRET_HEADERS:
+        return REDACTED
+    if field in ("referer", "raw_uri", "request_uri"):
+        return redact_uri(value)
+    if field == "query_string":
+        return redact_query(value)
+    return value
 
 
 class RequestContextFilter(logging.Filter):
@@ -112,6 +130,22 @@ def configure_logging(app: Flask) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(app.config.get("LOG_LEVEL", "INFO"))
+
+
+#: The WSGI environ key set on a request that did work (see :func:`count_as_work`).
+WORK_ENVIRON_KEY = "faceapp.did_work"
+
+
+def count_as_work() -> None:
+    """Mark this request as one that did work (stored, validated or analysed an image): only
+    these count toward gunicorn's MAX_REQUESTS (gunicorn.conf.py's post_request)."""
+    if has_request_context():
+        request.environ[WORK_ENVIRON_KEY] = True
+
+
+def did_work(environ: dict) -> bool:
+    """Whether the request of this WSGI environ did work (:func:`count_as_work`)."""
+    return bool(environ.get(WORK_ENVIRON_KEY))
 
 
 def init_request_ids(app: Flask) -> None:

@@ -84,7 +84,8 @@ class AnalysisOptions(Schema):
         validate=validate.Range(min=1, max=100),
         metadata={
             "description": "Analyse at most this many faces, the main face first, then the "
-            "largest (MAX_FACES); the answer's face_count says how many were left out."
+            "largest (MAX_FACES); the answer's face_count says how many were left out. More "
+            "than MAX_FACES_LIMIT (20 unless the operator set it) is 400 input.invalid."
         },
     )
 
@@ -451,6 +452,7 @@ def request_fields(request: Request) -> dict[str, Any]:
             raise FaceappError("input.invalid", "The JSON body is nested too deeply.") from None
         if not isinstance(body, dict):
             raise FaceappError("input.invalid", "The JSON body must be an object.")
+        check_unicode(body)
         return body
     data: dict[str, Any] = {}
     for key in request.form:
@@ -461,6 +463,31 @@ def request_fields(request: Request) -> dict[str, Any]:
         else:
             data[key] = values[-1]
     return data
+
+
+def check_unicode(body: Mapping[str, Any]) -> None:
+    """400 input.invalid, naming the field, for a string JSON let through that is not Unicode
+    text: a lone surrogate (``"\\ud800"``) cannot be encoded, tokenized, stored or echoed."""
+    for name, value in body.items():
+        if not _encodable(name):
+            raise FaceappError("input.invalid", "A field name is not valid Unicode text.")
+        values = value if isinstance(value, list) else [value]
+        for number, item in enumerate(values, start=1):
+            if isinstance(item, str) and not _encodable(item):
+                where = f"item {number}" if isinstance(value, list) else "the value"
+                raise FaceappError(
+                    "input.invalid",
+                    f"{_short(name)}: {where} is not valid Unicode text (a lone surrogate).",
+                    field=_short(name),
+                )
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse(schema: Schema, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,9 @@
   ``Cache-Control: no-store``.
 - ``TRUSTED_PROXY_HOPS`` proxies are believed about the client's address (ProxyFix); with 0 the
   client is the socket peer and X-Forwarded-For is ignored.
-- /api and the tester pages are rate limited (``RATELIMIT``): per API key when API_KEYS is set
-  (a request without a valid key counts against its address), else per client address. The
+- /api and the tester pages are rate limited (``RATELIMIT``): per key for a request with a valid
+  key (admin keys too, with or without API_KEYS), else per client address. Failed key checks
+  are limited per address on their own (``AUTH_FAILURE_LIMIT``). The
   health and ready probes and /static are not limited. The counts live in Redis when the store
   does (so every worker and instance shares them).
 - The tester's session cookie is ``Secure`` whenever the request came over HTTPS (directly, or
@@ -15,21 +16,25 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from typing import Any
 
 from flask import Flask, Response, current_app, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter, RateLimitExceeded
-from flask_limiter.util import get_remote_address
-from limits import parse_many
+from limits import parse, parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from faceapp import metrics
-from faceapp.access import PUBLIC_ENDPOINTS, current_caller, keys_required
-from faceapp.errors import FaceappError, error_response
+from faceapp.access import PUBLIC_ENDPOINTS, client_identity, current_caller, presented_key
+from faceapp.errors import SHOWS_PATHS_KEY, FaceappError, error_response
+
+log = logging.getLogger(__name__)
 
 LIMITER_KEY = "faceapp.limiter"
+FAILED_KEYS_KEY = "faceapp.failed_keys"
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -52,6 +57,8 @@ def init_app(app: Flask) -> None:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0
         )
     init_rate_limits(app)
+    init_failed_key_limit(app)
+    app.extensions[SHOWS_PATHS_KEY] = lambda: current_caller().admin  # server paths: admins
     app.session_interface = ProxyAwareSessionInterface()
     app.after_request(add_security_headers)
 
@@ -100,10 +107,9 @@ def _not_limited() -> bool:
 
 
 def rate_limit_identity() -> str:
-    """Whom a request counts against: its API key when keys are configured, else its address."""
-    if _by_key():
-        return f"key:{current_caller().key_id}"
-    return f"addr:{get_remote_address()}"  # after ProxyFix: the peer, or what the proxy saw
+    """Whom a request counts against: the key it carries (admin keys too, with or without
+    API_KEYS), else its address (after ProxyFix: the peer, or what the proxy saw)."""
+    return client_identity()
 
 
 def init_rate_limits(app: Flask) -> Limiter:
@@ -135,6 +141,74 @@ def init_rate_limits(app: Flask) -> Limiter:
     return limiter
 
 
+# -- failed key checks ---------------------------------------------------------------------------
+
+
+def init_failed_key_limit(app: Flask) -> None:
+    """Count failed key checks per address (AUTH_FAILURE_LIMIT); over it, every request of that
+    address that carries a key is 429 until the window ends, whether the key is right or not,
+    so guessing learns nothing more."""
+    try:
+        app.extensions[FAILED_KEYS_KEY] = parse(str(app.config["AUTH_FAILURE_LIMIT"]))
+    except ValueError:
+        raise ValueError(
+            f"AUTH_FAILURE_LIMIT {app.config['AUTH_FAILURE_LIMIT']!r} is not a rate such as "
+            "'10 per minute'"
+        ) from None
+    app.before_request(refuse_key_guessing)
+    app.after_request(count_failed_key_check)
+
+
+def _checks_a_key() -> bool:
+    """A request that carries a key (header or sign-in form) to a route that checks it, while
+    limits are on (RATELIMIT_ENABLED=false turns this limit off with the others)."""
+    if not current_app.config["RATELIMIT_ENABLED"] or request.endpoint in PUBLIC_ENDPOINTS:
+        return False
+    return presented_key() is not None or (
+        request.endpoint == "tester.login" and request.method == "POST"
+    )
+
+
+def _failure_window() -> tuple[Any, str]:
+    limiter: Limiter = current_app.extensions[LIMITER_KEY]
+    return limiter.limiter, f"addr:{request.remote_addr or '-'}"
+
+
+def refuse_key_guessing() -> None:
+    """Before a key is checked: 429 once this address has had too many failed checks."""
+    if not _checks_a_key():
+        return
+    limit = current_app.extensions[FAILED_KEYS_KEY]
+    strategy, address = _failure_window()
+    try:
+        if strategy.test(limit, "failed-keys", address):
+            return
+        reset, _ = strategy.get_window_stats(limit, "failed-keys", address)
+    except Exception:  # noqa: BLE001 - the counts' Redis is down: check keys as usual
+        log.warning("failed-key counts unavailable; not limiting key checks")
+        return
+    wait = max(1, math.ceil(reset - time.time()))
+    error = FaceappError(
+        "rate.limited",
+        f"Too many failed key checks from this address (the limit is {limit}); "
+        f"retry after {wait} s.",
+    )
+    error.retry_after = wait
+    metrics.count_rate_limited()
+    raise error
+
+
+def count_failed_key_check(response: Response) -> Response:
+    """After a 401 to a request that carried a key (or the sign-in form): one failure more."""
+    if response.status_code == 401 and _checks_a_key():
+        strategy, address = _failure_window()
+        try:
+            strategy.hit(current_app.extensions[FAILED_KEYS_KEY], "failed-keys", address)
+        except Exception:  # noqa: BLE001 - as in refuse_key_guessing
+            log.warning("failed-key counts unavailable; this failure is not counted")
+    return response
+
+
 def retry_after_seconds() -> int:
     """How long the client of a 429 should wait: until the breached window ends."""
     limiter: Limiter = current_app.extensions[LIMITER_KEY]
@@ -158,4 +232,4 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
 
 
 def _by_key() -> bool:
-    return keys_required() and current_caller().key_id is not None
+    return current_caller().key_id is not None

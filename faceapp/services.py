@@ -18,7 +18,16 @@ from typing import Any
 
 from flask import current_app, g
 
-from faceapp import analysis, decoding, faces, metrics, stored_image, validation
+from faceapp import (
+    access,
+    analysis,
+    decoding,
+    faces,
+    metrics,
+    request_log,
+    stored_image,
+    validation,
+)
 from faceapp.errors import FaceappError
 from faceapp.inputs import ImageSource, source_bytes, source_name
 from faceapp.store import check_image_id, image_id_for, not_found, store
@@ -83,7 +92,7 @@ def validation_answer(meta: Mapping[str, Any], details: bool = False) -> dict:
             "height": meta["height"],
             "format": meta["format"],
             "faces": meta["faces"],
-            "detector": meta.get("detector"),
+            "detector": _public_detector(meta.get("detector")),
             "quality": result.get("quality", {}),
         }
     return answer
@@ -98,6 +107,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     config = current_app.config
     backend = store.backend
     started = time.perf_counter()
+    request_log.count_as_work()
     data = source_bytes(source, config)
     image_id = image_id_for(data)
     g.image_id = image_id
@@ -124,9 +134,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         # is stored afresh below, and its trace carried over (wipe_cache or not).
         history = backend.events(image_id)
         backend.delete(image_id)
-    elif meta is not None:  # wipe_cache: results go, the image is validated afresh, trace stays
-        backend.drop_results(image_id)
-        record_event(image_id, "wiped", {}, reason="wipe_cache")
+    elif meta is not None:  # wipe_cache: validated afresh, trace stays
+        wipe_results(image_id)
 
     examined = examine(data, image_id, source.kind, config)
     meta, parts = examined.meta, examined.parts
@@ -262,8 +271,9 @@ def analyze(
     `trace_extra` adds fields to this request's trace event (the tester names its run there).
     """
     started = time.perf_counter()
+    request_log.count_as_work()
     names = analysis.check_attribute_names(attributes)
-    max_faces = max_faces or int(current_app.config["MAX_FACES"])
+    max_faces = check_max_faces(max_faces, current_app.config)
     timings: dict[str, float] = {}
     batch: dict[str, Any] = {}  # how the inference thread ran it (the trace shows it)
     if source is not None:
@@ -271,12 +281,9 @@ def analyze(
         image_id = meta["image_id"]
         timings["validate"] = (time.perf_counter() - started) * 1000
     else:
-        image_id = check_image_id(image_id)
-        meta = store.meta_or_404(image_id)
-        g.image_id = image_id
+        meta = visible_meta(image_id)
         if wipe_cache:
-            store.backend.drop_results(image_id)
-            record_event(image_id, "wiped", {}, reason="wipe_cache")
+            wipe_results(image_id)
     if not meta["validation"]["valid"] and not force:
         codes = ", ".join(issue["code"] for issue in meta["validation"]["errors"])
         raise FaceappError(
@@ -299,7 +306,7 @@ def analyze(
         detector=model_info["detector"]["version"],
         max_faces=max_faces,
     )
-    faces_doc = store.backend.get_result(image_id, key)
+    faces_doc = None if wipe_cache else store.backend.get_result(image_id, key)
     cached = faces_doc is not None
     if not cached:
         step = time.perf_counter()
@@ -311,7 +318,9 @@ def analyze(
             raise not_found(image_id)
         timings["decode"] = (time.perf_counter() - step) * 1000
         step = time.perf_counter()
-        found, stats = scorer.analyze(crops, regions, names, labels, include_embedding)
+        found, stats = scorer.analyze(
+            crops, regions, names, labels, include_embedding, client=access.client_identity()
+        )
         faces_doc = _plain(found)
         if stats is not None:
             timings["queue"] = stats.queue_ms
@@ -345,10 +354,22 @@ def analyze(
     }
 
 
+def check_max_faces(requested: int | None, config: Mapping[str, Any]) -> int:
+    """The faces to analyse: the request's max_faces (at most MAX_FACES_LIMIT), else MAX_FACES."""
+    limit = int(config["MAX_FACES_LIMIT"])
+    if requested is not None and requested > limit:
+        raise FaceappError(
+            "input.invalid",
+            f"max_faces: at most {limit} faces are analysed per request; ask for fewer.",
+            field="max_faces",
+        )
+    return min(requested or int(config["MAX_FACES"]), limit)
+
+
 def describe_model(scorer: analysis.Analyzer) -> dict:
     """The answers' ``model`` object: the CLIP weights and attribute set, and the face detector
     (a Haar fallback standing in for YuNet says so there)."""
-    return {**scorer.describe(), "detector": faces.describe()}
+    return {**scorer.describe(), "detector": faces.public_describe()}
 
 
 def result_key(
@@ -379,23 +400,61 @@ def result_key(
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-def image_record(image_id: str) -> dict:
-    """GET /api/images/<id>: the stored metadata and the validation answer."""
+def wipe_results(image_id: str) -> None:
+    """wipe_cache on a stored image. An admin's (or anyone's without API_KEYS) drops every
+    cached result and tester run of it; a user key's drops nothing of anyone else's: its
+    request is computed afresh and replaces the cached answer, which is the same for everyone."""
+    if access.sees_everything():
+        store.backend.drop_results(image_id)
+    record_event(image_id, "wiped", {}, reason="wipe_cache")
+
+
+def visible_meta(image_id: str) -> dict:
+    """The stored metadata of an image this caller may see, else 404 image_id.not_found.
+
+    With API_KEYS set, a user key sees an image once it has sent it (validate, analyze or the
+    tester's upload, of the same bytes); an image only other keys sent answers exactly as one
+    never stored, so an image_id tells nobody whether someone else sent that photo. Admin keys,
+    and everyone on a service without API_KEYS, see every image.
+    """
     meta = store.meta_or_404(image_id)
     g.image_id = image_id
-    return {key: value for key, value in meta.items() if key != "stored"}  # storage's own notes
+    if not access.sees_everything() and not visible_events(store.backend.events(image_id)):
+        raise not_found(image_id)
+    return meta
+
+
+def visible_events(events: list[dict]) -> list[dict]:
+    """The trace events this caller may see: its own key's (everything to an admin, and to
+    everyone without API_KEYS). Another key's events, file names and labels never show."""
+    if access.sees_everything():
+        return events
+    own = access.current_caller().key_id
+    return [event for event in events if own is not None and event.get("key_id") == own]
+
+
+def image_record(image_id: str) -> dict:
+    """GET /api/images/<id>: the stored metadata and the validation answer."""
+    meta = visible_meta(image_id)
+    record = {key: value for key, value in meta.items() if key != "stored"}  # storage's notes
+    record["detector"] = _public_detector(meta.get("detector"))
+    return record
+
+
+def _public_detector(info: Any) -> Any:
+    """A stored detector description with a fallback's server paths for admins only."""
+    return faces.public_describe(info) if isinstance(info, Mapping) else info
 
 
 def image_trace(image_id: str) -> dict:
-    """GET /api/images/<id>/trace: every event of an image, oldest first."""
-    store.meta_or_404(image_id)
-    g.image_id = image_id
-    return {"image_id": image_id, "events": store.backend.events(image_id)}
+    """GET /api/images/<id>/trace: the caller's events of an image, oldest first."""
+    visible_meta(image_id)
+    return {"image_id": image_id, "events": visible_events(store.backend.events(image_id))}
 
 
 def image_preview(image_id: str) -> bytes:
     """The stored image's bounded preview (JPEG bytes, upright, at most 1024 px a side)."""
-    meta = store.meta_or_404(image_id)
+    meta = visible_meta(image_id)
     data = store.backend.get_part(image_id, meta["stored"]["preview"]["part"])
     if data is None:
         raise not_found(image_id)

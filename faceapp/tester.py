@@ -44,7 +44,7 @@ from werkzeug.exceptions import HTTPException
 from faceapp import access, security, services
 from faceapp.analysis import analyzers, attribute_set
 from faceapp.config import instance_secret_key
-from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes
+from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes, public_error, public_text
 from faceapp.face_models import models
 from faceapp.inputs import pick_source
 from faceapp.model_files import read_manifest, resolve_model_folder
@@ -98,6 +98,7 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     csrf.exempt(api.bp)
     csrf.exempt(jobs_api.bp)
+    access.init_sign_ins(app, lambda: store.backend)  # sign-out ends a sign-in server-side
     app.register_blueprint(bp)
     app.extensions[PAGE_ERRORS_KEY] = http_error_page  # /app/<no such page> answers a page too
 
@@ -163,9 +164,12 @@ def upload_options(data: MultiDict) -> dict[str, Any]:
 
 
 def for_page(error: FaceappError | None) -> FaceappError | None:
-    """The error in a page's words where the service's message gives an API client's advice."""
-    if error is None or error.code not in PAGE_MESSAGES:
-        return error
+    """The error in a page's words where the service's message gives an API client's advice,
+    with server paths for admins only."""
+    if error is None:
+        return None
+    if error.code not in PAGE_MESSAGES:
+        return public_error(error)
     worded = FaceappError(error.code, PAGE_MESSAGES[error.code], field=error.field)
     worded.line = getattr(error, "line", None)
     return worded
@@ -298,8 +302,8 @@ def image_page(image_id: str) -> str | tuple[str, int]:
     run = read_run(image_id, run_id)
     if run is None:
         gone = (
-            "This analysis is no longer stored (a wipe of the cache drops it, and so does "
-            "storing the image again with wipe)"
+            "This analysis is no longer stored, or is another key's (an admin's wipe of the cache "
+            "drops it)"
         )
         options = run_options_from_trace(image_id, run_id)
         if options is None:
@@ -343,6 +347,7 @@ def analyze(image_id: str) -> Response | tuple[str, int]:
         "run_id": run_id,
         "created_at": services.now_iso(),
         "options": options,
+        "key_id": access.current_caller().key_id,  # whose run: only that key (or an admin) sees it
         "abstain_below": abstain_thresholds(),
     }
     store.backend.put_result(image_id, RUN_PREFIX + run_id, {**run, "analysis": analysis})
@@ -359,10 +364,14 @@ def abstain_thresholds() -> dict[str, float]:
 
 
 def read_run(image_id: str, run_id: str) -> dict | None:
-    """A stored tester run of this image (None when unknown, malformed, or dropped since)."""
+    """A stored tester run of this image that this caller may see (None when unknown,
+    malformed, dropped since, or another key's)."""
     if not RUN_ID_RE.fullmatch(run_id):
         return None
-    return store.backend.get_result(image_id, RUN_PREFIX + run_id)
+    run = store.backend.get_result(image_id, RUN_PREFIX + run_id)
+    if run is None or access.sees_everything():
+        return run
+    return run if run.get("key_id") == access.current_caller().key_id else None
 
 
 @bp.get("/images/<image_id>/preview.jpg")
@@ -542,7 +551,7 @@ def page_context() -> dict[str, Any]:
         "model_status": models.status(),
         "model_info": None,
         "random_weights": configured_random_weights(),
-        "model_reason": models.reason(),
+        "model_reason": public_text(models.reason()),
     }
 
 
@@ -568,9 +577,10 @@ def security_headers(response: Response) -> Response:
 
 
 @bp.errorhandler(FaceappError)
-def faceapp_error_page(error: FaceappError) -> tuple[str, int]:
+def faceapp_error_page(error: FaceappError) -> tuple[str, int, dict]:
     page = render_template("tester/error.html", error=for_page(error), status=error.status)
-    return page, error.status
+    retry = getattr(error, "retry_after", None)  # a limit that knows when it frees up
+    return page, error.status, ({"Retry-After": str(retry)} if retry else {})
 
 
 @bp.errorhandler(CSRFError)

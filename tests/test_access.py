@@ -42,6 +42,7 @@ def code_of(response) -> str:
 def keyed(config):
     """An app that needs a key: "user-key" for /api, "admin-key" for admin operations too."""
     config["API_KEYS"] = "user-key"
+    config["AUTH_FAILURE_LIMIT"] = "1000 per minute"  # these tests send wrong keys on purpose
     return create_app(config)
 
 

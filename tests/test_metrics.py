@@ -42,7 +42,7 @@ def test_off_by_default(client):
     ("settings", "headers", "status"),
     [
         ({}, {}, 401),  # ADMIN_KEYS set (conftest): an admin key is needed
-        ({"API_KEYS": "user-key"}, {"Authorization": "Bearer user-key"}, 403),
+        ({"API_KEYS": "user-key"}, {"Authorization": "Bearer user-key"}, 401),  # as a wrong key
         ({}, {"Authorization": "Bearer wrong"}, 401),
         ({}, ADMIN, 200),
         ({"METRICS_PUBLIC": True}, {}, 200),

@@ -131,3 +131,28 @@ def test_the_api_refuses_duplicate_labels(client):
     error = answer.get_json()["error"]
     assert error["code"] == "input.invalid" and error["field"] == "labels"
     assert "given twice" in error["message"]
+
+
+def test_keys_are_redacted_however_the_query_spells_them():
+    """Issue 22 item 5: `;` separators, bearer= and credential= parameters, and the Referer."""
+    assert redact_query("x=1;apikey=s3cret") == "x=1;apikey=[redacted]"
+    assert redact_query("bearer=s3cret&credential=s3cret&n=2") == (
+        "bearer=[redacted]&credential=[redacted]&n=2"
+    )
+    cfg = Config()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "RAW_URI": "/api/attributes?x=1;apikey=the-secret-key",
+        "QUERY_STRING": "x=1;apikey=the-secret-key",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_REFERER": "https://app.example/page?api_key=the-secret-key&tab=2",
+    }
+    request = SimpleNamespace(
+        headers=[("REFERER", "https://app.example/page?api_key=the-secret-key&tab=2")]
+    )
+    response = SimpleNamespace(status="200 OK", headers=[], sent=2)
+    atoms = AccessLogger(cfg).atoms(response, request, environ, timedelta(milliseconds=3))
+    line = cfg.access_log_format % atoms
+    assert "the-secret-key" not in line and "the-secret-key" not in repr(atoms)
+    assert "api_key=[redacted]&tab=2" in line

@@ -11,6 +11,7 @@ import io
 import re
 
 import pytest
+import requests
 from PIL import Image
 
 from tests.browser import VIEWPORT, collect_console_errors, serve_tester
@@ -279,6 +280,14 @@ def test_a_revoked_key_keeps_the_labels_and_a_cold_model_says_it_loaded(
         page.fill("#key", "old-key")
         page.click("#login-button")
         upload(page, base, astronaut_file)
+        # The person's new key has sent this photo too: a key sees only images it sent.
+        sent = requests.post(
+            base + "/api/validate",
+            headers={"X-API-Key": "qa-key"},
+            files={"file": ("a.jpg", astronaut_file.read_bytes())},
+            timeout=30,
+        )
+        assert sent.status_code == 200
         page.fill("#labels", "a hat\na helmet")
         page.check("input[name=include_embedding]")
     log = str(artifacts / "gunicorn-revoked-after.log")

@@ -24,6 +24,8 @@ log = logging.getLogger("faceapp.store")
 
 IMAGE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 PART_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}\.(jpg|png|json)$")
+#: A tester sign-in's id (secrets.token_urlsafe(24)): it becomes a file name and a key.
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
 #: How items are stored: 2 = received bytes + preview and face-context parts (1 was a PNG).
 STORE_FORMAT = 2
 
@@ -49,6 +51,13 @@ def check_part_name(name: str) -> str:
     if not PART_NAME_RE.fullmatch(name):
         raise ValueError(f"bad part name {name!r}")
     return name
+
+
+def check_session_id(value: str) -> str:
+    """A sign-in's id is 32 URL-safe characters, nothing else (it names a file or a key)."""
+    if not SESSION_ID_RE.fullmatch(value):
+        raise ValueError("bad session id")
+    return value
 
 
 def not_found(image_id: str) -> FaceappError:
@@ -117,7 +126,8 @@ class EvictionSchedule:
 class Backend(Protocol):
     """What every store backend provides (faceapp/store/files.py, faceapp/store/redis_backend.py).
 
-    Results are stored under arbitrary string keys (a backend may hash them inside).
+    Results are stored under arbitrary string keys (a backend may hash them inside). Sessions
+    are the tester's sign-ins: an id that counts until it expires or is dropped (sign-out).
     """
 
     def put_image(
@@ -141,5 +151,8 @@ class Backend(Protocol):
     def recent(self, limit: int) -> list[dict]: ...
     def evict(self) -> int: ...
     def usage(self) -> tuple[int, int]: ...
+    def put_session(self, session_id: str, seconds: float) -> None: ...
+    def has_session(self, session_id: str) -> bool: ...
+    def drop_session(self, session_id: str) -> None: ...
     def ping(self) -> None: ...
     def is_outage(self, exc: BaseException) -> bool: ...

@@ -7,6 +7,7 @@ folder (one rename), and deleting one renames it away first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import json
@@ -25,6 +26,7 @@ from faceapp.store.base import (
     EvictionSchedule,
     check_image_id,
     check_part_name,
+    check_session_id,
     log_evicted,
     not_found,
     oldest_first,
@@ -305,6 +307,28 @@ class FileStore(EvictionSchedule):
         folders = self._all()
         return len(folders), sum(_folder_size(folder) for _, folder in folders)
 
+    # -- sessions (the tester's sign-ins) --------------------------------------------------------
+    def _session_path(self, session_id: str) -> str:
+        return os.path.join(self.root, "sessions", check_session_id(session_id))
+
+    def put_session(self, session_id: str, seconds: float) -> None:
+        """Hold a sign-in for `seconds` (its file holds when it expires); sweep expired ones."""
+        folder = os.path.dirname(self._session_path(session_id))
+        os.makedirs(folder, exist_ok=True)
+        now = time.time()
+        for name in os.listdir(folder):  # a handful of QA sign-ins: a scan per sign-in is cheap
+            if _read_expiry(os.path.join(folder, name)) <= now:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+        self._atomic_write(self._session_path(session_id), repr(now + seconds).encode())
+
+    def has_session(self, session_id: str) -> bool:
+        return _read_expiry(self._session_path(session_id)) > time.time()
+
+    def drop_session(self, session_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._session_path(session_id))
+
     def ping(self) -> None:
         """Raise OSError unless a file can be written into the store and removed again."""
         probe = os.path.join(self.images, f".ping-{os.getpid()}-{threading.get_ident()}")
@@ -330,6 +354,15 @@ def _read_json(path: str) -> dict | None:
             return json.load(fh)
     except (FileNotFoundError, NotADirectoryError):
         return None
+
+
+def _read_expiry(path: str) -> float:
+    """When the session file at `path` expires (0 when it is missing or unreadable)."""
+    data = _read_bytes(path)
+    try:
+        return float(data) if data else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _folder_size(folder: str) -> int:

@@ -10,6 +10,7 @@ starts with a prefix (``faceapp:`` by default), so several apps can share one da
     <prefix>created              sorted set of image_ids scored by creation time (recent, eviction)
     <prefix>bytes                hash image_id -> bytes stored for it (the size limit)
     <prefix>evicting             short-lived lock so one worker at a time evicts
+    <prefix>session:<id>         a tester sign-in, until it expires or is signed out
 
 wipe() finds ids with SCAN (never KEYS or FLUSHDB) and removes only keys under the prefix.
 
@@ -30,6 +31,7 @@ Redis evicts by itself would leave ids in the index, which :meth:`RedisStore.rec
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -42,6 +44,7 @@ from faceapp.store.base import (
     EvictionSchedule,
     check_image_id,
     check_part_name,
+    check_session_id,
     log_evicted,
     not_found,
     oldest_first,
@@ -326,9 +329,30 @@ class RedisStore(EvictionSchedule):
         """How many images the store holds, and their bytes (with metadata and results)."""
         return self.client.hlen(self._bytes), sum(int(n) for n in self.client.hvals(self._bytes))
 
+    # -- sessions (the tester's sign-ins) --------------------------------------------------------
+    def _session_key(self, session_id: str) -> str:
+        return f"{self.prefix}session:{check_session_id(session_id)}"
+
+    def put_session(self, session_id: str, seconds: float) -> None:
+        self.client.set(self._session_key(session_id), b"1", px=max(1, int(seconds * 1000)))
+
+    def has_session(self, session_id: str) -> bool:
+        return bool(self.client.exists(self._session_key(session_id)))
+
+    def drop_session(self, session_id: str) -> None:
+        self.client.delete(self._session_key(session_id))
+
+    READY_PROBE_MS = 10_000
+
     def ping(self) -> None:
-        """Raise (redis.exceptions.ConnectionError) unless the server answers."""
-        self.client.ping()
+        """Raise (a redis.exceptions.RedisError) unless the server answers and takes a write.
+
+        PING alone answers while Redis refuses every write (out of memory under noeviction, a
+        read-only replica), when validate already fails: so readiness writes a short-lived key.
+        """
+        probe = f"{self.prefix}ready:{os.getpid()}:{threading.get_ident()}"
+        self.client.set(probe, b"ok", px=self.READY_PROBE_MS)
+        self.client.delete(probe)
 
     def is_outage(self, exc: BaseException) -> bool:
         """Connection, timeout, read-only replica, out of memory: the server, not the request."""
