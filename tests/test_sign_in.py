@@ -30,7 +30,7 @@ def test_signing_in_starts_a_fresh_session(keyed):
     assert sign_in(client, "user-key").status_code == 303
     with client.session_transaction() as session:
         assert "planted" not in session
-        assert set(session) == {"key_id"}
+        assert set(session) == {"key_id", "sid"}  # who, and the server-side sign-in's id
 
 
 @pytest.mark.parametrize(
