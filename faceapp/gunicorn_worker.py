@@ -131,15 +131,13 @@ class HeaderDeadlineWorker(ThreadWorker):
 
 
 #: glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: Allocations up to this size come from the heap and are reused, not mapped afresh.
-MALLOC_MMAP_THRESHOLD = 32 * 1024 * 1024
+_M_TRIM_THRESHOLD = -1
 #: Free memory at the top of a heap is kept up to this size instead of handed back at once.
 MALLOC_TRIM_THRESHOLD = 64 * 1024 * 1024
 
 
 def tune_malloc() -> bool:
-    """Let a worker reuse the memory of its image buffers instead of mapping fresh pages.
+    """Let a worker keep freed heap memory for reuse instead of handing it back at once.
 
     glibc maps every allocation over its mmap threshold (128 KiB at first, raised only as
     mapped blocks are freed) with mmap, and gives free heap tops back to the system, so each
@@ -147,8 +145,15 @@ def tune_malloc() -> bool:
     validate of a 4000x3000 JPEG, and a decode 1.4x slower than the same decode in a loop. With
     these two thresholds fixed, 830 page faults and about the loop's speed; jemalloc made
     more faults (6800) and ``MALLOC_ARENA_MAX=2`` no fewer (issue 20's measurements, README
-    "Performance"). Skipped where the C library is not glibc, and where MALLOC_MMAP_THRESHOLD_
-    or MALLOC_TRIM_THRESHOLD_ is set (the operator's choice stands). True when applied.
+    "Performance").
+
+    Only the trim threshold is set here. The mmap threshold is decoding's (4 MiB:
+    ``decoding.return_large_buffers_to_the_os``, from post_worker_init): the decode memory budget
+    needs large buffers given back when freed, so a decode buffer is still mapped afresh, and
+    the 392 page faults measured with a 32 MiB mmap threshold are not what a worker gets. That
+    trade (bounded memory over fewer page faults) is issue 22's goal against issue 20's.
+    Skipped where the C library is not glibc, and where MALLOC_MMAP_THRESHOLD_ or
+    MALLOC_TRIM_THRESHOLD_ is set (the operator's choice stands). True when applied.
     """
     import ctypes
     import ctypes.util
@@ -160,10 +165,7 @@ def tune_malloc() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
-        and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
-    )
+    return bool(mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
 
 
 def close_when_body_unread(app):
