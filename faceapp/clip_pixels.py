@@ -5,7 +5,7 @@ does with its settings: resize the shorter side to ``size.shortest_edge`` with i
 the centre ``crop_size``, scale to 0..1 and normalise by the mean and std, channels first. The
 processor takes that path in four NumPy passes (with copies and float64 on the way) and 8-10 ms
 per face crop on the 2-core machine; here the resize and crop are one PIL call and the rest one
-fused multiply-add in float32, about a third of that, with the same numbers (tests/test_models.py
+table look-up per channel in float32, about 1.3 ms, with the same numbers (tests/test_models.py
 compares them to 1e-5). A processor with other settings (no crop, fixed height and width,
 padding) keeps its own path: :meth:`PixelRecipe.of` returns None for it.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -81,9 +82,19 @@ class PixelRecipe:
         else:  # a crop larger than the resized image: pad with black, as the processor does
             cropped = Image.new("RGB", (self.crop_width, self.crop_height))
             cropped.paste(resized, (-left, -top))
-        values = np.asarray(cropped, dtype=np.float32)
-        values = values * self.scale + self.shift
-        return np.ascontiguousarray(values.transpose(2, 0, 1))
+        # Each channel's 256 possible values, scaled and shifted once: a table look-up per
+        # pixel, channels first, with the numbers of the multiply-add on the whole image
+        # (0.1 ms against 0.45 ms for a 224 px crop, whose innermost axis is its 3 channels).
+        values = np.asarray(cropped).transpose(2, 0, 1)
+        return np.stack(
+            [table[channel] for table, channel in zip(self.tables, values, strict=True)]
+        )
+
+    @cached_property
+    def tables(self) -> np.ndarray:
+        """Per channel, the float32 value each of the 256 levels becomes (3 x 256)."""
+        levels = np.arange(256, dtype=np.float32)
+        return levels[None, :] * self.scale[:, None] + self.shift[:, None]
 
     def batch(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         return [self.pixels(image) for image in images]
