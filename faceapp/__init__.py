@@ -85,9 +85,10 @@ def register_blueprints(app: Flask) -> None:
 def register_commands(app: Flask) -> None:
     from faceapp import cli
     from faceapp.batch.cli import batch_command
+    from faceapp.eval.cli import eval_command
     from faceapp.jobs.celery_app import worker_command
 
     app.cli.add_command(cli.models_cli)
-    app.cli.add_command(cli.eval_command)
+    app.cli.add_command(eval_command)
     app.cli.add_command(batch_command)
     app.cli.add_command(worker_command)
