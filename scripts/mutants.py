@@ -527,7 +527,8 @@ def trace_tests(paths: list[str], server_tests: list[str], left_out: list[str], 
     import coverage
 
     _fresh_faceapp()
-    data_file = os.path.join(os.path.dirname(out), "coverage.db")
+    # Per process: two runs side by side may both trace a changed test file.
+    data_file = os.path.join(os.path.dirname(out), f"coverage-{os.getpid()}.db")
     cov = coverage.Coverage(
         data_file=data_file, source=[str(ROOT / "faceapp")], config_file=False, branch=False
     )
@@ -707,7 +708,7 @@ def load_trace(server_tests: list[str], left_out: list[str], kept: str | None = 
             flush=True,
         )
         CACHE.mkdir(exist_ok=True)
-        out = str(CACHE / "partial.json")
+        out = str(CACHE / f"partial-{os.getpid()}.json")
         paths = ["tests"] if whole else stale
         code, seconds = _in_child(lambda: trace_tests(paths, server_tests, left_out, out), 7200)
         if not os.path.exists(out):
