@@ -257,6 +257,12 @@ def test_workers_without_redis_count_on_their_own(config):
     assert worker_a.get("/api/attributes").status_code == 429
 
 
+@pytest.mark.parametrize("key", ["RATELIMIT", "AUTH_FAILURE_LIMIT"])
+def test_a_limit_that_is_not_a_rate_stops_the_start_naming_its_key(config, key):
+    with pytest.raises(ValueError, match=f"^{key} 'lots' is not a rate such as"):
+        create_app({**config, key: "lots"})
+
+
 def test_a_429_answered_as_its_window_ends_still_says_retry_after_1(config, monkeypatch):
     config["RATELIMIT"] = "1 per minute"
     client = create_app(config).test_client()

@@ -388,3 +388,22 @@ def test_free_text_labels_are_kept_in_a_bounded_recently_used_cache(app, client,
         again = scorer.free_text_rows(["b", "a"])  # "b" kept, "a" encoded again
         assert encoded == ["a", "b", "c", "a"]
         assert torch.allclose(again[0], first[1]) and torch.allclose(again[1], first[0])
+
+
+def test_labels_the_cache_cannot_hold_are_encoded_again_in_the_callers_turn(
+    app, client, monkeypatch
+):
+    """More labels than the cache holds are evicted before they are read back: encoded again,
+    as the same client's job (its turn in the fair queue, never another's)."""
+    from faceapp import analysis
+
+    monkeypatch.setattr(analysis, "FREE_TEXT_CACHE_SIZE", 1)
+    assert (
+        client.post("/api/setup", headers={"Authorization": "Bearer admin-key"}).status_code == 200
+    )
+    with app.app_context():
+        scorer = analysis.analyzer()
+        scorer.engine.record = True
+        assert len(scorer.free_text_rows(["a", "b"], client="key:caller")) == 2
+        served = [who for batch in scorer.engine.served for who, _ in batch]
+        assert served == ["key:caller", "key:caller"]  # the first encoding, then the second
