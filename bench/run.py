@@ -199,8 +199,8 @@ def ensure_checkpoint(size: str) -> tuple[str, float | None]:
     was reused).
     """
     from faceapp.clip_vocab import default_bpe_file
-    from faceapp.face_models import write_random_checkpoint
     from faceapp.model_files import read_manifest
+    from faceapp.random_checkpoints import write_random_checkpoint
 
     bpe = default_bpe_file()
     if bpe is None:
@@ -247,9 +247,9 @@ def face_regions(image: Image.Image) -> list:
 
 def score(analyzer, image: Image.Image, regions: list, names: list[str]) -> list[dict]:
     """What a request gets: the regions' crops scored on the analyzer's inference thread."""
-    from faceapp.analysis import face_crop
+    from faceapp.face_geometry import aligned_crop
 
-    crops = [face_crop(image, region.box, None) for region in regions]
+    crops = [aligned_crop(image, region.box, None) for region in regions]
     return analyzer.analyze(crops, regions, names, None, False)[0]
 
 
@@ -600,7 +600,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     from faceapp.analysis import Analyzer
     from faceapp.attributes import load_attribute_set
     from faceapp.engine import InferenceEngine
-    from faceapp.faces import aligned_crop
+    from faceapp.face_geometry import aligned_crop
 
     started = time.perf_counter()
     folder, written_s = ensure_checkpoint(plan.size)
