@@ -451,6 +451,13 @@ class TraceEvent(Open):
 class TraceResponse(Schema):
     image_id = image_id_field()
     events = fields.List(fields.Nested(TraceEvent), required=True)
+    max_events = fields.Integer(
+        required=True,
+        metadata={
+            "description": "The most events a trace keeps (TRACE_MAX_EVENTS); older ones "
+            "are dropped, oldest first."
+        },
+    )
 
 
 class DeleteResponse(Schema):

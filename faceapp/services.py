@@ -496,7 +496,11 @@ def _public_detector(info: Any) -> Any:
 def image_trace(image_id: str) -> dict:
     """GET /api/images/<id>/trace: the caller's events of an image, oldest first."""
     visible_meta(image_id)
-    return {"image_id": image_id, "events": visible_events(store.backend.events(image_id))}
+    return {
+        "image_id": image_id,
+        "events": visible_events(store.backend.events(image_id)),
+        "max_events": current_app.config["TRACE_MAX_EVENTS"],
+    }
 
 
 def image_preview(image_id: str) -> bytes:

@@ -390,5 +390,6 @@ def test_a_trace_keeps_the_last_trace_max_events(config, astronaut_jpeg):
     client = create_app(dict(config, TRACE_MAX_EVENTS=3)).test_client()
     for name in ("1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg"):
         image_id = upload(client, astronaut_jpeg, name=name).get_json()["image_id"]
-    events = client.get(f"/api/images/{image_id}/trace").get_json()["events"]
-    assert [event["name"] for event in events] == ["3.jpg", "4.jpg", "5.jpg"]
+    trace = client.get(f"/api/images/{image_id}/trace").get_json()
+    assert [event["name"] for event in trace["events"]] == ["3.jpg", "4.jpg", "5.jpg"]
+    assert trace["max_events"] == 3
