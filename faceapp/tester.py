@@ -44,6 +44,7 @@ from faceapp import access, security, services
 from faceapp.analysis import analyzers, attribute_set
 from faceapp.config import instance_secret_key
 from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes, public_error, public_text
+from faceapp.extension import Slot
 from faceapp.face_models import models
 from faceapp.forms import analysis_options, labels_text, submitted_options, upload_options
 from faceapp.inputs import pick_source
@@ -54,6 +55,9 @@ from faceapp.store import IMAGE_ID_RE, store
 log = logging.getLogger(__name__)
 
 bp = Blueprint("tester", __name__, url_prefix="/app")
+bp.add_app_template_filter(human_bytes, "human_bytes")  # "772 bytes", "1.2 MiB", as errors say
+# The tester's state is its error page, which errors.py asks for under this key.
+SLOT = Slot(PAGE_ERRORS_KEY, "faceapp.tester.init_app(app)")
 csrf = CSRFProtect()
 
 RECENT_LIMIT = 24
@@ -73,19 +77,23 @@ PAGE_MESSAGES = {
 
 
 def init_app(app: Flask) -> None:
-    """Serve the pages, with CSRF-checked forms (the key-authenticated JSON API is exempt)."""
+    """Serve the pages, with CSRF-checked forms (the key-authenticated JSON API is exempt).
+
+    The Jobs page (faceapp/jobs/pages.py) adds its routes to this blueprint when it is imported:
+    create_app imports it first, so that this module need not import it back.
+    """
     from faceapp import api
     from faceapp.jobs import api as jobs_api
-    from faceapp.jobs import pages  # noqa: F401 - the Jobs page's routes, on this blueprint
 
+    SLOT.check_free(app)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = instance_secret_key(app.instance_path)
     csrf.init_app(app)
     csrf.exempt(api.bp)
     csrf.exempt(jobs_api.bp)
-    access.init_sign_ins(app, lambda: store.backend)  # sign-out ends a sign-in server-side
+    access.init_app(app, lambda: store.backend)  # sign-out ends a sign-in server-side
     app.register_blueprint(bp)
-    app.extensions[PAGE_ERRORS_KEY] = http_error_page  # /app/<no such page> answers a page too
+    SLOT.register(app, http_error_page)  # /app/<no such page> answers a page too
 
 
 def for_page(error: FaceappError | None) -> FaceappError | None:
@@ -227,8 +235,8 @@ def image_page(image_id: str) -> str | tuple[str, int]:
     run = services.tester_run(image_id, run_id)
     if run is None:
         gone = (
-            "This analysis is no longer stored, or is another key's (an admin's wipe of the cache "
-            "drops it)"
+            "This analysis is no longer stored, or is another key's (a wipe of the cache drops "
+            "it: an admin's, or its own key's)"
         )
         options = services.tester_run_options(image_id, run_id)
         if options is None:
