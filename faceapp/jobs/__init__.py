@@ -10,7 +10,7 @@ Files, in the order a job meets them: submit.py (checks the items, writes the jo
 first chunks; archive.py opens a zip), tasks.py (the Celery task, thin like a view), runner.py
 (a chunk: each item through item.py's pipeline, its line recorded once, the next chunk queued),
 api.py (the HTTP views), celery_app.py (the Celery app made from the Flask config, and the
-worker command).
+worker command), sweeper.py (each worker's look for chunks lost between the queue and a worker).
 """
 
 from __future__ import annotations
