@@ -60,20 +60,6 @@ def make_photos(folder: str, count: int) -> list[str]:
     return paths
 
 
-YUNET_FIXTURE = os.path.join(
-    http.PROJECT_ROOT, "..", "shared", "fixtures", "face_detection_yunet.onnx"
-)
-
-
-def detector_settings() -> dict[str, str]:
-    """The service's own detector, YuNet, from $FACEAPP_BENCH_YUNET or the test fixture beside
-    the project; Haar where neither is (the sanity of each section says which ran)."""
-    path = os.environ.get("FACEAPP_BENCH_YUNET") or YUNET_FIXTURE
-    if os.path.isfile(path):
-        return {"DETECTOR": "yunet", "DETECTOR_MODEL": os.path.abspath(path)}
-    return {"DETECTOR": "haar"}
-
-
 def batch_app(folder: str, scratch: str, threads: int | None, **settings: object):
     """The Flask app ``flask batch`` runs in, on this checkpoint and a scratch store."""
     from faceapp import create_app
@@ -87,7 +73,7 @@ def batch_app(folder: str, scratch: str, threads: int | None, **settings: object
             "STORE_URL": os.path.join(scratch, "store-local"),
             "LOAD_MODEL_ON_START": False,
             "MODEL_AUTO_PULL": False,
-            **detector_settings(),
+            **http.detector_settings(),
             "LOG_LEVEL": "WARNING",
             "TORCH_THREADS": threads or 0,
             **settings,
@@ -142,7 +128,9 @@ def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Compari
         app = batch_app(folder, scratch, plan.threads)
         pipeline = Pipeline(app, Options())  # loads and warms the model
         workers = int(app.config["INFERENCE_MAX_BATCH"]) + available_cores()
-        with http.gunicorn(folder, scratch, 2, "batch", settings=detector_settings()) as server:
+        with http.gunicorn(
+            folder, scratch, 2, "batch", settings=http.detector_settings()
+        ) as server:
             client = Client(server.url, Options(), api_key=None, config=app.config)
             client.connect()
             for _ in range(rounds):
@@ -159,7 +147,7 @@ def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Compari
         "photos": count,
         "rounds": rounds,
         "without_face": -(-count // NO_FACE_EVERY),
-        "detector": detector_settings()["DETECTOR"],
+        "detector": http.detector_settings()["DETECTOR"],
     }
     return [
         Comparison(
@@ -213,7 +201,7 @@ def bench_memory(folder: str, small: int, large: int, threads: int | None) -> Co
             "FACEAPP_MODELS_DIR": folder,
             "FACEAPP_MODEL_AUTO_PULL": "false",
             "FACEAPP_LOG_LEVEL": "WARNING",
-            **{f"FACEAPP_{key}": value for key, value in detector_settings().items()},
+            **{f"FACEAPP_{key}": value for key, value in http.detector_settings().items()},
         }
         if threads:
             env["FACEAPP_TORCH_THREADS"] = str(threads)

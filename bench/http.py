@@ -64,6 +64,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+YUNET_FIXTURE = os.path.join(PROJECT_ROOT, "..", "shared", "fixtures", "face_detection_yunet.onnx")
+
+
+def detector_settings() -> dict[str, str]:
+    """The service's own detector, YuNet, from $FACEAPP_BENCH_YUNET or the test fixture beside
+    the project; Haar where neither is (the sanity of each section says which ran)."""
+    path = os.environ.get("FACEAPP_BENCH_YUNET") or YUNET_FIXTURE
+    if os.path.isfile(path):
+        return {"DETECTOR": "yunet", "DETECTOR_MODEL": os.path.abspath(path)}
+    return {"DETECTOR": "haar"}
+
+
 @contextmanager
 def gunicorn(
     folder: str,
@@ -100,7 +112,11 @@ def gunicorn(
         "FACEAPP_TESTER_ENABLED": "false",
         "FACEAPP_ADMIN_KEYS": ADMIN_KEY,
         "FACEAPP_SECRET_KEY": "bench-secret-key-" + "x" * 32,
-        **{f"FACEAPP_{key}": value for key, value in (settings or {}).items()},
+        # The detector users get (YuNet) where the bench can find it; `settings` override it.
+        **{
+            f"FACEAPP_{key}": value
+            for key, value in {**detector_settings(), **(settings or {})}.items()
+        },
     }
     env.pop("FACEAPP_DTYPE", None)
     if dtype is not None:

@@ -24,7 +24,8 @@ from contextlib import ExitStack
 import requests
 from PIL import Image
 
-from bench.batch import batch_app, batch_pass, detector_settings
+from bench.batch import batch_app, batch_pass
+from bench.http import detector_settings
 from bench.photos import jpeg_bytes
 from bench.timing import Comparison
 

@@ -630,7 +630,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     if plan.http_only:
         large = photos.large_jpeg(photo)
         results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))
-        results.extend(jobs.run_jobs(plan, folder, photo))
+        results.extend(_guarded("jobs", lambda: jobs.run_jobs(plan, folder, photo)))
         return _settings(plan, folder, written_s, started, http_only=True), results
 
     fp32 = load_model(folder, "float32", plan.threads)
@@ -671,9 +671,24 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results.append(fair_queue)
     results.append(bench_memory(folder, plan.threads))
     results.extend(http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo)))
-    results.extend(jobs.run_jobs(plan, folder, photo))
-    results.extend(batch.run_batch(plan, folder))
+    results.extend(_guarded("jobs", lambda: jobs.run_jobs(plan, folder, photo)))
+    results.extend(_guarded("batch", lambda: batch.run_batch(plan, folder)))
     return _settings(plan, folder, written_s, started), results
+
+
+FAILED: list[str] = []  # the section groups that raised, reported under the table
+
+
+def _guarded(name: str, sections: Callable[[], list[Comparison]]) -> list[Comparison]:
+    """One group of sections; if it raises, the figures measured before it are still printed."""
+    try:
+        return sections()
+    except Exception as error:  # noqa: BLE001 - a bench reports a broken section and goes on
+        import traceback
+
+        traceback.print_exc()
+        FAILED.append(f"{name}: {type(error).__name__}: {error}")
+        return []
 
 
 def dtype_choices(folder: str) -> dict:
@@ -710,6 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table, and write the JSON when asked."""
     args = parse_args(argv)
     plan = make_plan(args)
+    FAILED.clear()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random checkpoints only: never the hub
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     settings, results = run(plan)
@@ -754,7 +770,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump(document, fh, indent=2)
             fh.write("\n")
         print(f"\nwrote {args.json_out}")
-    return 0
+    for failure in FAILED:
+        print(f"SECTIONS NOT MEASURED ({failure})", file=sys.stderr)
+    return 1 if FAILED else 0
 
 
 if __name__ == "__main__":
