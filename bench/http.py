@@ -518,7 +518,7 @@ def bench_start(
 
 def run_http(plan, folder: str, photo: Image.Image, large: bytes, jpeg: bytes) -> list:
     """Every HTTP section, on servers started and stopped here."""
-    from bench.run import face_regions, load_model
+    from bench.models import face_regions, load_model
     from faceapp.analysis import face_crop
     from faceapp.face_models import available_cores
 

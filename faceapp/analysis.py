@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from PIL import Image
 
 from faceapp import scoring
@@ -26,6 +26,7 @@ from faceapp.atomic import atomic_path
 from faceapp.attributes import AttributeSet, load_attribute_set
 from faceapp.engine import InferenceEngine, JobStats, engine
 from faceapp.errors import FaceappError
+from faceapp.extension import Slot
 from faceapp.face_geometry import CROP_MARGIN
 from faceapp.face_models import LoadedModel, models
 from faceapp.faces import aligned_crop
@@ -33,6 +34,7 @@ from faceapp.faces import aligned_crop
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "faceapp.analyzer"
+SLOT = Slot(EXTENSION_KEY, "faceapp.analysis.analyzers.init_app(app)")
 FREE_TEXT_CACHE_SIZE = 512
 
 
@@ -59,14 +61,11 @@ class Analyzers:
         attributes = load_attribute_set(app.config.get("ATTRIBUTES_FILE"))
         cache_dir = os.path.join(app.config["MODELS_DIR"], ".label-embeddings")
         slot = _AnalyzerSlot(attributes, cache_dir)
-        app.extensions[EXTENSION_KEY] = slot
+        SLOT.register(app, slot)
         models.add_ready_hook(app, lambda model: slot.build(model, engine.get(app)))
 
     def _slot(self) -> _AnalyzerSlot:
-        try:
-            return current_app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError("Analyzers is used before init_app(app) was called") from None
+        return SLOT.get()
 
     def get(self) -> Analyzer:
         """This worker's analyzer, loading the model on first use (503 model.not_ready)."""

@@ -220,6 +220,9 @@ POSITIVE = frozenset(
 )
 # Comma-separated in the environment; a list (or the same string) in instance/config.py.
 LISTS = frozenset({"API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"})
+# Settings that name one of a few things: any case, stored lowercase; empty means the default.
+# The only place they are checked: the code that reads them trusts the value.
+CHOICES: dict[str, tuple[str, ...]] = {"DETECTOR": ("yunet", "haar")}
 
 
 def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:
@@ -327,7 +330,7 @@ def convert(name: str, value: Any, kind: Any) -> Any:
         if kind is list:
             return split_list(value)
         if kind is str:
-            return _text(value)
+            return _choice(key, _text(value)) if key in CHOICES else _text(value)
         if kind is int:
             return _in_range(key, _whole_number(value))
         if kind is float:
@@ -343,6 +346,13 @@ def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not text")
     return value
+
+
+def _choice(key: str, text: str) -> str:
+    word = text.strip().lower() or DEFAULTS[key]
+    if word not in CHOICES[key]:
+        raise ValueError(f"{text!r} is not one of {', '.join(CHOICES[key])}")
+    return word
 
 
 def _whole_number(value: Any) -> int:

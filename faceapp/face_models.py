@@ -24,6 +24,7 @@ from faceapp.clip_pixels import PixelRecipe
 from faceapp.clip_vocab import bpe_vocab, byte_level_vocab
 from faceapp.engine import engine
 from faceapp.errors import FaceappError
+from faceapp.extension import Slot
 from faceapp.model_files import (
     build_manifest,
     pull_model,
@@ -36,6 +37,7 @@ from faceapp.model_files import (
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "faceapp.models"
+SLOT = Slot(EXTENSION_KEY, "faceapp.face_models.models.init_app(app)")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")  # int8: faceapp/onnx_int8.py
 LOAD_TIMEOUT = 900.0  # a first load may pull and convert weights: minutes, not hours
 
@@ -550,6 +552,7 @@ class ModelHolder:
             self.init_app(app)
 
     def init_app(self, app: Flask, loader: Callable[..., LoadedModel] | None = None) -> None:
+        """Keep `app`'s model settings; the model loads later (:meth:`load`), after fork."""
         keys = (
             "MODEL_NAME",
             "MODELS_DIR",
@@ -560,14 +563,11 @@ class ModelHolder:
             "MODEL_AUTO_PULL",
         )
         config = {key: app.config.get(key) for key in keys}
-        app.extensions[EXTENSION_KEY] = _HolderState(config=config, loader=loader or load_clip)
+        SLOT.register(app, _HolderState(config=config, loader=loader or load_clip))
 
     def _state(self, app: Flask | None = None) -> _HolderState:
         app = app or current_app
-        try:
-            state = app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError("ModelHolder is used before init_app(app) was called") from None
+        state = SLOT.get(app)
         if state.pid != os.getpid():
             # A forked child must never use a model (or a lock) inherited from its parent.
             app.extensions[EXTENSION_KEY] = state = _HolderState(

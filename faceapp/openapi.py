@@ -16,9 +16,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask, current_app
 
-from faceapp import __version__, schemas, versioning
+from faceapp import schemas, versioning
 from faceapp.errors import STATUS_BY_CODE
 from faceapp.output import YAML_MIMETYPE
+from faceapp.version import __version__
 
 DOCUMENT_KEY = "faceapp.openapi"
 OPENAPI_VERSION = "3.0.3"

@@ -45,6 +45,7 @@ from faceapp import access, security, services
 from faceapp.analysis import analyzers, attribute_set
 from faceapp.config import instance_secret_key
 from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes, public_error, public_text
+from faceapp.extension import Slot
 from faceapp.face_models import models
 from faceapp.inputs import pick_source
 from faceapp.model_files import read_manifest, resolve_model_folder
@@ -55,6 +56,8 @@ from faceapp.store import IMAGE_ID_RE, store
 log = logging.getLogger(__name__)
 
 bp = Blueprint("tester", __name__, url_prefix="/app")
+# The tester's state is its error page, which errors.py asks for under this key.
+SLOT = Slot(PAGE_ERRORS_KEY, "faceapp.tester.init_app(app)")
 csrf = CSRFProtect()
 
 RECENT_LIMIT = 24
@@ -88,19 +91,23 @@ PAGE_MESSAGES = {
 
 
 def init_app(app: Flask) -> None:
-    """Serve the pages, with CSRF-checked forms (the key-authenticated JSON API is exempt)."""
+    """Serve the pages, with CSRF-checked forms (the key-authenticated JSON API is exempt).
+
+    The Jobs page (faceapp/jobs/pages.py) adds its routes to this blueprint when it is imported:
+    create_app imports it first, so that this module need not import it back.
+    """
     from faceapp import api
     from faceapp.jobs import api as jobs_api
-    from faceapp.jobs import pages  # noqa: F401 - the Jobs page's routes, on this blueprint
 
+    SLOT.check_free(app)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = instance_secret_key(app.instance_path)
     csrf.init_app(app)
     csrf.exempt(api.bp)
     csrf.exempt(jobs_api.bp)
-    access.init_sign_ins(app, lambda: store.backend)  # sign-out ends a sign-in server-side
+    access.init_app(app, lambda: store.backend)  # sign-out ends a sign-in server-side
     app.register_blueprint(bp)
-    app.extensions[PAGE_ERRORS_KEY] = http_error_page  # /app/<no such page> answers a page too
+    SLOT.register(app, http_error_page)  # /app/<no such page> answers a page too
 
 
 class AnalyzeFlags(Schema):

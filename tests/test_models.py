@@ -97,6 +97,7 @@ def test_concurrent_first_requests_load_the_model_once(app, config):
         return face_models.load_clip(cfg)
 
     holder = ModelHolder()
+    app.extensions.pop(face_models.EXTENSION_KEY)  # this holder takes the app's own one's place
     holder.init_app(app, loader=slow_loader)
     results = []
     threads = [threading.Thread(target=lambda: results.append(holder.load(app))) for _ in range(8)]
@@ -110,6 +111,7 @@ def test_concurrent_first_requests_load_the_model_once(app, config):
 
 def test_a_forked_worker_does_not_reuse_its_parents_model(app):
     holder = ModelHolder()
+    app.extensions.pop(face_models.EXTENSION_KEY)  # this holder takes the app's own one's place
     holder.init_app(app)
     parent = holder.load(app)
     assert parent is not None

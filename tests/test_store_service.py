@@ -86,7 +86,7 @@ def test_analyze_reads_the_face_context_not_the_image(
     def no_original(image_id):
         raise AssertionError("analyze read the original image")
 
-    raw = client.application.extensions["faceapp.store"]._backend
+    raw = client.application.extensions["faceapp.store"].inner
     monkeypatch.setattr(raw, "get_image", no_original)
     answer = client.post("/api/analyze", json={"image_id": image_id, "wipe_cache": True})
     assert answer.status_code == 200

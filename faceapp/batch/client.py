@@ -22,11 +22,11 @@ from typing import Any
 
 import requests
 
-from faceapp import __version__
 from faceapp.batch.pipeline import Options, read_source, source_kind
 from faceapp.batch.runner import Stop
 from faceapp.errors import FaceappError
 from faceapp.store import image_id_for
+from faceapp.version import __version__
 
 MAX_TRIES = 6  # per request, after 503s or failed connections: the first try and its retries
 MAX_RATE_LIMITED = 60  # per request, 429s waited out (each for its Retry-After) before giving up
