@@ -18,8 +18,8 @@ from celery import signals as celery_signals
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from faceapp.jobs import jobs
-from faceapp.jobs.celery_app import QUEUE
+from faceapp.jobs import jobs, sweeper
+from faceapp.jobs.celery_app import QUEUE, QUEUE_KEYS, UNACKED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,10 @@ def worker_command(concurrency: int | None, loglevel: str) -> None:
     log.info("imported torch, transformers and faceapp in %.1f s", seconds)
     if failed:
         log.warning("could not import %s: the worker processes will say why", ", ".join(failed))
-    jobs.celery(app).worker_main(
+    celery = jobs.celery(app)
+    keys = sweeper.BrokerKeys(queues=QUEUE_KEYS, unacked=UNACKED_KEY)
+    celery.steps["worker"].add(sweeper.worker_step(app, keys))  # finds chunks lost in transit
+    celery.worker_main(
         [
             "worker",
             "--pool=prefork",
