@@ -24,7 +24,8 @@ from PIL import Image
 
 from bench import batch, http, jobs, photos
 from bench.fairness import bench_fair_queue
-from bench.memory import cpu_model_config, measure_in_subprocesses
+from bench.memory import measure_in_subprocesses
+from bench.models import ensure_checkpoint, face_regions, load_model
 from bench.timing import Comparison, interleaved
 
 # The sections of a run, in order; the JSON's "sections" holds exactly these keys.
@@ -73,6 +74,7 @@ class Plan:
     start_rounds: int = 2  # gunicorn starts timed
     http_only: bool = False  # skip the in-process sections
     batch_only: bool = False  # only the batch_* sections
+    jobs_only: bool = False  # only the jobs_* sections
     batch_photos: int = 200  # photos per batch pass, and passes (rounds) of each kind
     batch_rounds: int = 2
     batch_memory: tuple[int, int] = (100, 2000)  # RSS after this many images, and this many
@@ -125,6 +127,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="only the sections that measure flask batch (batch_*)",
     )
     parser.add_argument(
+        "--jobs-only",
+        action="store_true",
+        help="only the sections that measure jobs on Celery workers (jobs_*)",
+    )
+    parser.add_argument(
         "--batch-photos",
         type=int,
         default=None,
@@ -159,6 +166,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         start_rounds=1 if quick else 2,
         http_only=args.http_only,
         batch_only=args.batch_only,
+        jobs_only=args.jobs_only,
         batch_photos=_default(args.batch_photos, 24 if quick else 200),
         batch_rounds=max(1, _default(args.batch_rounds, 1 if quick else 2)),
         batch_memory=_pair(args.batch_memory) or ((10, 40) if quick else (100, 2000)),
@@ -184,62 +192,6 @@ def _pair(text: str | None) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------------
 
 
-def bench_dir() -> str:
-    """Where checkpoints are kept between runs: $FACEAPP_BENCH_DIR or ~/.cache/faceapp-bench."""
-    return os.environ.get("FACEAPP_BENCH_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "faceapp-bench"
-    )
-
-
-def ensure_checkpoint(size: str) -> tuple[str, float | None]:
-    """The random checkpoint of `size`, written once (as `flask models random` does), then reused.
-
-    Its tokenizer is CLIP's own BPE (the file `make install` fetched), so prompts cost what they
-    cost with the real model. Returns its folder and the seconds spent writing it (None when it
-    was reused).
-    """
-    from faceapp.clip_vocab import default_bpe_file
-    from faceapp.face_models import write_random_checkpoint
-    from faceapp.model_files import read_manifest
-
-    bpe = default_bpe_file()
-    if bpe is None:
-        raise RuntimeError("CLIP's BPE file is missing: run `make install` (it fetches it)")
-    folder = os.path.join(bench_dir(), f"random-clip-{size}")
-    manifest = read_manifest(folder) if os.path.isdir(folder) else None
-    if (
-        manifest
-        and manifest.get("id") == f"random-clip-{size}"
-        and manifest.get("tokenizer") == "clip-bpe"
-    ):
-        return folder, None
-    print(f"writing a random {size} checkpoint to {folder} (once) ...", flush=True)
-    started = time.perf_counter()
-    write_random_checkpoint(folder, size=size, bpe_file=bpe)
-    return folder, time.perf_counter() - started
-
-
-def load_model(folder: str, dtype: str, threads: int | None):
-    """A LoadedModel as a worker would have it: loaded by `load_clip`, warmed up."""
-    from faceapp.face_models import load_clip
-
-    model = load_clip(cpu_model_config(folder, dtype, threads))
-    model.warm_up()
-    return model
-
-
-def face_regions(image: Image.Image) -> list:
-    """The faces faceapp's own detector finds in `image`, as analysis regions, largest first."""
-    from faceapp import faces
-    from faceapp.analysis import Region
-    from faceapp.config import DEFAULTS
-
-    # Haar needs no download; the benchmark measures the CLIP side.
-    detector = faces.build_detector({**DEFAULTS, "DETECTOR": "haar"}).detector
-    found = faces.detect_faces(detector, image, DEFAULTS["DETECT_MAX_SIDE"])
-    return [Region(face.to_dict()["box"], face.confidence, True) for face in found]
-
-
 # --------------------------------------------------------------------------------------------
 # The comparisons
 # --------------------------------------------------------------------------------------------
@@ -247,9 +199,9 @@ def face_regions(image: Image.Image) -> list:
 
 def score(analyzer, image: Image.Image, regions: list, names: list[str]) -> list[dict]:
     """What a request gets: the regions' crops scored on the analyzer's inference thread."""
-    from faceapp.analysis import face_crop
+    from faceapp.face_geometry import aligned_crop
 
-    crops = [face_crop(image, region.box, None) for region in regions]
+    crops = [aligned_crop(image, region.box, None) for region in regions]
     return analyzer.analyze(crops, regions, names, None, False)[0]
 
 
@@ -600,7 +552,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     from faceapp.analysis import Analyzer
     from faceapp.attributes import load_attribute_set
     from faceapp.engine import InferenceEngine
-    from faceapp.faces import aligned_crop
+    from faceapp.face_geometry import aligned_crop
 
     started = time.perf_counter()
     folder, written_s = ensure_checkpoint(plan.size)
@@ -617,6 +569,9 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     if plan.batch_only:
         results = batch.run_batch(plan, folder)
         return _settings(plan, folder, written_s, started, batch_only=True), results
+    if plan.jobs_only:
+        results = jobs.run_jobs(plan, folder, photo)
+        return _settings(plan, folder, written_s, started, jobs_only=True), results
     if plan.http_only:
         large = photos.large_jpeg(photo)
         results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))

@@ -1,4 +1,10 @@
-"""faceapp: face detection and CLIP zero-shot face attributes over HTTP."""
+"""faceapp: face detection and CLIP zero-shot face attributes over HTTP.
+
+This module is the app factory, the top of the package's imports: it imports the rest (inside
+:func:`create_app`, so that importing faceapp costs nothing), and no module of the package
+imports it back (tests/test_architecture.py checks that). The version lives in
+faceapp/version.py and is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ from typing import Any
 
 from flask import Flask
 
-__version__ = "0.1.0"
+from faceapp.version import __version__
+
+__all__ = ["PROJECT_ROOT", "__version__", "create_app"]
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,9 +40,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             raise
         # `flask run`, the CLI, a bare WSGI server: one line naming the key, no traceback.
         raise SystemExit(f"Error: {exc}") from None
+    if app.config["MAX_FORM_PARTS"] is None:  # derived from what the multipart schemas accept
+        from faceapp.schemas import form_parts_allowed
+
+        app.config["MAX_FORM_PARTS"] = form_parts_allowed()
     os.makedirs(app.instance_path, exist_ok=True)
 
     register_logging(app)
+    register_error_handlers(app)
     register_extensions(app)
     register_blueprints(app)
     register_commands(app)
@@ -42,10 +55,16 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def register_logging(app: Flask) -> None:
-    from faceapp import errors, request_log
+    """Log lines that carry the request's id, and an X-Request-ID on every answer."""
+    from faceapp import request_log
 
-    request_log.configure_logging(app)
-    request_log.init_request_ids(app)
+    request_log.init_app(app)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every failure answered in the JSON envelope, never a traceback (faceapp/errors.py)."""
+    from faceapp import errors
+
     errors.register_error_handlers(app)
 
 
@@ -64,7 +83,7 @@ def register_extensions(app: Flask) -> None:
     models.init_app(app)  # the CLIP model, loaded and warmed on that thread
     analyzers.init_app(app)  # the attribute set now; its label embeddings once the model is ready
     faces.init_app(app)  # the face detector: YuNet, or Haar standing in (and saying so)
-    metrics.init_app(app)  # after models: it hooks their readiness
+    metrics.init_app(app, store=store, models=models)  # reads the store; hooks model readiness
     versioning.init_app(app)
     jobs.init_app(app)  # the Celery app and job records, when there is a Redis
 
@@ -78,6 +97,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_docs.bp)  # Swagger UI at /api/docs
     if app.config["TESTER_ENABLED"]:  # otherwise /app does not exist at all (404)
         from faceapp import tester
+        from faceapp.jobs import pages  # noqa: F401 - adds the Jobs page to the tester's blueprint
 
         tester.init_app(app)
 
@@ -85,9 +105,10 @@ def register_blueprints(app: Flask) -> None:
 def register_commands(app: Flask) -> None:
     from faceapp import cli
     from faceapp.batch.cli import batch_command
-    from faceapp.jobs.celery_app import worker_command
+    from faceapp.eval.cli import eval_command
+    from faceapp.jobs.worker import worker_command
 
     app.cli.add_command(cli.models_cli)
-    app.cli.add_command(cli.eval_command)
+    app.cli.add_command(eval_command)
     app.cli.add_command(batch_command)
     app.cli.add_command(worker_command)

@@ -20,11 +20,15 @@ from typing import Protocol
 from flask import Flask, current_app, g, has_request_context, request, session
 
 from faceapp.errors import FaceappError
+from faceapp.extension import Slot
 
 PUBLIC_ENDPOINTS = {"api.health", "api.ready"}  # probes never need a key
+# Nor does the API's own description (rate limited, unlike the probes): it holds no secret, and
+# Swagger UI (/api/docs) and client generators need it before anyone has typed a key.
+KEYLESS_ENDPOINTS = PUBLIC_ENDPOINTS | {"api.openapi_document"}
 SESSION_KEY_ID = "key_id"  # the signed session cookie of the tester pages holds this
 SESSION_ID = "sid"  # and the id of its sign-in, held in the store until sign-out
-SIGN_INS_KEY = "faceapp.sign_ins"
+SLOT = Slot("faceapp.sign_ins", "faceapp.access.init_app(app, sign_ins)")
 
 
 @dataclass(frozen=True)
@@ -119,13 +123,13 @@ class SignIns(Protocol):
     def drop_session(self, session_id: str) -> None: ...
 
 
-def init_sign_ins(app: Flask, sign_ins: Callable[[], SignIns]) -> None:
+def init_app(app: Flask, sign_ins: Callable[[], SignIns]) -> None:
     """The tester pages hold their sign-ins in `sign_ins()` (faceapp/tester.py: the store)."""
-    app.extensions[SIGN_INS_KEY] = sign_ins
+    SLOT.register(app, sign_ins)
 
 
 def _sign_ins() -> SignIns:
-    return current_app.extensions[SIGN_INS_KEY]()
+    return SLOT.get()()
 
 
 def _session_held() -> bool:
@@ -174,7 +178,7 @@ def sign_out() -> None:
 
 def check_api_key() -> None:
     """Before every /api request: when API_KEYS is set, a user or admin key is required."""
-    if request.endpoint in PUBLIC_ENDPOINTS or not keys_required():
+    if request.endpoint in KEYLESS_ENDPOINTS or not keys_required():
         return
     caller = current_caller()
     if caller.sent_unknown_key:

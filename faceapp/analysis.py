@@ -14,11 +14,11 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from PIL import Image
 
 from faceapp import scoring
@@ -26,13 +26,13 @@ from faceapp.atomic import atomic_path
 from faceapp.attributes import AttributeSet, load_attribute_set
 from faceapp.engine import InferenceEngine, JobStats, engine
 from faceapp.errors import FaceappError
-from faceapp.face_geometry import CROP_MARGIN
+from faceapp.extension import Slot
 from faceapp.face_models import LoadedModel, models
-from faceapp.faces import aligned_crop
 
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "faceapp.analyzer"
+SLOT = Slot(EXTENSION_KEY, "faceapp.analysis.analyzers.init_app(app)")
 FREE_TEXT_CACHE_SIZE = 512
 
 
@@ -59,14 +59,11 @@ class Analyzers:
         attributes = load_attribute_set(app.config.get("ATTRIBUTES_FILE"))
         cache_dir = os.path.join(app.config["MODELS_DIR"], ".label-embeddings")
         slot = _AnalyzerSlot(attributes, cache_dir)
-        app.extensions[EXTENSION_KEY] = slot
+        SLOT.register(app, slot)
         models.add_ready_hook(app, lambda model: slot.build(model, engine.get(app)))
 
     def _slot(self) -> _AnalyzerSlot:
-        try:
-            return current_app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError("Analyzers is used before init_app(app) was called") from None
+        return SLOT.get()
 
     def get(self) -> Analyzer:
         """This worker's analyzer, loading the model on first use (503 model.not_ready)."""
@@ -298,14 +295,6 @@ def _rows(tensor: Any) -> list[Any]:
     return list(tensor.unbind(0))
 
 
-def face_crop(
-    image: Image.Image, box: dict, landmarks: list | None, margin: float = CROP_MARGIN
-) -> Image.Image:
-    """The crop CLIP sees of one region, in `image`'s own coordinates (the one crop function):
-    eyes level when there are landmarks; margin 0 for a whole-image region."""
-    return aligned_crop(image, box, landmarks, margin=margin)
-
-
 def regions_for(meta: dict, force: bool, max_faces: int | None = None) -> list[Region]:
     """The regions to analyse: the detected faces (the `max_faces` largest; stored largest
     first), or (forced, none found) the whole image."""
@@ -317,11 +306,13 @@ def regions_for(meta: dict, force: bool, max_faces: int | None = None) -> list[R
     return regions
 
 
-def face_count(meta: dict, max_faces: int) -> dict[str, int]:
+def face_count(meta: dict, max_faces: int, *, analysed: bool = True) -> dict[str, int]:
     """The answer's ``face_count``: the faces validation found, how many of them were left out
-    by `max_faces` (the largest are analysed), and the `max_faces` in force."""
+    by `max_faces` (the largest are analysed), and the `max_faces` in force. With `analysed`
+    false (a batch or job line of an invalid photo, not forced), every face found was left out."""
     found = len(meta["faces"])
-    return {"found": found, "not_analysed": max(0, found - max_faces), "max_faces": max_faces}
+    left_out = max(0, found - max_faces) if analysed else found
+    return {"found": found, "not_analysed": left_out, "max_faces": max_faces}
 
 
 def check_attribute_names(
@@ -340,3 +331,15 @@ def check_attribute_names(
             field="attributes",
         )
     return list(dict.fromkeys(requested))
+
+
+def check_max_faces(requested: int | None, config: Mapping[str, Any]) -> int:
+    """The faces to analyse: the request's max_faces (at most MAX_FACES_LIMIT), else MAX_FACES."""
+    limit = int(config["MAX_FACES_LIMIT"])
+    if requested is not None and requested > limit:
+        raise FaceappError(
+            "input.invalid",
+            f"max_faces: at most {limit} faces are analysed per request; ask for fewer.",
+            field="max_faces",
+        )
+    return min(requested or int(config["MAX_FACES"]), limit)

@@ -20,7 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from faceapp import PROJECT_ROOT, __version__
+from faceapp import PROJECT_ROOT
+from faceapp.version import __version__
 
 SNAPSHOT_PATH = os.path.join(PROJECT_ROOT, "docs", "openapi.json")
 MIGRATION_PATH = os.path.join(PROJECT_ROOT, "docs", "MIGRATION.md")
@@ -167,7 +168,7 @@ def entry_problems(entries: list[Entry]) -> list[str]:
         elif since and _version(since) > _version(__version__):
             problems.append(
                 f"MIGRATION.md line {entry.line}: since {since} is after this version "
-                f"({__version__}); raise faceapp.__version__ with the change"
+                f"({__version__}); raise __version__ in faceapp/version.py with the change"
             )
     return problems
 

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from faceapp.errors import FaceappError, human_bytes, human_pixels
+from faceapp.extension import Slot
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 
@@ -291,25 +292,21 @@ def decode_with_limits(
     )
 
 
-BUDGET_KEY = "faceapp.decode_budget"
+SLOT = Slot("faceapp.decode_budget", "faceapp.decoding.init_app(app)")
 
 
 def init_app(app: Any) -> None:
     """Give the app (one per worker process) its decode budget: DECODE_MEMORY_BUDGET bytes,
     waited for at most DECODE_WAIT_SECONDS."""
-    if BUDGET_KEY in app.extensions:
-        raise RuntimeError("decoding.init_app(app) was called twice for this app")
-    app.extensions[BUDGET_KEY] = DecodeBudget(
+    budget = DecodeBudget(
         int(app.config["DECODE_MEMORY_BUDGET"]), float(app.config["DECODE_WAIT_SECONDS"])
     )
+    SLOT.register(app, budget)
 
 
 def budget_for(app: Any) -> DecodeBudget:
     """The app's decode budget (RuntimeError before :func:`init_app`)."""
-    try:
-        return app.extensions[BUDGET_KEY]
-    except KeyError:
-        raise RuntimeError("decoding.budget_for(app) is used before init_app(app)") from None
+    return SLOT.get(app)
 
 
 #: glibc's mallopt parameter for the size above which allocations get their own mapping.

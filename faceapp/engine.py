@@ -42,13 +42,15 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 
 from faceapp.errors import FaceappError
+from faceapp.extension import Slot
 
 log = logging.getLogger(__name__)
 
 EXTENSION_KEY = "faceapp.engine"
+SLOT = Slot(EXTENSION_KEY, "faceapp.engine.engine.init_app(app)")
 BatchFn = Callable[[list], Any]
 
 
@@ -408,25 +410,21 @@ class Engine:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        app.extensions[EXTENSION_KEY] = _EngineSlot(
+        """Give `app` its engine's settings; the engine itself starts on first use."""
+        slot = _EngineSlot(
             max_batch=int(app.config["INFERENCE_MAX_BATCH"]),
             timeout=float(app.config["INFERENCE_TIMEOUT"]),
             max_client_items=int(app.config.get("INFERENCE_MAX_WAITING_PER_CLIENT") or 0),
         )
+        SLOT.register(app, slot)
 
     def get(self, app: Flask | None = None) -> InferenceEngine:
         """This process's engine (a forked child gets a fresh one: threads do not survive fork)."""
-        app = app or current_app
-        try:
-            slot = app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError("Engine is used before init_app(app) was called") from None
-        return slot.current()
+        return SLOT.get(app).current()
 
     def stop(self, app: Flask, timeout: float = 30.0) -> bool:
         """Drain and stop this process's engine (gunicorn's worker_exit / worker_int)."""
-        slot = app.extensions.get(EXTENSION_KEY)
-        return slot.stop(timeout) if slot is not None else True
+        return SLOT.get(app).stop(timeout) if SLOT.registered(app) else True
 
 
 @dataclass

@@ -8,8 +8,8 @@ Detectors see a copy of the image scaled down to ``DETECT_MAX_SIDE`` (:func:`det
 stays bounded and both detectors are tuned for faces tens to a few hundred pixels tall.
 
 The detector is a Flask extension like the model: :func:`init_app` builds it (or the fallback,
-saying why) and :func:`detector` hands it to requests. The crop CLIP sees comes from
-:func:`aligned_crop` (faceapp/face_geometry.py).
+saying why) and :func:`detector` hands it to requests. The crop CLIP sees of a face is
+faceapp/face_geometry.py's ``aligned_crop``.
 
 OpenCV's cascade and DNN objects are not documented as safe to share between threads, so each
 detector keeps one native object per thread.
@@ -33,14 +33,16 @@ from PIL import Image
 
 from faceapp import model_files
 from faceapp.errors import public_text
-from faceapp.face_geometry import aligned_crop, head_pose
+from faceapp.extension import Slot
+from faceapp.face_geometry import head_pose
 
-__all__ = ["FaceBox", "aligned_crop", "detect_faces", "detector", "describe", "init_app"]
+__all__ = ["FaceBox", "detect_faces", "detector", "describe", "init_app"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 EXTENSION_KEY = "faceapp.detector"
+SLOT = Slot(EXTENSION_KEY, "faceapp.faces.init_app(app)")
 Landmarks = tuple[tuple[float, float], ...]
 
 
@@ -268,29 +270,21 @@ DETECTOR_KEYS = (
 
 
 def init_app(app: Flask) -> None:
-    """Register the detector; an unknown DETECTOR fails the start.
+    """Register the detector (an unknown DETECTOR already failed the start: faceapp/config.py).
 
     The detector is built on first use, like the CLIP model is loaded, in the process that
     serves, not in every `flask` command. A missing YuNet (with auto-pull on) is pulled on a
     background thread: requests never wait for a download, and Haar stands in until the file is
     there (:func:`describe` says so). When YuNet cannot be had, Haar is used and says why.
     """
-    name = str(app.config.get("DETECTOR") or "yunet").strip().lower()
-    if name not in ("yunet", "haar"):
-        raise ValueError(f"Unknown DETECTOR {name!r}: use 'yunet' or 'haar'.")
     config = {key: app.config.get(key) for key in DETECTOR_KEYS}
-    app.extensions[EXTENSION_KEY] = _DetectorState(config=config)
+    SLOT.register(app, _DetectorState(config=config))
     # Pages show a banner when the detector is a fallback (templates/tester/base.html).
     app.context_processor(lambda: {"detector_info": public_describe()})
 
 
 def _active() -> ActiveDetector:
-    try:
-        state = current_app.extensions[EXTENSION_KEY]
-    except KeyError:
-        raise RuntimeError(
-            "faces.detector() is used before faces.init_app(app) was called"
-        ) from None
+    state: _DetectorState = SLOT.get()
     active = state.active
     if active is None:
         with state.lock:
@@ -325,8 +319,9 @@ def _build(state: _DetectorState) -> ActiveDetector:
 
 def _pull_needed(config: Mapping[str, Any]) -> bool:
     """Whether YuNet is wanted from the models folder, is not there, and may be pulled."""
-    name = str(config.get("DETECTOR") or "yunet").strip().lower()
-    if name != "yunet" or config.get("DETECTOR_MODEL") or not _auto_pull(config):
+    if config.get("DETECTOR", "yunet") != "yunet" or config.get("DETECTOR_MODEL"):
+        return False
+    if not _auto_pull(config):
         return False
     return not os.path.isfile(model_files.detector_path(config["MODELS_DIR"]))
 
@@ -359,7 +354,7 @@ def _pull_in_background(state: _DetectorState) -> None:
 
 def wait_for_pull(timeout: float | None = None) -> bool:
     """Wait for this app's background pull of YuNet, if one runs; True when none is left."""
-    state: _DetectorState = current_app.extensions[EXTENSION_KEY]
+    state: _DetectorState = SLOT.get()
     pull = state.pull
     if pull is not None:
         pull.join(timeout)
@@ -417,13 +412,11 @@ def detect(image: Image.Image, reduced: Image.Image | None = None) -> list[FaceB
 
 
 def build_detector(config: Mapping[str, Any]) -> ActiveDetector:
-    """The detector DETECTOR names (``yunet`` or ``haar``); Haar when YuNet's file is missing
-    or does not load. It never downloads: pulls run in the background (:func:`init_app`)."""
-    name = str(config.get("DETECTOR") or "yunet").strip().lower()
-    if name == "haar":
+    """The detector DETECTOR names (``yunet`` or ``haar``, as faceapp/config.py checked it);
+    Haar when YuNet's file is missing or does not load. It never downloads: pulls run in the
+    background (:func:`init_app`)."""
+    if config.get("DETECTOR", "yunet") == "haar":
         return _haar(config)
-    if name != "yunet":
-        raise ValueError(f"Unknown DETECTOR {name!r}: use 'yunet' or 'haar'.")
     try:
         return _yunet(config)
     except (ValueError, OSError) as exc:

@@ -8,7 +8,9 @@ Without that folder (``flask run``, tests) the app keeps its figures in its own 
 
 The rest of the code reports through one-line hooks that do nothing when metrics are off:
 :func:`observe_event` (every trace event), :func:`count_url_fetch`, :func:`count_rate_limited`
-and :func:`count_evicted`; requests and model readiness are observed here.
+and :func:`count_evicted`; requests and model readiness are observed here. This module sits
+below the store and the model holder, which report to it: it imports neither, and
+``create_app`` hands it the two at :func:`init_app` (the store's size is read at each scrape).
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from flask import Blueprint, Flask, Response, current_app, g, has_app_context, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 
-from faceapp import __version__
 from faceapp.access import current_caller
 from faceapp.errors import FaceappError
+from faceapp.extension import Slot
+from faceapp.version import __version__
 
 log = logging.getLogger(__name__)
 
-EXTENSION_KEY = "faceapp.metrics"
+SLOT = Slot("faceapp.metrics", "faceapp.metrics.init_app(app, store=..., models=...)")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds: from a cached answer (milliseconds) to a slow image_url plus a cold analysis.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -45,13 +48,27 @@ CACHE_OF_EVENT = {"validated": "validation", "analyzed": "analysis", "cache_hit"
 bp = Blueprint("metrics", __name__)
 
 
+class SizedStore(Protocol):
+    """The store as metrics reads it (faceapp/store: ``store.backend.usage()``)."""
+
+    @property
+    def backend(self) -> Any: ...
+
+
+class ReadyHooks(Protocol):
+    """The model holder as metrics hooks it (faceapp/face_models.py's ``models``)."""
+
+    def add_ready_hook(self, app: Flask, hook: Callable[[Any], None]) -> None: ...
+
+
 class Metrics:
     """The metric objects of one app (multiprocess mode: their values live in files)."""
 
-    def __init__(self, multiprocess: bool) -> None:
+    def __init__(self, multiprocess: bool, store: SizedStore | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.multiprocess = multiprocess
+        self.store = store  # its size is read at each scrape (faceapp_store_*)
         # In multiprocess mode nothing is registered: a scrape reads every worker's files.
         self.registry = None if multiprocess else CollectorRegistry(auto_describe=True)
         own = {"registry": self.registry}
@@ -184,20 +201,24 @@ class StoreCollector:
         )
 
 
-def init_app(app: Flask) -> None:
-    """Serve /metrics and observe requests and the model, when METRICS_ENABLED."""
-    if not app.config["METRICS_ENABLED"]:
-        return  # /metrics does not exist (404) and every hook is a no-op
-    import prometheus_client
+def init_app(app: Flask, *, store: SizedStore, models: ReadyHooks) -> None:
+    """Serve /metrics and observe requests and the model, when METRICS_ENABLED.
 
-    from faceapp.face_models import models
+    `store` is read at each scrape and `models` tells when a model is ready (their extensions
+    are registered before this one); both are handed in, since both report to this module.
+    """
+    SLOT.check_free(app)
+    if not app.config["METRICS_ENABLED"]:
+        SLOT.register(app, None)  # /metrics does not exist (404) and every hook is a no-op
+        return
+    import prometheus_client
 
     # The *_created series are the same in every worker and not added up in multiprocess mode.
     prometheus_client.disable_created_metrics()
-    metrics = Metrics(multiprocess=bool(os.environ.get(MULTIPROC_ENV)))
+    metrics = Metrics(multiprocess=bool(os.environ.get(MULTIPROC_ENV)), store=store)
     if not metrics.multiprocess and int(app.config.get("WORKERS") or 1) > 1:
         log.warning("metrics: %s is not set, so each worker reports only itself", MULTIPROC_ENV)
-    app.extensions[EXTENSION_KEY] = metrics
+    SLOT.register(app, metrics)
     # First of all before_request functions, so even a request refused early is timed.
     app.before_request_funcs.setdefault(None, []).insert(0, _start_timer)
     app.after_request(_count_request)
@@ -208,13 +229,14 @@ def init_app(app: Flask) -> None:
 
 def add_scrape_collector(app: Flask, collect: Callable[[], Any]) -> None:
     """Read `collect()`'s metric families at every scrape (no-op when metrics are off)."""
-    metrics = app.extensions.get(EXTENSION_KEY)
+    metrics = SLOT.get(app)
     if metrics is not None:
         metrics.scrape_collectors.append(collect)
 
 
 def _current() -> Metrics | None:
-    return current_app.extensions.get(EXTENSION_KEY) if has_app_context() else None
+    """This app's figures; None when metrics are off or there is no app (hooks do nothing)."""
+    return SLOT.get() if SLOT.registered() else None
 
 
 def _start_timer() -> None:
@@ -300,7 +322,8 @@ def count_evicted(images: int) -> None:
 def scrape() -> Response:
     """The Prometheus text exposition of every worker's figures (admin key when ADMIN_KEYS)."""
     _check_access()
-    body, content_type = _current().render(_store_usage())
+    metrics = _current()
+    body, content_type = metrics.render(_store_usage(metrics.store))
     response = Response(body, content_type=content_type)
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -317,11 +340,11 @@ def _check_access() -> None:
             raise FaceappError("auth.required", "Metrics need an admin key.")
 
 
-def _store_usage() -> tuple[int, int] | None:
+def _store_usage(store: SizedStore | None) -> tuple[int, int] | None:
     from redis.exceptions import RedisError
 
-    from faceapp.store import store
-
+    if store is None:
+        return None
     try:
         return store.backend.usage()
     except (OSError, RedisError) as exc:  # the store's own probe (/api/ready) says more

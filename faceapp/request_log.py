@@ -17,6 +17,9 @@ from urllib.parse import unquote
 from flask import Flask, g, has_request_context, request
 from gunicorn.glogging import Logger as GunicornLogger
 
+from faceapp.extension import Slot
+
+SLOT = Slot("faceapp.request_log", "faceapp.request_log.init_app(app)")
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LOG_FORMAT = (
     "%(asctime)s %(levelname)s [%(process)d] %(name)s "
@@ -119,6 +122,13 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+def init_app(app: Flask) -> None:
+    """faceapp's log lines with the request context, and an id for every request (once per app)."""
+    SLOT.check_free(app)  # twice, every answer would be logged twice
+    configure_logging(app)
+    SLOT.register(app, init_request_ids(app))
+
+
 def configure_logging(app: Flask) -> None:
     """Send faceapp's logs to stderr with the request context, once per process."""
     logger = logging.getLogger("faceapp")
@@ -148,8 +158,9 @@ def did_work(environ: dict) -> bool:
     return bool(environ.get(WORK_ENVIRON_KEY))
 
 
-def init_request_ids(app: Flask) -> None:
-    """Give every request an id (the client's if sane) and echo it in ``X-Request-ID``."""
+def init_request_ids(app: Flask) -> logging.Logger:
+    """Give every request an id (the client's if sane) and echo it in ``X-Request-ID``; returns
+    the logger of the one line each answer gets."""
     access = logging.getLogger("faceapp.access")
 
     @app.before_request
@@ -169,3 +180,5 @@ def init_request_ids(app: Flask) -> None:
         method = escape_controls(request.method)
         access.info("%s %s %s %.1fms", method, path, response.status_code, elapsed)
         return response
+
+    return access

@@ -1,9 +1,10 @@
 """The softmax-to-answer step: cosine similarities in, an attribute's answer out.
 
 Pure functions, shared by the service (faceapp/analysis.py) and the evaluation harness
-(faceapp/evaluation.py), so what `flask eval` measures is what the API answers. A face's scores
-for an attribute are ``softmax(logit_scale * similarity / temperature)`` over its labels; the
-temperature is 1 unless the attribute file's ``calibration`` section sets one (``eval --fit``).
+(faceapp/eval/evaluation.py), so what `flask eval` measures is what the API answers. A face's
+scores for an attribute are ``softmax(logit_scale * similarity / temperature)`` over its labels;
+the temperature is 1 unless the attribute file's ``calibration`` section sets one
+(``eval --fit``).
 The answer's ``margin`` is the top score minus the second; an attribute with ``abstain_below``
 answers ``label: null, uncertain: true`` when the margin is below it.
 """

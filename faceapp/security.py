@@ -1,8 +1,8 @@
 """What faceapp does for exposure: security headers, the client's address, and rate limits.
 
 - Every answer (API and pages) carries a strict Content-Security-Policy (unless a view set its
-  own), nosniff, DENY framing and no referrer; /api and /app answers are
-  ``Cache-Control: no-store``.
+  own), nosniff, DENY framing and no referrer (the /app pages: same-origin, PAGE_HEADERS says
+  why); /api and /app answers are ``Cache-Control: no-store``. Every header is set here.
 - ``TRUSTED_PROXY_HOPS`` proxies are believed about the client's address (ProxyFix); with 0 the
   client is the socket peer and X-Forwarded-For is ignored.
 - /api and the tester pages are rate limited (``RATELIMIT``): per key for a request with a valid
@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, request
@@ -30,12 +31,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from faceapp import metrics
 from faceapp.access import PUBLIC_ENDPOINTS, client_identity, current_caller, presented_key
 from faceapp.errors import SHOWS_PATHS_KEY, FaceappError, error_response
+from faceapp.extension import Slot
 
 log = logging.getLogger(__name__)
 
-LIMITER_KEY = "faceapp.limiter"
-FAILED_KEYS_KEY = "faceapp.failed_keys"
+SLOT = Slot("faceapp.security", "faceapp.security.init_app(app)")
 
+# Nothing inline and nothing from elsewhere: the pages have no inline script, style or style="".
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
@@ -43,12 +45,29 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",  # the /app pages send same-origin (tester.py says why)
+    "Referrer-Policy": "no-referrer",
 }
+#: The /app pages (the tester and its Jobs pages) differ in one header. Not the API's no-referrer:
+#: over HTTPS, Flask-WTF refuses a form post whose Referer is missing or from another origin
+#: (WTF_CSRF_SSL_STRICT), so the pages must send their own; other sites still learn nothing.
+PAGE_HEADERS = {**SECURITY_HEADERS, "Referrer-Policy": "same-origin"}
+#: Swagger UI (/api/docs): its own icons are data: URLs in its stylesheet; nothing else is
+#: loosened.
+SWAGGER_UI_POLICY = (
+    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
+)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    limiter: Limiter  # RATELIMIT, per key or address
+    failed_keys: Any  # AUTH_FAILURE_LIMIT, per address (a `limits` rate item)
 
 
 def init_app(app: Flask) -> None:
     """Install the proxy handling, the rate limiter and the security headers on `app`."""
+    SLOT.check_free(app)  # a second ProxyFix would believe one proxy hop too many
     hops = int(app.config["TRUSTED_PROXY_HOPS"])
     if hops > 0:
         # Only the address and scheme: nginx sets Host itself, and a forwarded Host or prefix
@@ -56,8 +75,8 @@ def init_app(app: Flask) -> None:
         app.wsgi_app = ProxyFix(
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0
         )
-    init_rate_limits(app)
-    init_failed_key_limit(app)
+    limiter = init_rate_limits(app)
+    SLOT.register(app, _Limits(limiter, init_failed_key_limit(app)))
     app.extensions[SHOWS_PATHS_KEY] = lambda: current_caller().admin  # server paths: admins
     app.session_interface = ProxyAwareSessionInterface()
     app.after_request(add_security_headers)
@@ -71,11 +90,12 @@ class ProxyAwareSessionInterface(SecureCookieSessionInterface):
 
 
 def add_security_headers(response: Response) -> Response:
-    """Set the security headers a view has not set itself (the tester pages set their own CSP)."""
-    for name, value in SECURITY_HEADERS.items():
+    """Set the security headers a view has not set itself (Swagger UI sets its own CSP); /api and
+    /app answers are not cached (the pages show photos of people)."""
+    page = _under(request.path, "/app")
+    for name, value in (PAGE_HEADERS if page else SECURITY_HEADERS).items():
         response.headers.setdefault(name, value)
-    ours = is_api_request() or _under(request.path, "/app")
-    if ours and "Cache-Control" not in response.headers:
+    if (page or is_api_request()) and "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -95,7 +115,7 @@ def rate_limit_storage_uri(config) -> str:
     store_url = str(config.get("STORE_URL") or "")
     if store_url.startswith(("redis://", "rediss://")):
         return store_url
-    if store_url.startswith("unix://"):  # a Redis socket (faceapp/store.py); limits' spelling
+    if store_url.startswith("unix://"):  # a Redis socket (faceapp/store/); limits' spelling
         return "redis+" + store_url
     return "memory://"  # named explicitly: Flask-Limiter warns when it has to pick it itself
 
@@ -134,7 +154,6 @@ def init_rate_limits(app: Flask) -> Limiter:
         swallow_errors=True,
     )  # RATELIMIT_ENABLED (and Flask-Limiter's other RATELIMIT_* keys) it reads from app.config
     limiter.init_app(app)
-    app.extensions[LIMITER_KEY] = limiter
     # Flask-Limiter raises its own 429; answer it in the envelope with Retry-After (errors.py
     # would give the envelope but has no way to know when the window ends).
     app.register_error_handler(RateLimitExceeded, _rate_limited)
@@ -144,12 +163,12 @@ def init_rate_limits(app: Flask) -> Limiter:
 # -- failed key checks ---------------------------------------------------------------------------
 
 
-def init_failed_key_limit(app: Flask) -> None:
+def init_failed_key_limit(app: Flask) -> Any:
     """Count failed key checks per address (AUTH_FAILURE_LIMIT); over it, every request of that
     address that carries a key is 429 until the window ends, whether the key is right or not,
-    so guessing learns nothing more."""
+    so guessing learns nothing more. Returns the limit."""
     try:
-        app.extensions[FAILED_KEYS_KEY] = parse(str(app.config["AUTH_FAILURE_LIMIT"]))
+        limit = parse(str(app.config["AUTH_FAILURE_LIMIT"]))
     except ValueError:
         raise ValueError(
             f"AUTH_FAILURE_LIMIT {app.config['AUTH_FAILURE_LIMIT']!r} is not a rate such as "
@@ -157,6 +176,7 @@ def init_failed_key_limit(app: Flask) -> None:
         ) from None
     app.before_request(refuse_key_guessing)
     app.after_request(count_failed_key_check)
+    return limit
 
 
 def _checks_a_key() -> bool:
@@ -170,7 +190,7 @@ def _checks_a_key() -> bool:
 
 
 def _failure_window() -> tuple[Any, str]:
-    limiter: Limiter = current_app.extensions[LIMITER_KEY]
+    limiter: Limiter = SLOT.get().limiter
     return limiter.limiter, f"addr:{request.remote_addr or '-'}"
 
 
@@ -178,7 +198,7 @@ def refuse_key_guessing() -> None:
     """Before a key is checked: 429 once this address has had too many failed checks."""
     if not _checks_a_key():
         return
-    limit = current_app.extensions[FAILED_KEYS_KEY]
+    limit = SLOT.get().failed_keys
     strategy, address = _failure_window()
     try:
         if strategy.test(limit, "failed-keys", address):
@@ -203,7 +223,7 @@ def count_failed_key_check(response: Response) -> Response:
     if response.status_code == 401 and _checks_a_key():
         strategy, address = _failure_window()
         try:
-            strategy.hit(current_app.extensions[FAILED_KEYS_KEY], "failed-keys", address)
+            strategy.hit(SLOT.get().failed_keys, "failed-keys", address)
         except Exception:  # noqa: BLE001 - as in refuse_key_guessing
             log.warning("failed-key counts unavailable; this failure is not counted")
     return response
@@ -211,7 +231,7 @@ def count_failed_key_check(response: Response) -> Response:
 
 def retry_after_seconds() -> int:
     """How long the client of a 429 should wait: until the breached window ends."""
-    limiter: Limiter = current_app.extensions[LIMITER_KEY]
+    limiter: Limiter = SLOT.get().limiter
     current = limiter.current_limit
     return max(1, math.ceil(current.reset_at - time.time())) if current else 60
 

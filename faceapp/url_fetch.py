@@ -27,10 +27,11 @@ import requests
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import ReadTimeoutError
 
-from faceapp import __version__, metrics
+from faceapp import metrics
 from faceapp.config import split_list
 from faceapp.deadlines import DeadlineAdapter, overall_deadline
 from faceapp.errors import FaceappError, human_bytes
+from faceapp.version import __version__
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

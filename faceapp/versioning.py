@@ -20,8 +20,8 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from faceapp import __version__
 from faceapp.errors import STATUS_BY_CODE
+from faceapp.version import __version__
 
 log = logging.getLogger(__name__)
 

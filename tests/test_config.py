@@ -147,6 +147,29 @@ def test_flask_and_extension_settings_come_from_the_environment_too(tmp_path, mo
     assert app.config["RATELIMIT_STRATEGY"] == "moving-window"
 
 
+@pytest.mark.parametrize(("sent", "kept"), [("Haar", "haar"), (" YUNET ", "yunet"), ("", "yunet")])
+def test_detector_is_checked_and_lowercased_where_the_settings_load(
+    tmp_path, monkeypatch, sent, kept
+):
+    """DETECTOR is checked in one place, faceapp/config.py: from the environment as from a test
+    mapping, any case; empty is the default. faces.py then trusts the value it reads."""
+    monkeypatch.setenv("FACEAPP_DETECTOR", sent)
+    app = Flask("faceapp", instance_path=str(tmp_path), instance_relative_config=True)
+    load_config(app, None)
+    assert app.config["DETECTOR"] == kept
+    mapped = Flask("faceapp", instance_path=str(tmp_path))
+    load_config(mapped, {"DETECTOR": sent})
+    assert mapped.config["DETECTOR"] == kept
+
+
+def test_an_unknown_detector_stops_the_start_naming_the_key(tmp_path, monkeypatch):
+    with pytest.raises(SettingError, match=r"DETECTOR: 'mtcnn' is not one of yunet, haar"):
+        load_config(Flask("faceapp", instance_path=str(tmp_path)), {"DETECTOR": "mtcnn"})
+    monkeypatch.setenv("FACEAPP_DETECTOR", "MTCNN")
+    with pytest.raises(SettingError, match=r"FACEAPP_DETECTOR: 'MTCNN' is not one of"):
+        load_config(Flask("faceapp", instance_path=str(tmp_path)), None)
+
+
 @pytest.mark.parametrize(("value", "meant"), [(1, True), (0, False), (True, True), ("On", True)])
 def test_yes_no_takes_one_and_zero_as_numbers_too(value, meant):
     assert yes_no(value) is meant

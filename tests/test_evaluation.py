@@ -20,8 +20,9 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from faceapp import create_app, evaluation, scoring
+from faceapp import create_app, scoring
 from faceapp.attributes import DEFAULT_FILE, load_attribute_set
+from faceapp.eval import evaluation
 from faceapp.faces import HaarFaceDetector
 from tests.conftest import jpeg_bytes
 
@@ -248,7 +249,7 @@ def test_against_scores_both_sets_on_crops_encoded_once(labelled, attribute_file
     assert report.not_compared == {"image_quality": "the --against set has other labels"}
     assert set(report.against.attributes) == {"lighting"}
     assert report.against.attributes["lighting"].accuracy == pytest.approx(1 / 5)
-    from faceapp.eval_report import difference
+    from faceapp.eval.report import difference
 
     assert difference(report.result, report.against)["lighting"]["accuracy"] == pytest.approx(
         1 / 5 - 4 / 5

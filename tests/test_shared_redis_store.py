@@ -26,7 +26,7 @@ def test_validate_on_one_instance_analyze_on_another(config, tmp_path, redis_url
     with first.app_context():
         from faceapp.store import store
 
-        assert isinstance(store.backend, RedisStore)
+        assert isinstance(store.backend.inner, RedisStore)
     image_id = (
         first.test_client()
         .post("/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")})

@@ -76,7 +76,8 @@ def test_the_guarded_backend_passes_errors_and_attributes_through(tmp_path):
     ImageStore(bare)  # the extension set up by its constructor
     with bare.app_context():
         backend = store.backend
-        assert isinstance(backend, FileStore)
+        assert isinstance(backend.inner, FileStore)  # the backend itself, unguarded
+        assert not isinstance(backend, FileStore)  # what views get is the guarded view of it
         assert backend.max_bytes == 1234
         with pytest.raises(FaceappError) as raised:
             backend.set_meta("0" * 64, {})

@@ -6,11 +6,13 @@ as NDJSON while the job runs. Redis is the broker (the store's own, unless BROKE
 another) and holds the job records (faceapp/jobs/store.py). Without Redis there are no jobs, and
 the API says so (503 ``jobs.unavailable``).
 
-Files, in the order a job meets them: submit.py (checks the items, writes the job, queues its
+Files, in the order a job meets them: service.py (checks the items, writes the job, queues its
 first chunks; archive.py opens a zip), tasks.py (the Celery task, thin like a view), runner.py
 (a chunk: each item through item.py's pipeline, its line recorded once, the next chunk queued),
-api.py (the HTTP views), celery_app.py (the Celery app made from the Flask config, and the
-worker command).
+api.py (the HTTP views) and pages.py (the tester's Jobs page), store.py (the job records),
+figures.py (their metrics), celery_app.py (the Celery app made from the Flask config),
+worker.py (the worker command) and sweeper.py (each worker's look for chunks lost between the
+queue and a worker).
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from flask import Flask, current_app
+from flask import Flask
 
 from faceapp.errors import FaceappError
+from faceapp.extension import Slot
 
 log = logging.getLogger(__name__)
 
-EXTENSION_KEY = "faceapp.jobs"
+SLOT = Slot("faceapp.jobs", "faceapp.jobs.jobs.init_app(app)")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -51,8 +54,8 @@ class Jobs:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        if EXTENSION_KEY in app.extensions:
-            raise RuntimeError("Jobs is registered on this app already")
+        """Make the Celery app and the job store when there is a Redis (else jobs are off)."""
+        SLOT.check_free(app)  # before a second Celery app is made
         url = broker_url(app.config)
         state = _JobsState(broker_url=url)
         if url is not None:
@@ -62,7 +65,7 @@ class Jobs:
             state.celery = make_celery(app, url)  # connects nothing until used
             state.store = JobStore(url)
             self._add_figures(app, state.store)
-        app.extensions[EXTENSION_KEY] = state
+        SLOT.register(app, state)
 
     @staticmethod
     def _add_figures(app: Flask, store: Any) -> None:
@@ -74,10 +77,7 @@ class Jobs:
         metrics.add_scrape_collector(app, functools.partial(figures.collect, store))
 
     def _state(self, app: Flask | None = None) -> _JobsState:
-        try:
-            return (app or current_app).extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError("Jobs is used before init_app(app) was called") from None
+        return SLOT.get(app)
 
     def available(self, app: Flask | None = None) -> bool:
         """Whether this app has a broker for jobs (not whether it answers now)."""

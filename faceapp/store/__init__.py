@@ -7,7 +7,8 @@ under the instance folder) or ``redis://host:port/db``
 store sees the same images.
 
 Views reach the backend through :data:`store` (``store.backend``), which turns a backend's
-outage (an unreachable Redis, a full or read-only disk) into 503 ``store.unavailable``.
+outage (an unreachable Redis, a full or read-only disk) into 503 ``store.unavailable``; the
+backend itself, unguarded, is ``store.backend.inner``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import logging
 from typing import Any
 from urllib.parse import urlparse
 
-from flask import Flask, current_app
+from flask import Flask
 
 from faceapp.errors import FaceappError
+from faceapp.extension import Slot
 from faceapp.store.base import (
     IMAGE_ID_RE,
     STORE_FORMAT,
@@ -37,6 +39,7 @@ __all__ = [
     "STORE_FORMAT",
     "Backend",
     "FileStore",
+    "Guarded",
     "ImageStore",
     "check_image_id",
     "image_id_for",
@@ -48,34 +51,44 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EXTENSION_KEY = "faceapp.store"
+SLOT = Slot("faceapp.store", "faceapp.store.store.init_app(app)")
 
 
-def open_backend(url: str, max_bytes: int = 0, max_age_seconds: float = 0) -> Backend:
-    """The backend STORE_URL names: a folder, ``file://`` URL or ``redis://`` URL."""
+def open_backend(
+    url: str, max_bytes: int = 0, max_age_seconds: float = 0, max_events: int = 0
+) -> Backend:
+    """The backend STORE_URL names: a folder, ``file://`` URL or ``redis://`` URL; `max_events`
+    bounds each image's trace (0: no bound)."""
+    limits = {"max_bytes": max_bytes, "max_age_seconds": max_age_seconds, "max_events": max_events}
     parsed = urlparse(url)
     if parsed.scheme in ("redis", "rediss", "unix"):
         from faceapp.store.redis_backend import RedisStore
 
-        return RedisStore(url, max_bytes=max_bytes, max_age_seconds=max_age_seconds)
+        return RedisStore(url, **limits)
     if parsed.scheme == "file":
         url = parsed.path
     elif parsed.scheme and len(parsed.scheme) > 1:
         raise ValueError(f"STORE_URL {url!r}: use a folder, file:// or redis://")
-    return FileStore(url, max_bytes=max_bytes, max_age_seconds=max_age_seconds)
+    return FileStore(url, **limits)
 
 
 class Guarded:
-    """A backend whose outages surface as 503 store.unavailable (the app's view of a backend)."""
+    """A backend whose outages surface as 503 store.unavailable (the app's view of a backend).
+
+    Its methods and settings are the backend's; :attr:`inner` is the backend itself, for a
+    caller that needs to know which one it is (``isinstance(store.backend.inner, RedisStore)``).
+    """
+
+    inner: Backend
 
     def __init__(self, backend: Backend) -> None:
-        object.__setattr__(self, "_backend", backend)
+        object.__setattr__(self, "inner", backend)
 
     def __getattr__(self, name: str) -> Any:
-        value = getattr(self._backend, name)
+        value = getattr(self.inner, name)
         if not callable(value):
             return value
-        backend = self._backend
+        backend = self.inner
 
         @functools.wraps(value)
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -92,11 +105,7 @@ class Guarded:
         return call
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._backend, name, value)
-
-    @property
-    def __class__(self) -> type:  # noqa: D105 - isinstance(store.backend, RedisStore) holds
-        return type(self._backend)
+        setattr(self.inner, name, value)
 
 
 class ImageStore:
@@ -107,19 +116,20 @@ class ImageStore:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        """Open the backend STORE_URL names for `app` (once per app)."""
+        SLOT.check_free(app)
         backend = open_backend(
             app.config["STORE_URL"],
             max_bytes=app.config["STORE_MAX_BYTES"],
             max_age_seconds=app.config["STORE_MAX_AGE_SECONDS"],
+            max_events=app.config["TRACE_MAX_EVENTS"],
         )
-        app.extensions[EXTENSION_KEY] = Guarded(backend)
+        SLOT.register(app, Guarded(backend))
 
     @property
-    def backend(self) -> Backend:
-        try:
-            return current_app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError("ImageStore is used before init_app(app) was called") from None
+    def backend(self) -> Guarded:
+        """The current app's backend, guarded (RuntimeError before :meth:`init_app`)."""
+        return SLOT.get()
 
     def meta_or_404(self, image_id: str) -> dict:
         """The stored metadata of a valid image_id, else 400 image_id.invalid / 404 not_found.

@@ -11,7 +11,7 @@ many attribute sets are compared on it.
 Entries that cannot be scored never stop a run: unknown attributes or labels, unreadable files,
 files that are not accepted images are listed in ``skipped`` with the reason; images in which
 no face is found are counted in ``no_face``. Rendering (table, JSON, HTML) is in
-:mod:`faceapp.eval_report`; the CLI is ``flask --app wsgi eval`` (:mod:`faceapp.cli`).
+:mod:`faceapp.eval.report`; the CLI is ``flask --app wsgi eval`` (:mod:`faceapp.eval.cli`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from PIL import Image
 from faceapp import decoding, faces, scoring
 from faceapp.attributes import AttributeSet
 from faceapp.errors import FaceappError
-from faceapp.faces import aligned_crop
+from faceapp.face_geometry import aligned_crop
 
 ECE_BINS = 10  # equal-width confidence bins, as in Guo et al. 2017 ("On calibration ...")
 # Margins below which answers are withheld, for the coverage-vs-accuracy table.
@@ -401,7 +401,7 @@ class SetResult:
 
 @dataclass
 class Report:
-    """Everything one run measured (eval_report renders it)."""
+    """Everything one run measured (faceapp/eval/report.py renders it)."""
 
     data: str
     model: dict

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from faceapp.evaluation import AttributeResult, Report, SetResult
+from faceapp.eval.evaluation import AttributeResult, Report, SetResult
 
 LIST_AT_MOST = 20  # names shown per list in the table (the JSON and HTML name them all)
 TABLE_THRESHOLDS = (0.1, 0.2, 0.3, 0.5)
