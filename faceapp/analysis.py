@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -316,11 +316,13 @@ def regions_for(meta: dict, force: bool, max_faces: int | None = None) -> list[R
     return regions
 
 
-def face_count(meta: dict, max_faces: int) -> dict[str, int]:
+def face_count(meta: dict, max_faces: int, *, analysed: bool = True) -> dict[str, int]:
     """The answer's ``face_count``: the faces validation found, how many of them were left out
-    by `max_faces` (the largest are analysed), and the `max_faces` in force."""
+    by `max_faces` (the largest are analysed), and the `max_faces` in force. With `analysed`
+    false (a batch or job line of an invalid photo, not forced), every face found was left out."""
     found = len(meta["faces"])
-    return {"found": found, "not_analysed": max(0, found - max_faces), "max_faces": max_faces}
+    left_out = max(0, found - max_faces) if analysed else found
+    return {"found": found, "not_analysed": left_out, "max_faces": max_faces}
 
 
 def check_attribute_names(
@@ -339,3 +341,15 @@ def check_attribute_names(
             field="attributes",
         )
     return list(dict.fromkeys(requested))
+
+
+def check_max_faces(requested: int | None, config: Mapping[str, Any]) -> int:
+    """The faces to analyse: the request's max_faces (at most MAX_FACES_LIMIT), else MAX_FACES."""
+    limit = int(config["MAX_FACES_LIMIT"])
+    if requested is not None and requested > limit:
+        raise FaceappError(
+            "input.invalid",
+            f"max_faces: at most {limit} faces are analysed per request; ask for fewer.",
+            field="max_faces",
+        )
+    return min(requested or int(config["MAX_FACES"]), limit)

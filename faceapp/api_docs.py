@@ -3,9 +3,9 @@
 Swagger UI's files come from the flask-swagger-ui package (its ``dist`` folder, a packaged copy
 of npm's swagger-ui-dist), never from a CDN. The page has no inline script, so it runs under a
 strict Content-Security-Policy: ``static/api-docs.js`` starts Swagger UI on ``/api/openapi.json``.
-The page needs no key; the document does when API_KEYS is set, so the page takes one (kept in
-the tab's sessionStorage) and sends it with every request it makes. Until it has one, the page
-explains the key instead of loading the document (which would fail). Validate and analyze come
+Neither the page nor the document needs a key; with API_KEYS set the operations do, so the page
+takes one (kept in the tab's sessionStorage) and sends it with every request it makes. Until it
+has one, the page explains the key above the operations. Validate and analyze come
 with request examples that run as they are (faceapp/openapi.py, ``request_examples``).
 """
 

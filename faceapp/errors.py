@@ -47,6 +47,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "input.missing": 400,
     "input.ambiguous": 400,
     "input.invalid": 400,
+    "input.unsupported_media_type": 415,
     "image.empty": 400,
     "image.corrupt": 400,
     "image.unsupported_format": 415,

@@ -102,10 +102,10 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     """Store and validate an image source; returns its stored metadata (validation included).
 
     The same bytes always give the same image_id; a stored image is validated once and reused,
-    unless `wipe_cache` asks for its cached validation and results to be dropped and redone.
+    unless `wipe_cache` asks for its cached validation and results to be dropped and redone, or
+    it was validated by another detector or under other rules (:func:`stale_reason`).
     """
     config = current_app.config
-    backend = store.backend
     started = time.perf_counter()
     request_log.count_as_work()
     data = source_bytes(source, config)
@@ -114,9 +114,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     timings = {"receive": (time.perf_counter() - started) * 1000}
 
     meta = store.current_meta(image_id)
-    detector = faces.describe()
-    same_detector = meta is not None and faces.same_detector(meta, detector)
-    if same_detector and not wipe_cache:
+    if meta is not None and stale_reason(meta, config) is None and not wipe_cache:
         timings["total"] = (time.perf_counter() - started) * 1000
         record_event(
             image_id,
@@ -128,16 +126,48 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
             name=source_name(source),
         )
         return meta
+    return validate_afresh(
+        image_id, data, meta, source.kind, source_name(source), timings=timings, started=started
+    )
+
+
+def stale_reason(meta: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """Why a stored validation no longer holds (``detector_changed``: made by another detector
+    version; ``rules_changed``: judged by other rules, see :func:`validation.rules_version`),
+    or None when it still does."""
+    if not faces.same_detector(meta, faces.describe()):
+        return "detector_changed"
+    if meta.get("validation", {}).get("rules") != validation.rules_version(config):
+        return "rules_changed"
+    return None
+
+
+def validate_afresh(
+    image_id: str,
+    data: bytes,
+    meta: dict | None,
+    source_kind: str,
+    name: str | None,
+    *,
+    timings: dict[str, float],
+    started: float,
+) -> dict:
+    """Examine and store an image's bytes, and trace it; `meta` is what the store held."""
+    config = current_app.config
+    backend = store.backend
+    detector = faces.describe()
     history: list[dict] = []
-    if meta is not None and not same_detector:
-        # Another detector finds other faces, so the stored face contexts must go too: the image
-        # is stored afresh below, and its trace carried over (wipe_cache or not).
+    stale = None if meta is None else stale_reason(meta, config)
+    if stale is not None:
+        # Another detector finds other faces, other rules give other roles: the stored face
+        # contexts and results must go too. The image is stored afresh below, and its trace
+        # carried over (wipe_cache or not).
         history = backend.events(image_id)
         backend.delete(image_id)
     elif meta is not None:  # wipe_cache: validated afresh, trace stays
         wipe_results(image_id)
 
-    examined = examine(data, image_id, source.kind, config)
+    examined = examine(data, image_id, source_kind, config)
     meta, parts = examined.meta, examined.parts
     timings.update(examined.timings)
     step = time.perf_counter()
@@ -148,7 +178,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     if history:
         for event in history:
             backend.append_event(image_id, event)
-        record_event(image_id, "wiped", {}, reason="detector_changed")
+        record_event(image_id, "wiped", {}, reason=stale)
     timings["store"] = timings.pop("parts") + (time.perf_counter() - step) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     record_event(
@@ -157,8 +187,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         timings,
         cached=False,
         valid=meta["validation"]["valid"],
-        source=source.kind,
-        name=source_name(source),
+        source=source_kind,
+        name=name,
         errors=[issue["code"] for issue in meta["validation"]["errors"]],
         warnings=[issue["code"] for issue in meta["validation"]["warnings"]],
         **faces.trace_fields(detector),
@@ -170,6 +200,18 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         len(meta["faces"]),
     )
     return meta
+
+
+def revalidate_stored(image_id: str, meta: dict) -> dict:
+    """A stored image validated by another detector or other rules, validated again from its
+    stored bytes (analyze by image_id must not judge it by the old validation)."""
+    data = store.backend.get_image(image_id)
+    if data is None:  # deleted or evicted since its metadata was read
+        raise not_found(image_id)
+    started = time.perf_counter()
+    return validate_afresh(
+        image_id, data, meta, meta.get("source", "image_id"), None, timings={}, started=started
+    )
 
 
 @dataclass
@@ -241,6 +283,7 @@ def examine(
             "errors": [issue.to_dict() for issue in report.errors],
             "warnings": [issue.to_dict() for issue in report.warnings],
             "quality": report.quality,
+            "rules": validation.rules_version(config),
         },
         "stored": stored,
     }
@@ -273,7 +316,7 @@ def analyze(
     started = time.perf_counter()
     request_log.count_as_work()
     names = analysis.check_attribute_names(attributes)
-    max_faces = check_max_faces(max_faces, current_app.config)
+    max_faces = analysis.check_max_faces(max_faces, current_app.config)
     timings: dict[str, float] = {}
     batch: dict[str, Any] = {}  # how the inference thread ran it (the trace shows it)
     if source is not None:
@@ -282,7 +325,10 @@ def analyze(
         timings["validate"] = (time.perf_counter() - started) * 1000
     else:
         meta = visible_meta(image_id)
-        if wipe_cache:
+        if stale_reason(meta, current_app.config) is not None:
+            meta = revalidate_stored(image_id, meta)
+            timings["validate"] = (time.perf_counter() - started) * 1000
+        elif wipe_cache:
             wipe_results(image_id)
     if not meta["validation"]["valid"] and not force:
         codes = ", ".join(issue["code"] for issue in meta["validation"]["errors"])
@@ -354,18 +400,6 @@ def analyze(
     }
 
 
-def check_max_faces(requested: int | None, config: Mapping[str, Any]) -> int:
-    """The faces to analyse: the request's max_faces (at most MAX_FACES_LIMIT), else MAX_FACES."""
-    limit = int(config["MAX_FACES_LIMIT"])
-    if requested is not None and requested > limit:
-        raise FaceappError(
-            "input.invalid",
-            f"max_faces: at most {limit} faces are analysed per request; ask for fewer.",
-            field="max_faces",
-        )
-    return min(requested or int(config["MAX_FACES"]), limit)
-
-
 def describe_model(scorer: analysis.Analyzer) -> dict:
     """The answers' ``model`` object: the CLIP weights and attribute set, and the face detector
     (a Haar fallback standing in for YuNet says so there)."""
@@ -400,12 +434,25 @@ def result_key(
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+#: The result keys of the tester's runs, beside the analysis cache (faceapp/tester.py): each
+#: run's document names the key_id that made it.
+TESTER_RUN_PREFIX = "tester-run:"
+
+
 def wipe_results(image_id: str) -> None:
     """wipe_cache on a stored image. An admin's (or anyone's without API_KEYS) drops every
-    cached result and tester run of it; a user key's drops nothing of anyone else's: its
-    request is computed afresh and replaces the cached answer, which is the same for everyone."""
+    cached result and tester run of it; a user key's drops its own tester runs and nothing of
+    anyone else's: its request is computed afresh and replaces the cached answer, which is the
+    same for everyone."""
     if access.sees_everything():
         store.backend.drop_results(image_id)
+    elif (own := access.current_caller().key_id) is not None:
+        store.backend.drop_results(
+            image_id,
+            where=lambda key, document: (
+                key.startswith(TESTER_RUN_PREFIX) and document.get("key_id") == own
+            ),
+        )
     record_event(image_id, "wiped", {}, reason="wipe_cache")
 
 
@@ -449,7 +496,11 @@ def _public_detector(info: Any) -> Any:
 def image_trace(image_id: str) -> dict:
     """GET /api/images/<id>/trace: the caller's events of an image, oldest first."""
     visible_meta(image_id)
-    return {"image_id": image_id, "events": visible_events(store.backend.events(image_id))}
+    return {
+        "image_id": image_id,
+        "events": visible_events(store.backend.events(image_id)),
+        "max_events": current_app.config["TRACE_MAX_EVENTS"],
+    }
 
 
 def image_preview(image_id: str) -> bytes:

@@ -56,6 +56,7 @@ from faceapp.store import IMAGE_ID_RE, store
 log = logging.getLogger(__name__)
 
 bp = Blueprint("tester", __name__, url_prefix="/app")
+bp.add_app_template_filter(human_bytes, "human_bytes")  # "772 bytes", "1.2 MiB", as errors say
 # The tester's state is its error page, which errors.py asks for under this key.
 SLOT = Slot(PAGE_ERRORS_KEY, "faceapp.tester.init_app(app)")
 csrf = CSRFProtect()
@@ -64,7 +65,7 @@ RECENT_LIMIT = 24
 RECENT_SCAN = 200  # the newest stored images searched for the caller's uploads
 THUMBNAIL_SIDE = 160
 MAX_LABELS, MAX_LABEL_CHARS = 32, 200  # as the API's AnalyzeRequest
-RUN_PREFIX = "tester-run:"  # result keys of the tester's runs, beside the analysis cache
+RUN_PREFIX = services.TESTER_RUN_PREFIX  # result keys of the tester's runs
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
 OPEN_ENDPOINTS = {"tester.login", "tester.logout"}
 IMAGE_PAGE_RE = re.compile(r"^/app/images/([0-9a-f]{64})$")
@@ -309,8 +310,8 @@ def image_page(image_id: str) -> str | tuple[str, int]:
     run = read_run(image_id, run_id)
     if run is None:
         gone = (
-            "This analysis is no longer stored, or is another key's (an admin's wipe of the cache "
-            "drops it)"
+            "This analysis is no longer stored, or is another key's (a wipe of the cache drops "
+            "it: an admin's, or its own key's)"
         )
         options = run_options_from_trace(image_id, run_id)
         if options is None:

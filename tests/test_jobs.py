@@ -83,6 +83,8 @@ def test_a_malformed_item_is_refused_with_its_index_and_nothing_is_queued(api, b
     for items in ([{"image_id": "nope"}], [{"image_url": URL, "image_id": "a" * 64}], ["x"], []):
         assert post(api, {"items": items}).status_code == 400
     assert post(api, {"items": [{"image_url": URL}], "max_faces": 0}).status_code == 400
+    over = post(api, {"items": [{"image_url": URL}], "max_faces": 21})  # MAX_FACES_LIMIT: 20
+    assert over.status_code == 400 and over.get_json()["error"]["field"] == "max_faces"
     unknown = post(api, {"items": [{"image_url": URL}], "attributes": ["shoe_size"]})
     assert unknown.status_code == 400
     too_many = post(api, {"items": [{"image_url": URL}] * 51})

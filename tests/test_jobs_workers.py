@@ -181,7 +181,8 @@ def test_a_job_of_real_photos_by_url_answers_each_item_once(cluster, photos):
         if name in photos and name != "notes.jpg":
             assert line["image_id"] == hashlib.sha256(photos[name]).hexdigest()
             assert set(line) == {
-                "index", "source", "image_id", "valid", "errors", "warnings", "faces", "model"
+                "index", "source", "image_id", "valid", "errors", "warnings", "faces",
+                "face_count", "model"
             }  # fmt: skip
     assert lines[0]["valid"] is True and lines[0]["faces"][0]["attributes"]
     assert lines[1]["valid"] is False and lines[1]["errors"][0]["code"] == "face.none"

@@ -494,3 +494,15 @@ def test_the_readme_names_the_referrer_policy_each_part_sends(client):
     assert (api, pages) == ("no-referrer", "same-origin")
     assert f"`Referrer-Policy: {api}`, except the `/app` pages" in readme
     assert f"which send `Referrer-Policy: {pages}`: over HTTPS, Flask-WTF" in readme
+
+
+@pytest.mark.parametrize(("size", "words"), [((8, 8), "bytes"), ((400, 300), "KiB")])
+def test_the_image_caption_gives_the_size_as_the_other_pages_do(client, size, words):
+    from faceapp.errors import human_bytes
+
+    buffer = io.BytesIO()
+    Image.effect_noise(size, 64).convert("RGB").save(buffer, "PNG")
+    data = buffer.getvalue()
+    text = client.get(page_of(client, data)).get_data(as_text=True)
+    assert f", {human_bytes(len(data))}, last by" in text and words in human_bytes(len(data))
+    assert "Bytes" not in text and "kB" not in text

@@ -101,6 +101,8 @@ def create_job(
     config = current_app.config
     store = jobs.store  # 503 jobs.unavailable without Redis, before the items are looked at
     analysis.check_attribute_names(options.get("attributes"))  # a typo: 400 now, not per item
+    if options.get("max_faces") is not None:  # over MAX_FACES_LIMIT: 400 now, not per item
+        analysis.check_max_faces(options["max_faces"], config)
     owner = owner_of(caller)
     token = options.get("client_token")
     analyze_options = {key: value for key, value in options.items() if key != "client_token"}
