@@ -27,9 +27,7 @@ from faceapp.attributes import AttributeSet, load_attribute_set
 from faceapp.engine import InferenceEngine, JobStats, engine
 from faceapp.errors import FaceappError
 from faceapp.extension import Slot
-from faceapp.face_geometry import CROP_MARGIN
 from faceapp.face_models import LoadedModel, models
-from faceapp.faces import aligned_crop
 
 log = logging.getLogger(__name__)
 
@@ -295,14 +293,6 @@ def _face_geometry(face: dict | None) -> dict:
 def _rows(tensor: Any) -> list[Any]:
     """A tensor's rows as separate tensors (cached one per label)."""
     return list(tensor.unbind(0))
-
-
-def face_crop(
-    image: Image.Image, box: dict, landmarks: list | None, margin: float = CROP_MARGIN
-) -> Image.Image:
-    """The crop CLIP sees of one region, in `image`'s own coordinates (the one crop function):
-    eyes level when there are landmarks; margin 0 for a whole-image region."""
-    return aligned_crop(image, box, landmarks, margin=margin)
 
 
 def regions_for(meta: dict, force: bool, max_faces: int | None = None) -> list[Region]:

@@ -16,14 +16,10 @@ import os
 from flask import Blueprint, Response, abort, render_template, send_from_directory
 
 from faceapp import access
+from faceapp.security import SWAGGER_UI_POLICY
 
 bp = Blueprint("api_docs", __name__, url_prefix="/api/docs")
 
-# Swagger UI's own icons are data: URLs in its stylesheet; nothing else is loosened.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
-    "form-action 'self'"
-)
 ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE", "VERSION"}
 
 
@@ -39,7 +35,7 @@ def page() -> Response:
     """The Swagger UI page for this service's OpenAPI document."""
     page = render_template("api_docs/index.html", keys_required=access.keys_required())
     response = Response(page)
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Content-Security-Policy"] = SWAGGER_UI_POLICY
     return response
 
 

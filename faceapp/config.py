@@ -67,7 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "BROKER_URL": None,
     "JOBS_VISIBILITY_TIMEOUT": 600,  # s: work a lost worker held goes to another after this
     "JOBS_CHUNK_SIZE": 8,  # items per task (one worker's batch)
-    "JOBS_WINDOW": 8,  # chunks of one job queued or running at once (its parallelism)
+    "JOBS_WINDOW": 8,  # chunks of one key's jobs queued or running at once (its parallelism)
+    "JOBS_MAX_ATTEMPTS": 5,  # tries of a chunk whose items meet lasting trouble, then it fails
     "JOB_TTL": 7 * 24 * 3600,  # s a finished job and its results are kept
     "MAX_JOB_ITEMS": 10_000,
     "MAX_ACTIVE_JOBS": 3,  # queued or running jobs per API key
@@ -216,6 +217,7 @@ POSITIVE = frozenset(
         "JOBS_VISIBILITY_TIMEOUT",
         "JOBS_CHUNK_SIZE",
         "JOBS_WINDOW",
+        "JOBS_MAX_ATTEMPTS",
         "JOB_TTL",
         "MAX_JOB_ITEMS",
         "MAX_ACTIVE_JOBS",

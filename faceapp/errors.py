@@ -70,6 +70,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "rate.limited": 429,
     "model.not_ready": 503,
     "model.busy": 503,
+    "model.unavailable": 503,
     "store.unavailable": 503,
     # Jobs (faceapp/jobs/): the queue, a job, and the zip archive a job may come from.
     "jobs.unavailable": 503,

@@ -56,6 +56,11 @@ class ValidateRequest(SourceSchema):
     """POST /api/validate."""
 
 
+#: A request's free-text labels: at most this many, each at most this long (the tester's forms
+#: check the same, faceapp/forms.py).
+MAX_LABELS, MAX_LABEL_CHARS = 32, 200
+
+
 def distinct_labels(labels: list[str]) -> None:
     """Refuse a label given twice (case aside: CLIP lowercases, so both would score the same)."""
     seen: set[str] = set()
@@ -75,8 +80,8 @@ class AnalysisOptions(Schema):
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=64)
     )
     labels = fields.List(
-        fields.String(validate=validate.Length(min=1, max=200)),
-        validate=[validate.Length(max=32), distinct_labels],
+        fields.String(validate=validate.Length(min=1, max=MAX_LABEL_CHARS)),
+        validate=[validate.Length(max=MAX_LABELS), distinct_labels],
     )
     include_embedding = Flag(load_default=False)
     force = Flag(load_default=False)

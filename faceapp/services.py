@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -358,7 +359,7 @@ def analyze(
         step = time.perf_counter()
         regions = analysis.regions_for(meta, force, max_faces)
         crops = stored_image.region_crops(
-            meta, regions, lambda name: store.backend.get_part(image_id, name), analysis.face_crop
+            meta, regions, lambda name: store.backend.get_part(image_id, name)
         )
         if crops is None:  # deleted or evicted since its metadata was read
             raise not_found(image_id)
@@ -526,6 +527,74 @@ def wipe_all() -> dict:
     count = store.backend.wipe()
     log.info("wiped the store: %d image(s)", count)
     return {"wiped": count}
+
+
+# -- the tester's runs and its recent list (faceapp/tester.py) ---------------------------------
+
+TESTER_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
+RECENT_SCAN = 200  # the newest stored images searched for the caller's uploads
+
+
+def save_tester_run(image_id: str, run: dict) -> None:
+    """Keep a tester run (its options, its key's id and what it computed) beside the image's
+    cached results, so that a wipe of them drops it too."""
+    store.backend.put_result(image_id, TESTER_RUN_PREFIX + run["run_id"], run)
+
+
+def tester_run(image_id: str, run_id: str) -> dict | None:
+    """A stored tester run of this image that this caller may see (None when unknown,
+    malformed, dropped since, or another key's)."""
+    if not TESTER_RUN_ID_RE.fullmatch(run_id):
+        return None
+    run = store.backend.get_result(image_id, TESTER_RUN_PREFIX + run_id)
+    if run is None or access.sees_everything():
+        return run
+    return run if run.get("key_id") == access.current_caller().key_id else None
+
+
+def tester_run_options(image_id: str, run_id: str) -> dict | None:
+    """The options of a tester run, from its trace event (which outlives the run itself)."""
+    for event in reversed(image_trace(image_id)["events"]):
+        if event.get("tester_run") == run_id:
+            return {
+                "labels": list(event.get("labels") or []),
+                "include_embedding": bool(event.get("include_embedding")),
+                "force": bool(event.get("force")),
+            }
+    return None
+
+
+def recent_uploads(caller: access.Caller, limit: int) -> list[dict]:
+    """The newest uploads this caller may see, newest first, re-uploads counted when they happen.
+
+    With API_KEYS set, a user key sees what it uploaded (through the pages or the API) and an
+    admin key sees everything; without keys, everyone sees everything.
+    """
+    scoped = access.keys_required() and not caller.admin
+    if scoped and caller.key_id is None:
+        return []
+    items = []
+    for meta in store.backend.recent(RECENT_SCAN):
+        uploads = [
+            event
+            for event in store.backend.events(meta["image_id"])
+            if event.get("event") == "validated"
+            and (not scoped or event.get("key_id") == caller.key_id)
+        ]
+        if scoped and not uploads:
+            continue
+        latest = uploads[-1] if uploads else {}
+        items.append(
+            {
+                "meta": meta,
+                "at": latest.get("time") or meta.get("created_at", ""),
+                "name": latest.get("name"),
+                "source": latest.get("source") or meta.get("source"),
+                "uploads": len(uploads),
+            }
+        )
+    items.sort(key=lambda item: item["at"], reverse=True)
+    return items[:limit]
 
 
 def _plain(value: Any) -> Any:

@@ -160,7 +160,7 @@ class Pipeline:
         analysed = answer["valid"] or options.force
         if analysed:
             regions = analysis.regions_for(meta, options.force, self.max_faces)
-            crops = stored_image.region_crops(meta, regions, examined.parts.get, analysis.face_crop)
+            crops = stored_image.region_crops(meta, regions, examined.parts.get)
             found, _ = self.analyzer.analyze(
                 crops,
                 regions,

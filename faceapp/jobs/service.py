@@ -122,12 +122,12 @@ def create_job(
         window = int(config["JOBS_WINDOW"])
         store.write_items(job_id, items, blobs)
         try:
-            store.create(
+            first = store.create(
                 job_id,
                 owner,
                 total=len(items),
                 chunk_size=chunk_size,
-                first_chunks=window,
+                window=window,
                 options=analyze_options,
                 kind=kind,
                 max_active=int(config["MAX_ACTIVE_JOBS"]),
@@ -144,7 +144,7 @@ def create_job(
             ) from None
         job = store.get(job_id)
         try:
-            for chunk in range(min(window, job["chunks"])):
+            for chunk in range(first):
                 queue_chunk(job_id, chunk)
         except (RedisError, OperationalError) as exc:
             reason = {"code": "jobs.unavailable", "message": "The job could not be queued."}
