@@ -60,7 +60,8 @@ def make_photos(folder: str, count: int) -> list[str]:
     return paths
 
 
-def _app(folder: str, scratch: str, threads: int | None):
+def batch_app(folder: str, scratch: str, threads: int | None, **settings: object):
+    """The Flask app ``flask batch`` runs in, on this checkpoint and a scratch store."""
     from faceapp import create_app
 
     return create_app(
@@ -75,11 +76,12 @@ def _app(folder: str, scratch: str, threads: int | None):
             **http.detector_settings(),
             "LOG_LEVEL": "WARNING",
             "TORCH_THREADS": threads or 0,
+            **settings,
         }
     )
 
 
-def _run_batch(paths: list[str], process, out: str, workers: int) -> float:
+def batch_pass(paths: list[str], process, out: str, workers: int) -> float:
     """One ``flask batch`` pass (the command's own runner and writer); ms per image."""
     from faceapp.batch import output, runner
     from faceapp.batch.progress import Progress, Tally
@@ -123,7 +125,7 @@ def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Compari
     try:
         paths = make_photos(os.path.join(scratch, "photos"), count)
         out = os.path.join(scratch, "out.jsonl")
-        app = _app(folder, scratch, plan.threads)
+        app = batch_app(folder, scratch, plan.threads)
         pipeline = Pipeline(app, Options())  # loads and warms the model
         workers = int(app.config["INFERENCE_MAX_BATCH"]) + available_cores()
         with http.gunicorn(
@@ -134,10 +136,10 @@ def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Compari
             for _ in range(rounds):
                 _wipe(server)
                 samples["http"].append(_loop(paths, client.process))
-                samples["batch"].append(_run_batch(paths, pipeline.process, out, workers))
+                samples["batch"].append(batch_pass(paths, pipeline.process, out, workers))
                 samples["loop"].append(_loop(paths, pipeline.process))
                 _wipe(server)
-                samples["server"].append(_run_batch(paths, client.process, out, 8))
+                samples["server"].append(batch_pass(paths, client.process, out, 8))
     finally:
         http.close_sessions()
         shutil.rmtree(scratch, ignore_errors=True)

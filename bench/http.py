@@ -519,11 +519,11 @@ def bench_start(
 def run_http(plan, folder: str, photo: Image.Image, large: bytes, jpeg: bytes) -> list:
     """Every HTTP section, on servers started and stopped here."""
     from bench.models import face_regions, load_model
-    from faceapp.analysis import face_crop
+    from faceapp.face_geometry import aligned_crop
     from faceapp.face_models import available_cores
 
     regions = face_regions(photo)
-    crop = face_crop(photo, regions[0].box, None)
+    crop = aligned_crop(photo, regions[0].box, None)
     results = []
     scratch = tempfile.mkdtemp(prefix="faceapp-bench-http-")
     try:

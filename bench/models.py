@@ -28,8 +28,8 @@ def ensure_checkpoint(size: str) -> tuple[str, float | None]:
     was reused).
     """
     from faceapp.clip_vocab import default_bpe_file
-    from faceapp.face_models import write_random_checkpoint
     from faceapp.model_files import read_manifest
+    from faceapp.random_checkpoints import write_random_checkpoint
 
     bpe = default_bpe_file()
     if bpe is None:

@@ -74,6 +74,7 @@ class Plan:
     start_rounds: int = 2  # gunicorn starts timed
     http_only: bool = False  # skip the in-process sections
     batch_only: bool = False  # only the batch_* sections
+    jobs_only: bool = False  # only the jobs_* sections
     batch_photos: int = 200  # photos per batch pass, and passes (rounds) of each kind
     batch_rounds: int = 2
     batch_memory: tuple[int, int] = (100, 2000)  # RSS after this many images, and this many
@@ -126,6 +127,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="only the sections that measure flask batch (batch_*)",
     )
     parser.add_argument(
+        "--jobs-only",
+        action="store_true",
+        help="only the sections that measure jobs on Celery workers (jobs_*)",
+    )
+    parser.add_argument(
         "--batch-photos",
         type=int,
         default=None,
@@ -160,6 +166,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         start_rounds=1 if quick else 2,
         http_only=args.http_only,
         batch_only=args.batch_only,
+        jobs_only=args.jobs_only,
         batch_photos=_default(args.batch_photos, 24 if quick else 200),
         batch_rounds=max(1, _default(args.batch_rounds, 1 if quick else 2)),
         batch_memory=_pair(args.batch_memory) or ((10, 40) if quick else (100, 2000)),
@@ -192,9 +199,9 @@ def _pair(text: str | None) -> tuple[int, int] | None:
 
 def score(analyzer, image: Image.Image, regions: list, names: list[str]) -> list[dict]:
     """What a request gets: the regions' crops scored on the analyzer's inference thread."""
-    from faceapp.analysis import face_crop
+    from faceapp.face_geometry import aligned_crop
 
-    crops = [face_crop(image, region.box, None) for region in regions]
+    crops = [aligned_crop(image, region.box, None) for region in regions]
     return analyzer.analyze(crops, regions, names, None, False)[0]
 
 
@@ -545,7 +552,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     from faceapp.analysis import Analyzer
     from faceapp.attributes import load_attribute_set
     from faceapp.engine import InferenceEngine
-    from faceapp.faces import aligned_crop
+    from faceapp.face_geometry import aligned_crop
 
     started = time.perf_counter()
     folder, written_s = ensure_checkpoint(plan.size)
@@ -562,6 +569,9 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     if plan.batch_only:
         results = batch.run_batch(plan, folder)
         return _settings(plan, folder, written_s, started, batch_only=True), results
+    if plan.jobs_only:
+        results = jobs.run_jobs(plan, folder, photo)
+        return _settings(plan, folder, written_s, started, jobs_only=True), results
     if plan.http_only:
         large = photos.large_jpeg(photo)
         results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))

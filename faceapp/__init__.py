@@ -40,6 +40,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             raise
         # `flask run`, the CLI, a bare WSGI server: one line naming the key, no traceback.
         raise SystemExit(f"Error: {exc}") from None
+    if app.config["MAX_FORM_PARTS"] is None:  # derived from what the multipart schemas accept
+        from faceapp.schemas import form_parts_allowed
+
+        app.config["MAX_FORM_PARTS"] = form_parts_allowed()
     os.makedirs(app.instance_path, exist_ok=True)
 
     register_logging(app)

@@ -23,6 +23,9 @@ from faceapp.errors import FaceappError
 from faceapp.extension import Slot
 
 PUBLIC_ENDPOINTS = {"api.health", "api.ready"}  # probes never need a key
+# Nor does the API's own description (rate limited, unlike the probes): it holds no secret, and
+# Swagger UI (/api/docs) and client generators need it before anyone has typed a key.
+KEYLESS_ENDPOINTS = PUBLIC_ENDPOINTS | {"api.openapi_document"}
 SESSION_KEY_ID = "key_id"  # the signed session cookie of the tester pages holds this
 SESSION_ID = "sid"  # and the id of its sign-in, held in the store until sign-out
 SLOT = Slot("faceapp.sign_ins", "faceapp.access.init_app(app, sign_ins)")
@@ -175,7 +178,7 @@ def sign_out() -> None:
 
 def check_api_key() -> None:
     """Before every /api request: when API_KEYS is set, a user or admin key is required."""
-    if request.endpoint in PUBLIC_ENDPOINTS or not keys_required():
+    if request.endpoint in KEYLESS_ENDPOINTS or not keys_required():
         return
     caller = current_caller()
     if caller.sent_unknown_key:

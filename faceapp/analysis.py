@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +27,7 @@ from faceapp.attributes import AttributeSet, load_attribute_set
 from faceapp.engine import InferenceEngine, JobStats, engine
 from faceapp.errors import FaceappError
 from faceapp.extension import Slot
-from faceapp.face_geometry import CROP_MARGIN
 from faceapp.face_models import LoadedModel, models
-from faceapp.faces import aligned_crop
 
 log = logging.getLogger(__name__)
 
@@ -297,14 +295,6 @@ def _rows(tensor: Any) -> list[Any]:
     return list(tensor.unbind(0))
 
 
-def face_crop(
-    image: Image.Image, box: dict, landmarks: list | None, margin: float = CROP_MARGIN
-) -> Image.Image:
-    """The crop CLIP sees of one region, in `image`'s own coordinates (the one crop function):
-    eyes level when there are landmarks; margin 0 for a whole-image region."""
-    return aligned_crop(image, box, landmarks, margin=margin)
-
-
 def regions_for(meta: dict, force: bool, max_faces: int | None = None) -> list[Region]:
     """The regions to analyse: the detected faces (the `max_faces` largest; stored largest
     first), or (forced, none found) the whole image."""
@@ -316,11 +306,13 @@ def regions_for(meta: dict, force: bool, max_faces: int | None = None) -> list[R
     return regions
 
 
-def face_count(meta: dict, max_faces: int) -> dict[str, int]:
+def face_count(meta: dict, max_faces: int, *, analysed: bool = True) -> dict[str, int]:
     """The answer's ``face_count``: the faces validation found, how many of them were left out
-    by `max_faces` (the largest are analysed), and the `max_faces` in force."""
+    by `max_faces` (the largest are analysed), and the `max_faces` in force. With `analysed`
+    false (a batch or job line of an invalid photo, not forced), every face found was left out."""
     found = len(meta["faces"])
-    return {"found": found, "not_analysed": max(0, found - max_faces), "max_faces": max_faces}
+    left_out = max(0, found - max_faces) if analysed else found
+    return {"found": found, "not_analysed": left_out, "max_faces": max_faces}
 
 
 def check_attribute_names(
@@ -339,3 +331,15 @@ def check_attribute_names(
             field="attributes",
         )
     return list(dict.fromkeys(requested))
+
+
+def check_max_faces(requested: int | None, config: Mapping[str, Any]) -> int:
+    """The faces to analyse: the request's max_faces (at most MAX_FACES_LIMIT), else MAX_FACES."""
+    limit = int(config["MAX_FACES_LIMIT"])
+    if requested is not None and requested > limit:
+        raise FaceappError(
+            "input.invalid",
+            f"max_faces: at most {limit} faces are analysed per request; ask for fewer.",
+            field="max_faces",
+        )
+    return min(requested or int(config["MAX_FACES"]), limit)

@@ -3,9 +3,9 @@
 Swagger UI's files come from the flask-swagger-ui package (its ``dist`` folder, a packaged copy
 of npm's swagger-ui-dist), never from a CDN. The page has no inline script, so it runs under a
 strict Content-Security-Policy: ``static/api-docs.js`` starts Swagger UI on ``/api/openapi.json``.
-The page needs no key; the document does when API_KEYS is set, so the page takes one (kept in
-the tab's sessionStorage) and sends it with every request it makes. Until it has one, the page
-explains the key instead of loading the document (which would fail). Validate and analyze come
+Neither the page nor the document needs a key; with API_KEYS set the operations do, so the page
+takes one (kept in the tab's sessionStorage) and sends it with every request it makes. Until it
+has one, the page explains the key above the operations. Validate and analyze come
 with request examples that run as they are (faceapp/openapi.py, ``request_examples``).
 """
 
@@ -16,14 +16,10 @@ import os
 from flask import Blueprint, Response, abort, render_template, send_from_directory
 
 from faceapp import access
+from faceapp.security import SWAGGER_UI_POLICY
 
 bp = Blueprint("api_docs", __name__, url_prefix="/api/docs")
 
-# Swagger UI's own icons are data: URLs in its stylesheet; nothing else is loosened.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
-    "form-action 'self'"
-)
 ASSETS = {"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "LICENSE", "VERSION"}
 
 
@@ -39,7 +35,7 @@ def page() -> Response:
     """The Swagger UI page for this service's OpenAPI document."""
     page = render_template("api_docs/index.html", keys_required=access.keys_required())
     response = Response(page)
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Content-Security-Policy"] = SWAGGER_UI_POLICY
     return response
 
 

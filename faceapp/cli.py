@@ -10,7 +10,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from faceapp import face_models, model_files
+from faceapp import model_files, random_checkpoints
 from faceapp.clip_vocab import default_bpe_file
 
 models_cli = AppGroup("models", help="Manage the models folder (MODELS_DIR).")
@@ -69,7 +69,7 @@ def pull_detector(models_dir: str) -> None:
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option(
     "--size",
-    type=click.Choice(sorted(face_models.RANDOM_SIZES)),
+    type=click.Choice(sorted(random_checkpoints.RANDOM_SIZES)),
     default="tiny",
     show_default=True,
     help="tiny: a few MB for tests; base: ViT-B/32 for benchmarks.",
@@ -86,7 +86,7 @@ def pull_detector(models_dir: str) -> None:
 def random_model(folder: str, size: str, seed: int, bpe_file: str | None) -> None:
     """Write a CLIP checkpoint with random weights to FOLDER (use it as FACEAPP_MODEL_NAME)."""
     bpe_file = bpe_file or default_bpe_file()
-    face_models.write_random_checkpoint(folder, size=size, seed=seed, bpe_file=bpe_file)
+    random_checkpoints.write_random_checkpoint(folder, size=size, seed=seed, bpe_file=bpe_file)
     manifest = model_files.read_manifest(folder)
     tokenizer = "CLIP's BPE" if bpe_file else "byte-level"
     click.echo(

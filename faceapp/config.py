@@ -60,12 +60,15 @@ DEFAULTS: dict[str, Any] = {
     "STORE_URL": None,  # None: <instance>/store
     "STORE_MAX_BYTES": 2 * 1024**3,
     "STORE_MAX_AGE_SECONDS": 7 * 24 * 3600,
+    # The events kept in one image's trace: the oldest go first (both store backends).
+    "TRACE_MAX_EVENTS": 1000,
     # Jobs (faceapp/jobs/): Celery workers fed through Redis. BROKER_URL None: the STORE_URL's
     # Redis (jobs are unavailable with the folder store and no BROKER_URL).
     "BROKER_URL": None,
     "JOBS_VISIBILITY_TIMEOUT": 600,  # s: work a lost worker held goes to another after this
     "JOBS_CHUNK_SIZE": 8,  # items per task (one worker's batch)
-    "JOBS_WINDOW": 8,  # chunks of one job queued or running at once (its parallelism)
+    "JOBS_WINDOW": 8,  # chunks of one key's jobs queued or running at once (its parallelism)
+    "JOBS_MAX_ATTEMPTS": 5,  # tries of a chunk whose items meet lasting trouble, then it fails
     "JOB_TTL": 7 * 24 * 3600,  # s a finished job and its results are kept
     "MAX_JOB_ITEMS": 10_000,
     "MAX_ACTIVE_JOBS": 3,  # queued or running jobs per API key
@@ -84,7 +87,8 @@ DEFAULTS: dict[str, Any] = {
     # The stored, normalised image is at most this wide and tall. 2000, not 2048: a 4000 px JPEG
     # then decodes at half scale (JPEG's draft mode never goes below the size asked for).
     "STORED_MAX_SIDE": 2000,
-    "MAX_FORM_PARTS": 20,
+    # None: as many parts as the largest form the multipart schemas accept (schemas.py).
+    "MAX_FORM_PARTS": None,
     "MAX_FORM_MEMORY_SIZE": None,  # None: room for an image_base64 form field of MAX_UPLOAD_BYTES
     # image_url
     "URL_ALLOWED_HOSTS": "",
@@ -173,6 +177,7 @@ NULLABLE: dict[str, type] = {
     "ATTRIBUTES_FILE": str,
     "STORE_URL": str,
     "MAX_FORM_MEMORY_SIZE": int,
+    "MAX_FORM_PARTS": int,
     "DETECTOR_MODEL": str,
     "DETECTOR_AUTO_PULL": bool,
     "DETECTOR_URL": str,
@@ -196,6 +201,8 @@ POSITIVE = frozenset(
         "MAX_DECODE_MEMORY",
         "DECODE_MEMORY_BUDGET",
         "STORED_MAX_SIDE",
+        "MAX_FORM_PARTS",
+        "TRACE_MAX_EVENTS",
         "URL_CONNECT_TIMEOUT",
         "URL_READ_TIMEOUT",
         "URL_DEADLINE",
@@ -210,6 +217,7 @@ POSITIVE = frozenset(
         "JOBS_VISIBILITY_TIMEOUT",
         "JOBS_CHUNK_SIZE",
         "JOBS_WINDOW",
+        "JOBS_MAX_ATTEMPTS",
         "JOB_TTL",
         "MAX_JOB_ITEMS",
         "MAX_ACTIVE_JOBS",

@@ -47,6 +47,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "input.missing": 400,
     "input.ambiguous": 400,
     "input.invalid": 400,
+    "input.unsupported_media_type": 415,
     "image.empty": 400,
     "image.corrupt": 400,
     "image.unsupported_format": 415,
@@ -69,6 +70,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "rate.limited": 429,
     "model.not_ready": 503,
     "model.busy": 503,
+    "model.unavailable": 503,
     "store.unavailable": 503,
     # Jobs (faceapp/jobs/): the queue, a job, and the zip archive a job may come from.
     "jobs.unavailable": 503,

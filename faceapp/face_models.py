@@ -1,9 +1,11 @@
 """The CLIP model: where it comes from, which device and dtype it runs in, and one copy per worker.
 
-This is the only module that imports transformers' model classes. Analysis code asks the
+This is the only module that loads transformers' model classes. Analysis code asks the
 :data:`models` extension for a :class:`LoadedModel` and calls its ``encode_*`` methods.
 
 Where a model's files are, their manifest and the version derived from it: faceapp/model_files.py.
+Random checkpoints for tests and benchmarks: faceapp/random_checkpoints.py. What gunicorn's master
+imports before it forks the workers: faceapp/gunicorn_worker.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from flask import Flask, current_app
 from faceapp import auto_dtype
 from faceapp.atomic import replace_folder, staging_folder
 from faceapp.clip_pixels import PixelRecipe
-from faceapp.clip_vocab import bpe_vocab, byte_level_vocab
 from faceapp.engine import engine
 from faceapp.errors import FaceappError
 from faceapp.extension import Slot
@@ -31,7 +32,6 @@ from faceapp.model_files import (
     read_manifest,
     resolve_model_folder,
     weights_version,
-    write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -40,118 +40,7 @@ EXTENSION_KEY = "faceapp.models"
 SLOT = Slot(EXTENSION_KEY, "faceapp.face_models.models.init_app(app)")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")  # int8: faceapp/onnx_int8.py
 LOAD_TIMEOUT = 900.0  # a first load may pull and convert weights: minutes, not hours
-
-
-# --------------------------------------------------------------------------------------------
-# Random checkpoints (tests and benchmarks run offline on these)
-# --------------------------------------------------------------------------------------------
-
-RANDOM_SIZES: dict[str, dict[str, Any]] = {
-    # A few MB: loads in well under a second, for the test suite.
-    "tiny": {
-        "text": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-        },
-        "vision": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        "projection_dim": 16,
-        "vocab_size": None,  # the tokenizer's own size
-    },
-    # openai/clip-vit-base-patch32's architecture (151 M parameters), for benchmarks.
-    "base": {
-        "text": {
-            "hidden_size": 512,
-            "intermediate_size": 2048,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 8,
-        },
-        "vision": {
-            "hidden_size": 768,
-            "intermediate_size": 3072,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 12,
-            "image_size": 224,
-            "patch_size": 32,
-        },
-        "projection_dim": 512,
-        "vocab_size": 49408,
-    },
-}
-
-
-def write_random_checkpoint(
-    folder: str, size: str = "tiny", seed: int = 0, bpe_file: str | None = None
-) -> str:
-    """Write a CLIP checkpoint with random weights that loads offline through `load_clip`.
-
-    Its tokenizer is CLIP's own when `bpe_file` (CLIP's BPE file, faceapp/clip_vocab.py) is
-    given, else one token per byte (longer prompts, same code path).
-    """
-    import torch
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessorPil,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTokenizer,
-    )
-
-    if size not in RANDOM_SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(RANDOM_SIZES)}")
-    spec = RANDOM_SIZES[size]
-    vocab, merges = bpe_vocab(bpe_file) if bpe_file else byte_level_vocab()
-    special = {
-        "bos_token_id": vocab["<|startoftext|>"],
-        "eos_token_id": vocab["<|endoftext|>"],
-        "pad_token_id": vocab["<|endoftext|>"],
-    }
-    text = {
-        **spec["text"],
-        **special,
-        "vocab_size": spec["vocab_size"] or len(vocab),
-        "max_position_embeddings": 77,
-    }
-    config = CLIPConfig(
-        text_config=text, vision_config=spec["vision"], projection_dim=spec["projection_dim"]
-    )
-    image_size = spec["vision"]["image_size"]
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": image_size},
-            crop_size={"height": image_size, "width": image_size},
-        ),
-        tokenizer=CLIPTokenizer(vocab=vocab, merges=merges),
-    )
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    torch.manual_seed(seed)
-    model = CLIPModel(config)
-
-    with staging_folder(os.path.dirname(os.path.abspath(folder)), ".random-") as staging:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        manifest = build_manifest(
-            staging,
-            f"random-clip-{size}",
-            None,
-            source="random",
-            random_weights=True,
-            seed=seed,
-            tokenizer="clip-bpe" if bpe_file else "byte-level",
-        )
-        write_manifest(staging, manifest)
-        replace_folder(staging, folder)
-    return folder
+WARMUP_TEXT = "a photo of a face"  # the text encoder's warm-up
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,7 +130,6 @@ class LoadedModel:
     image_session: Any = field(default=None, repr=False)  # DTYPE=int8: onnx_int8.ImageSession
     dtype_choice: auto_dtype.Choice | None = None  # DTYPE=auto: what was chosen and why
     pixel_recipe: PixelRecipe | None = field(default=None, repr=False)  # None: the processor
-    text_encoder_calls: int = field(default=0, repr=False)
 
     @property
     def version(self) -> str:
@@ -250,10 +138,6 @@ class LoadedModel:
     @property
     def random_weights(self) -> bool:
         return bool(self.manifest.get("random_weights"))
-
-    @property
-    def embedding_size(self) -> int:
-        return int(self.model.config.projection_dim)
 
     @property
     def logit_scale(self) -> float:
@@ -310,7 +194,6 @@ class LoadedModel:
         """L2-normalised text embeddings (float32, on the CPU) for a batch of strings."""
         import torch
 
-        self.text_encoder_calls += 1
         inputs = self.processor(
             text=list(texts), return_tensors="pt", padding=True, truncation=True, max_length=77
         )
@@ -323,8 +206,7 @@ class LoadedModel:
         """Run a warm-up crop and one text through the model so the first request is not slow."""
         started = time.perf_counter()
         self.encode_images(warmup_crops(1))
-        self.encode_texts(["a photo of a face"])
-        self.text_encoder_calls -= 1  # warm-up is not a request's encoding
+        self.encode_texts([WARMUP_TEXT])
         self.warmup_ms = (time.perf_counter() - started) * 1000
         return self.warmup_ms
 
@@ -347,41 +229,6 @@ def warmup_crops(count: int = auto_dtype.TRIAL_BATCH) -> list[Any]:
 def _pooled(output: Any):
     # transformers 5 returns an output object from get_*_features; 4.x returned the tensor.
     return getattr(output, "pooler_output", output)
-
-
-#: What every worker imports before it can load a model: seconds of CPU each time (torch,
-#: transformers' CLIP classes and the rest of faceapp). :func:`import_libraries` imports them once
-#: in gunicorn's master, so that a worker forked from it (at start, after a crash, when recycled)
-#: only creates the app and loads the weights.
-PRELOADED_MODULES = (
-    "torch",
-    "transformers.models.clip.modeling_clip",
-    "transformers.models.clip.processing_clip",
-    "transformers.models.clip.image_processing_clip",
-    "transformers.models.clip.tokenization_clip",
-    "faceapp.api",
-    "faceapp.tester",
-    "faceapp.cli",
-)
-
-
-def import_libraries(modules: Sequence[str] = PRELOADED_MODULES) -> tuple[float, list[str]]:
-    """Import `modules` (no torch operation runs); returns the seconds taken and what failed.
-
-    Fork-safe: what breaks torch in forked workers (gunicorn #2478, pytorch #49555) is a thread
-    pool started by a torch operation in the parent, and importing runs none. A module that does
-    not import here is left to the worker, which imports it again and reports what is wrong.
-    """
-    import importlib
-
-    started = time.perf_counter()
-    failed = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - the worker imports it again and says what is wrong
-            failed.append(name)
-    return time.perf_counter() - started, failed
 
 
 def load_clip(config: Mapping[str, Any]) -> LoadedModel:

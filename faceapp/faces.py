@@ -8,8 +8,8 @@ Detectors see a copy of the image scaled down to ``DETECT_MAX_SIDE`` (:func:`det
 stays bounded and both detectors are tuned for faces tens to a few hundred pixels tall.
 
 The detector is a Flask extension like the model: :func:`init_app` builds it (or the fallback,
-saying why) and :func:`detector` hands it to requests. The crop CLIP sees comes from
-:func:`aligned_crop` (faceapp/face_geometry.py).
+saying why) and :func:`detector` hands it to requests. The crop CLIP sees of a face is
+faceapp/face_geometry.py's ``aligned_crop``.
 
 OpenCV's cascade and DNN objects are not documented as safe to share between threads, so each
 detector keeps one native object per thread.
@@ -34,9 +34,9 @@ from PIL import Image
 from faceapp import model_files
 from faceapp.errors import public_text
 from faceapp.extension import Slot
-from faceapp.face_geometry import aligned_crop, head_pose
+from faceapp.face_geometry import head_pose
 
-__all__ = ["FaceBox", "aligned_crop", "detect_faces", "detector", "describe", "init_app"]
+__all__ = ["FaceBox", "detect_faces", "detector", "describe", "init_app"]
 
 log = logging.getLogger(__name__)
 

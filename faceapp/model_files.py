@@ -108,6 +108,16 @@ def resolve_model_folder(model_name: str, models_dir: str) -> str | None:
     return candidate if read_manifest(candidate) else None
 
 
+def random_weights_configured(config: Mapping[str, Any]) -> bool:
+    """Whether the configured model folder's manifest says random weights (read, not loaded)."""
+    folder = resolve_model_folder(config["MODEL_NAME"], config["MODELS_DIR"])
+    try:
+        manifest = read_manifest(folder) if folder else None
+    except (OSError, ValueError):
+        return False
+    return bool(manifest and manifest.get("random_weights"))
+
+
 def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
 

@@ -199,7 +199,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "errors": (400, 404, 503),
     },
     ("/api/openapi.json", "get"): {
-        "summary": "This document",
+        "summary": "This document (never needs a key: it holds no secret)",
+        "keyless": True,
         "answer": None,  # an OpenAPI document; not described by itself
         "yaml": False,
     },
@@ -241,14 +242,19 @@ def build_document(app: Flask) -> dict:
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
     _state_what_marshmallow_cannot(document["components"]["schemas"])
+    _state_configured_limits(document["components"]["schemas"], app.config)
     return versioning.annotate_document(document)
+
+
+def _request_schemas() -> set[type]:
+    """The request schemas of every operation (JSON and form)."""
+    return {schema for op in OPERATIONS.values() for schema in op.get("request", ())}
 
 
 def _state_what_marshmallow_cannot(components: dict[str, dict]) -> None:
     """Say in the request schemas what the service checks beyond their fields: exactly one image
     source (oneOf; each is non-empty by its minLength), and the yes/no spellings a flag takes."""
-    requests = {schema for op in OPERATIONS.values() for schema in op.get("request", ())}
-    for schema in requests:
+    for schema in _request_schemas():
         component = components[schema.__name__]
         if hasattr(schema, "SOURCES"):  # a job's items or archive are plain required fields
             component["oneOf"] = [{"required": [name]} for name in schema.SOURCES]
@@ -259,9 +265,19 @@ def _state_what_marshmallow_cannot(components: dict[str, dict]) -> None:
                 documented.update(copy.deepcopy(schemas.FLAG_SCHEMA))
 
 
+def _state_configured_limits(components: dict[str, dict], config: Any) -> None:
+    """State the limits the operator sets where the schemas cannot know them: max_faces is at
+    most MAX_FACES_LIMIT (analysis.check_max_faces refuses more with 400 input.invalid)."""
+    for schema in _request_schemas():
+        properties = components[schema.__name__].get("properties", {})
+        if "max_faces" in properties:
+            properties["max_faces"]["maximum"] = int(config["MAX_FACES_LIMIT"])
+
+
 def _description(keys_required: bool, admin_enabled: bool) -> str:
     keys = (
-        "This service needs a key on every operation except the health and ready probes."
+        "This service needs a key on every operation except the health and ready probes and "
+        "this document."
         if keys_required
         else "This service runs without API_KEYS: no key is needed except for admin operations."
     )
@@ -285,7 +301,7 @@ def _operation(path: str, method: str, op: dict[str, Any], keys_required: bool) 
         "tags": ["admin" if admin else "probes" if public else op.get("tag", "images")],
         "parameters": [*op.get("parameters", []), *([FORMAT] if op.get("yaml", True) else [])],
     }
-    if public:
+    if public or op.get("keyless"):
         operation["security"] = []
     elif admin or keys_required:
         operation["security"] = KEYED
@@ -312,12 +328,15 @@ def _operation(path: str, method: str, op: dict[str, Any], keys_required: bool) 
     errors = op.get("errors", ())
     error_schemas = dict(errors) if isinstance(errors, dict) else dict.fromkeys(errors)
     statuses = set(error_schemas) | {500}
-    if not public:
+    if op.get("keyless"):
+        statuses |= {429}  # rate limited like the rest, but no key is asked for
+    elif not public:
         statuses |= set(KEYED_ERRORS)
     if admin:
         statuses |= {401, 403}
     if "requestBody" in operation:
-        statuses |= {400, 413}  # a malformed body; a body over MAX_CONTENT_LENGTH
+        # A malformed body; a body over MAX_CONTENT_LENGTH; a body neither JSON nor a form.
+        statuses |= {400, 413, 415}
     for status in sorted(statuses):
         if status in error_schemas and error_schemas[status] is not None:
             responses[str(status)] = _answer(_codes_for(status), error_schemas[status])

@@ -56,6 +56,11 @@ class ValidateRequest(SourceSchema):
     """POST /api/validate."""
 
 
+#: A request's free-text labels: at most this many, each at most this long (the tester's forms
+#: check the same, faceapp/forms.py).
+MAX_LABELS, MAX_LABEL_CHARS = 32, 200
+
+
 def distinct_labels(labels: list[str]) -> None:
     """Refuse a label given twice (case aside: CLIP lowercases, so both would score the same)."""
     seen: set[str] = set()
@@ -75,17 +80,19 @@ class AnalysisOptions(Schema):
         fields.String(validate=validate.Length(min=1, max=64)), validate=validate.Length(max=64)
     )
     labels = fields.List(
-        fields.String(validate=validate.Length(min=1, max=200)),
-        validate=[validate.Length(max=32), distinct_labels],
+        fields.String(validate=validate.Length(min=1, max=MAX_LABEL_CHARS)),
+        validate=[validate.Length(max=MAX_LABELS), distinct_labels],
     )
     include_embedding = Flag(load_default=False)
     force = Flag(load_default=False)
+    # The upper bound is the operator's MAX_FACES_LIMIT (analysis.check_max_faces), which the
+    # document states as this field's maximum (faceapp/openapi.py).
     max_faces = fields.Integer(
-        validate=validate.Range(min=1, max=100),
+        validate=validate.Range(min=1),
         metadata={
             "description": "Analyse at most this many faces, the main face first, then the "
-            "largest (MAX_FACES); the answer's face_count says how many were left out. More "
-            "than MAX_FACES_LIMIT (20 unless the operator set it) is 400 input.invalid."
+            "largest (MAX_FACES); the answer's face_count says how many were left out. The "
+            "maximum is this service's MAX_FACES_LIMIT; more is 400 input.invalid."
         },
     )
 
@@ -156,6 +163,26 @@ class AnalyzeForm(AnalyzeRequest):
             "description": "The image, as an uploaded file.",
         }
     )
+
+
+def form_parts(schema: type[Schema]) -> int:
+    """The most parts a form this schema accepts has: one per field, a list's maximum length for
+    a list (sent as repeated fields), and one image source of the several it names."""
+    fields_by_name = schema._declared_fields
+    sources = getattr(schema, "SOURCES", ())
+    count = 1 if sources else 0
+    for name, field in fields_by_name.items():
+        if name in sources:
+            continue
+        lengths = [v.max for v in field.validators if isinstance(v, validate.Length)]
+        count += lengths[0] if isinstance(field, fields.List) and lengths else 1
+    return count
+
+
+def form_parts_allowed() -> int:
+    """MAX_FORM_PARTS unless the operator sets it: the largest form the multipart schemas accept
+    (analyze's, with 64 attributes and 32 labels as repeated fields: 101 parts)."""
+    return max(form_parts(schema) for schema in (ValidateForm, AnalyzeForm, JobArchiveForm))
 
 
 # -- Answers (documented in /api/openapi.json). Where API.md allows more keys than it names, the
@@ -429,6 +456,13 @@ class TraceEvent(Open):
 class TraceResponse(Schema):
     image_id = image_id_field()
     events = fields.List(fields.Nested(TraceEvent), required=True)
+    max_events = fields.Integer(
+        required=True,
+        metadata={
+            "description": "The most events a trace keeps (TRACE_MAX_EVENTS); older ones "
+            "are dropped, oldest first."
+        },
+    )
 
 
 class DeleteResponse(Schema):
@@ -441,10 +475,21 @@ class WipeResponse(Schema):
 
 
 LIST_FIELDS = ("attributes", "labels")
+#: The bodies the API reads besides JSON (``application/json`` or any ``+json`` type).
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 def request_fields(request: Request) -> dict[str, Any]:
-    """The request's fields, from a JSON object body or from the form."""
+    """The request's fields, from a JSON object body or from the form; a body of any other type
+    (JSON sent as text/plain, say) is 415 input.unsupported_media_type, not "no input"."""
+    if not request.is_json and request.mimetype not in FORM_TYPES:
+        if request.mimetype or request.content_length:
+            shown = _short(request.mimetype or "none", 40)
+            raise FaceappError(
+                "input.unsupported_media_type",
+                f"The body's Content-Type is {shown!r}; send application/json, "
+                "multipart/form-data or application/x-www-form-urlencoded.",
+            )
     if request.is_json:
         try:
             body = request.get_json(silent=True)

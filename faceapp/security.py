@@ -1,8 +1,8 @@
 """What faceapp does for exposure: security headers, the client's address, and rate limits.
 
 - Every answer (API and pages) carries a strict Content-Security-Policy (unless a view set its
-  own), nosniff, DENY framing and no referrer; /api and /app answers are
-  ``Cache-Control: no-store``.
+  own), nosniff, DENY framing and no referrer (the /app pages: same-origin, PAGE_HEADERS says
+  why); /api and /app answers are ``Cache-Control: no-store``. Every header is set here.
 - ``TRUSTED_PROXY_HOPS`` proxies are believed about the client's address (ProxyFix); with 0 the
   client is the socket peer and X-Forwarded-For is ignored.
 - /api and the tester pages are rate limited (``RATELIMIT``): per key for a request with a valid
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SLOT = Slot("faceapp.security", "faceapp.security.init_app(app)")
 
+# Nothing inline and nothing from elsewhere: the pages have no inline script, style or style="".
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
@@ -44,8 +45,18 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",  # the /app pages send same-origin (tester.py says why)
+    "Referrer-Policy": "no-referrer",
 }
+#: The /app pages (the tester and its Jobs pages) differ in one header. Not the API's no-referrer:
+#: over HTTPS, Flask-WTF refuses a form post whose Referer is missing or from another origin
+#: (WTF_CSRF_SSL_STRICT), so the pages must send their own; other sites still learn nothing.
+PAGE_HEADERS = {**SECURITY_HEADERS, "Referrer-Policy": "same-origin"}
+#: Swagger UI (/api/docs): its own icons are data: URLs in its stylesheet; nothing else is
+#: loosened.
+SWAGGER_UI_POLICY = (
+    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
+)
 
 
 @dataclass(frozen=True)
@@ -79,11 +90,12 @@ class ProxyAwareSessionInterface(SecureCookieSessionInterface):
 
 
 def add_security_headers(response: Response) -> Response:
-    """Set the security headers a view has not set itself (the tester pages set their own CSP)."""
-    for name, value in SECURITY_HEADERS.items():
+    """Set the security headers a view has not set itself (Swagger UI sets its own CSP); /api and
+    /app answers are not cached (the pages show photos of people)."""
+    page = _under(request.path, "/app")
+    for name, value in (PAGE_HEADERS if page else SECURITY_HEADERS).items():
         response.headers.setdefault(name, value)
-    ours = is_api_request() or _under(request.path, "/app")
-    if ours and "Cache-Control" not in response.headers:
+    if (page or is_api_request()) and "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = "no-store"
     return response
 

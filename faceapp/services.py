@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -102,10 +103,10 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     """Store and validate an image source; returns its stored metadata (validation included).
 
     The same bytes always give the same image_id; a stored image is validated once and reused,
-    unless `wipe_cache` asks for its cached validation and results to be dropped and redone.
+    unless `wipe_cache` asks for its cached validation and results to be dropped and redone, or
+    it was validated by another detector or under other rules (:func:`stale_reason`).
     """
     config = current_app.config
-    backend = store.backend
     started = time.perf_counter()
     request_log.count_as_work()
     data = source_bytes(source, config)
@@ -114,9 +115,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     timings = {"receive": (time.perf_counter() - started) * 1000}
 
     meta = store.current_meta(image_id)
-    detector = faces.describe()
-    same_detector = meta is not None and faces.same_detector(meta, detector)
-    if same_detector and not wipe_cache:
+    if meta is not None and stale_reason(meta, config) is None and not wipe_cache:
         timings["total"] = (time.perf_counter() - started) * 1000
         record_event(
             image_id,
@@ -128,16 +127,48 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
             name=source_name(source),
         )
         return meta
+    return validate_afresh(
+        image_id, data, meta, source.kind, source_name(source), timings=timings, started=started
+    )
+
+
+def stale_reason(meta: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    """Why a stored validation no longer holds (``detector_changed``: made by another detector
+    version; ``rules_changed``: judged by other rules, see :func:`validation.rules_version`),
+    or None when it still does."""
+    if not faces.same_detector(meta, faces.describe()):
+        return "detector_changed"
+    if meta.get("validation", {}).get("rules") != validation.rules_version(config):
+        return "rules_changed"
+    return None
+
+
+def validate_afresh(
+    image_id: str,
+    data: bytes,
+    meta: dict | None,
+    source_kind: str,
+    name: str | None,
+    *,
+    timings: dict[str, float],
+    started: float,
+) -> dict:
+    """Examine and store an image's bytes, and trace it; `meta` is what the store held."""
+    config = current_app.config
+    backend = store.backend
+    detector = faces.describe()
     history: list[dict] = []
-    if meta is not None and not same_detector:
-        # Another detector finds other faces, so the stored face contexts must go too: the image
-        # is stored afresh below, and its trace carried over (wipe_cache or not).
+    stale = None if meta is None else stale_reason(meta, config)
+    if stale is not None:
+        # Another detector finds other faces, other rules give other roles: the stored face
+        # contexts and results must go too. The image is stored afresh below, and its trace
+        # carried over (wipe_cache or not).
         history = backend.events(image_id)
         backend.delete(image_id)
     elif meta is not None:  # wipe_cache: validated afresh, trace stays
         wipe_results(image_id)
 
-    examined = examine(data, image_id, source.kind, config)
+    examined = examine(data, image_id, source_kind, config)
     meta, parts = examined.meta, examined.parts
     timings.update(examined.timings)
     step = time.perf_counter()
@@ -148,7 +179,7 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
     if history:
         for event in history:
             backend.append_event(image_id, event)
-        record_event(image_id, "wiped", {}, reason="detector_changed")
+        record_event(image_id, "wiped", {}, reason=stale)
     timings["store"] = timings.pop("parts") + (time.perf_counter() - step) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     record_event(
@@ -157,8 +188,8 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         timings,
         cached=False,
         valid=meta["validation"]["valid"],
-        source=source.kind,
-        name=source_name(source),
+        source=source_kind,
+        name=name,
         errors=[issue["code"] for issue in meta["validation"]["errors"]],
         warnings=[issue["code"] for issue in meta["validation"]["warnings"]],
         **faces.trace_fields(detector),
@@ -170,6 +201,18 @@ def ingest(source: ImageSource, *, wipe_cache: bool = False) -> dict:
         len(meta["faces"]),
     )
     return meta
+
+
+def revalidate_stored(image_id: str, meta: dict) -> dict:
+    """A stored image validated by another detector or other rules, validated again from its
+    stored bytes (analyze by image_id must not judge it by the old validation)."""
+    data = store.backend.get_image(image_id)
+    if data is None:  # deleted or evicted since its metadata was read
+        raise not_found(image_id)
+    started = time.perf_counter()
+    return validate_afresh(
+        image_id, data, meta, meta.get("source", "image_id"), None, timings={}, started=started
+    )
 
 
 @dataclass
@@ -241,6 +284,7 @@ def examine(
             "errors": [issue.to_dict() for issue in report.errors],
             "warnings": [issue.to_dict() for issue in report.warnings],
             "quality": report.quality,
+            "rules": validation.rules_version(config),
         },
         "stored": stored,
     }
@@ -273,7 +317,7 @@ def analyze(
     started = time.perf_counter()
     request_log.count_as_work()
     names = analysis.check_attribute_names(attributes)
-    max_faces = check_max_faces(max_faces, current_app.config)
+    max_faces = analysis.check_max_faces(max_faces, current_app.config)
     timings: dict[str, float] = {}
     batch: dict[str, Any] = {}  # how the inference thread ran it (the trace shows it)
     if source is not None:
@@ -282,7 +326,10 @@ def analyze(
         timings["validate"] = (time.perf_counter() - started) * 1000
     else:
         meta = visible_meta(image_id)
-        if wipe_cache:
+        if stale_reason(meta, current_app.config) is not None:
+            meta = revalidate_stored(image_id, meta)
+            timings["validate"] = (time.perf_counter() - started) * 1000
+        elif wipe_cache:
             wipe_results(image_id)
     if not meta["validation"]["valid"] and not force:
         codes = ", ".join(issue["code"] for issue in meta["validation"]["errors"])
@@ -312,7 +359,7 @@ def analyze(
         step = time.perf_counter()
         regions = analysis.regions_for(meta, force, max_faces)
         crops = stored_image.region_crops(
-            meta, regions, lambda name: store.backend.get_part(image_id, name), analysis.face_crop
+            meta, regions, lambda name: store.backend.get_part(image_id, name)
         )
         if crops is None:  # deleted or evicted since its metadata was read
             raise not_found(image_id)
@@ -354,18 +401,6 @@ def analyze(
     }
 
 
-def check_max_faces(requested: int | None, config: Mapping[str, Any]) -> int:
-    """The faces to analyse: the request's max_faces (at most MAX_FACES_LIMIT), else MAX_FACES."""
-    limit = int(config["MAX_FACES_LIMIT"])
-    if requested is not None and requested > limit:
-        raise FaceappError(
-            "input.invalid",
-            f"max_faces: at most {limit} faces are analysed per request; ask for fewer.",
-            field="max_faces",
-        )
-    return min(requested or int(config["MAX_FACES"]), limit)
-
-
 def describe_model(scorer: analysis.Analyzer) -> dict:
     """The answers' ``model`` object: the CLIP weights and attribute set, and the face detector
     (a Haar fallback standing in for YuNet says so there)."""
@@ -400,12 +435,25 @@ def result_key(
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+#: The result keys of the tester's runs, beside the analysis cache (faceapp/tester.py): each
+#: run's document names the key_id that made it.
+TESTER_RUN_PREFIX = "tester-run:"
+
+
 def wipe_results(image_id: str) -> None:
     """wipe_cache on a stored image. An admin's (or anyone's without API_KEYS) drops every
-    cached result and tester run of it; a user key's drops nothing of anyone else's: its
-    request is computed afresh and replaces the cached answer, which is the same for everyone."""
+    cached result and tester run of it; a user key's drops its own tester runs and nothing of
+    anyone else's: its request is computed afresh and replaces the cached answer, which is the
+    same for everyone."""
     if access.sees_everything():
         store.backend.drop_results(image_id)
+    elif (own := access.current_caller().key_id) is not None:
+        store.backend.drop_results(
+            image_id,
+            where=lambda key, document: (
+                key.startswith(TESTER_RUN_PREFIX) and document.get("key_id") == own
+            ),
+        )
     record_event(image_id, "wiped", {}, reason="wipe_cache")
 
 
@@ -449,7 +497,11 @@ def _public_detector(info: Any) -> Any:
 def image_trace(image_id: str) -> dict:
     """GET /api/images/<id>/trace: the caller's events of an image, oldest first."""
     visible_meta(image_id)
-    return {"image_id": image_id, "events": visible_events(store.backend.events(image_id))}
+    return {
+        "image_id": image_id,
+        "events": visible_events(store.backend.events(image_id)),
+        "max_events": current_app.config["TRACE_MAX_EVENTS"],
+    }
 
 
 def image_preview(image_id: str) -> bytes:
@@ -475,6 +527,74 @@ def wipe_all() -> dict:
     count = store.backend.wipe()
     log.info("wiped the store: %d image(s)", count)
     return {"wiped": count}
+
+
+# -- the tester's runs and its recent list (faceapp/tester.py) ---------------------------------
+
+TESTER_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
+RECENT_SCAN = 200  # the newest stored images searched for the caller's uploads
+
+
+def save_tester_run(image_id: str, run: dict) -> None:
+    """Keep a tester run (its options, its key's id and what it computed) beside the image's
+    cached results, so that a wipe of them drops it too."""
+    store.backend.put_result(image_id, TESTER_RUN_PREFIX + run["run_id"], run)
+
+
+def tester_run(image_id: str, run_id: str) -> dict | None:
+    """A stored tester run of this image that this caller may see (None when unknown,
+    malformed, dropped since, or another key's)."""
+    if not TESTER_RUN_ID_RE.fullmatch(run_id):
+        return None
+    run = store.backend.get_result(image_id, TESTER_RUN_PREFIX + run_id)
+    if run is None or access.sees_everything():
+        return run
+    return run if run.get("key_id") == access.current_caller().key_id else None
+
+
+def tester_run_options(image_id: str, run_id: str) -> dict | None:
+    """The options of a tester run, from its trace event (which outlives the run itself)."""
+    for event in reversed(image_trace(image_id)["events"]):
+        if event.get("tester_run") == run_id:
+            return {
+                "labels": list(event.get("labels") or []),
+                "include_embedding": bool(event.get("include_embedding")),
+                "force": bool(event.get("force")),
+            }
+    return None
+
+
+def recent_uploads(caller: access.Caller, limit: int) -> list[dict]:
+    """The newest uploads this caller may see, newest first, re-uploads counted when they happen.
+
+    With API_KEYS set, a user key sees what it uploaded (through the pages or the API) and an
+    admin key sees everything; without keys, everyone sees everything.
+    """
+    scoped = access.keys_required() and not caller.admin
+    if scoped and caller.key_id is None:
+        return []
+    items = []
+    for meta in store.backend.recent(RECENT_SCAN):
+        uploads = [
+            event
+            for event in store.backend.events(meta["image_id"])
+            if event.get("event") == "validated"
+            and (not scoped or event.get("key_id") == caller.key_id)
+        ]
+        if scoped and not uploads:
+            continue
+        latest = uploads[-1] if uploads else {}
+        items.append(
+            {
+                "meta": meta,
+                "at": latest.get("time") or meta.get("created_at", ""),
+                "name": latest.get("name"),
+                "source": latest.get("source") or meta.get("source"),
+                "uploads": len(uploads),
+            }
+        )
+    items.sort(key=lambda item: item["at"], reverse=True)
+    return items[:limit]
 
 
 def _plain(value: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from faceapp.face_geometry import FILL
+from faceapp.face_geometry import FILL, aligned_crop
 from faceapp.store.base import STORE_FORMAT
 from faceapp.validation import bounded_copy
 
@@ -119,13 +119,12 @@ def region_crops(
     meta: Mapping[str, Any],
     regions: Sequence[Any],
     read_part: Callable[[str], bytes | None],
-    crop: Callable[..., Image.Image],
 ) -> list[Image.Image] | None:
     """One crop per region, cut from the stored parts (None when a part has gone missing).
 
     A detected region ``i`` is face ``i`` of the metadata and is cut from its context; the
-    whole-image region (``force`` without a face) is the preview. `crop(image, box, landmarks)`
-    is the face-crop function, applied in the part's own coordinates.
+    whole-image region (``force`` without a face) is the preview. Each is :func:`aligned_crop`,
+    cut in the part's own coordinates.
     """
     stored = meta["stored"]
     crops = []
@@ -138,13 +137,13 @@ def region_crops(
                 return None
             box = to_context(placement, face["box"])
             landmarks = points_to_context(placement, face.get("landmarks"))
-            crops.append(crop(image, box, landmarks))
+            crops.append(aligned_crop(image, box, landmarks))
         else:
             preview = _open(read_part(stored["preview"]["part"]))
             if preview is None:
                 return None
             placement = {"left": 0, "top": 0, "scale": preview.width / meta["width"]}
-            crops.append(crop(preview, to_context(placement, region.box), None, margin=0.0))
+            crops.append(aligned_crop(preview, to_context(placement, region.box), None, margin=0.0))
     return crops
 
 

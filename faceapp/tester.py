@@ -36,7 +36,6 @@ from flask import (
 )
 from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from marshmallow import Schema
 from PIL import Image
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException
@@ -47,37 +46,24 @@ from faceapp.config import instance_secret_key
 from faceapp.errors import PAGE_ERRORS_KEY, FaceappError, human_bytes, public_error, public_text
 from faceapp.extension import Slot
 from faceapp.face_models import models
+from faceapp.forms import analysis_options, labels_text, submitted_options, upload_options
 from faceapp.inputs import pick_source
-from faceapp.model_files import read_manifest, resolve_model_folder
+from faceapp.model_files import random_weights_configured
 from faceapp.output import dump_yaml, to_plain
-from faceapp.schemas import AnalyzeRequest, Flag, parse
 from faceapp.store import IMAGE_ID_RE, store
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("tester", __name__, url_prefix="/app")
+bp.add_app_template_filter(human_bytes, "human_bytes")  # "772 bytes", "1.2 MiB", as errors say
 # The tester's state is its error page, which errors.py asks for under this key.
 SLOT = Slot(PAGE_ERRORS_KEY, "faceapp.tester.init_app(app)")
 csrf = CSRFProtect()
 
 RECENT_LIMIT = 24
-RECENT_SCAN = 200  # the newest stored images searched for the caller's uploads
 THUMBNAIL_SIDE = 160
-MAX_LABELS, MAX_LABEL_CHARS = 32, 200  # as the API's AnalyzeRequest
-RUN_PREFIX = "tester-run:"  # result keys of the tester's runs, beside the analysis cache
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
 OPEN_ENDPOINTS = {"tester.login", "tester.logout"}
 IMAGE_PAGE_RE = re.compile(r"^/app/images/([0-9a-f]{64})$")
-# Pages allow nothing inline and nothing from elsewhere: no inline script, style or style="".
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    # Not the API's no-referrer: over HTTPS, Flask-WTF refuses a form post whose Referer is
-    # missing or from another origin (WTF_CSRF_SSL_STRICT), so the pages must send their own.
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",  # pages and images of people's photos stay out of caches
-}
 # The service's messages speak to API clients (image_base64, "send force=true", /api/validate);
 # a page says instead what its own forms offer.
 PAGE_MESSAGES = {
@@ -108,66 +94,6 @@ def init_app(app: Flask) -> None:
     access.init_app(app, lambda: store.backend)  # sign-out ends a sign-in server-side
     app.register_blueprint(bp)
     SLOT.register(app, http_error_page)  # /app/<no such page> answers a page too
-
-
-class AnalyzeFlags(Schema):
-    """The Analyze form's options besides the labels."""
-
-    include_embedding = Flag(load_default=False)
-    wipe_cache = Flag(load_default=False)
-    force = Flag(load_default=False)
-    max_faces = AnalyzeRequest._declared_fields["max_faces"]  # the API's field and limits
-
-
-class UploadForm(Schema):
-    """The upload form's options (the image itself is `file` or `image_url`)."""
-
-    wipe_cache = Flag(load_default=False)
-
-
-def labels_text(data: MultiDict) -> str:
-    """The labels box as typed (the field may also come repeated, one label each)."""
-    return "\n".join(data.getlist("labels"))
-
-
-def parse_labels(text: str) -> list[str]:
-    """One label per non-blank line; a problem is 400 input.invalid naming its line."""
-    labels: list[str] = []
-    first_seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        label = line.strip()
-        if not label:
-            continue
-        if len(label) > MAX_LABEL_CHARS:
-            raise _label_error(
-                number, f"is {len(label)} characters long; a label has at most {MAX_LABEL_CHARS}"
-            )
-        key = label.casefold()  # CLIP lowercases: "Hat" and "hat" would score the same
-        if key in first_seen:
-            raise _label_error(number, f"repeats line {first_seen[key]}; give each label once")
-        first_seen[key] = number
-        labels.append(label)
-        if len(labels) > MAX_LABELS:
-            raise _label_error(number, f"is label {len(labels)}; at most {MAX_LABELS} are allowed")
-    return labels
-
-
-def _label_error(line: int, problem: str) -> FaceappError:
-    error = FaceappError("input.invalid", f"Labels, line {line} {problem}.", field="labels")
-    error.line = line
-    return error
-
-
-def analysis_options(data: MultiDict) -> dict[str, Any]:
-    """The Analyze options of a submitted form."""
-    # A field left blank (max_faces) means its default, as an absent one does.
-    given = {name: data[name] for name in AnalyzeFlags().fields if data.get(name, "") != ""}
-    return {**parse(AnalyzeFlags(), given), "labels": parse_labels(labels_text(data))}
-
-
-def upload_options(data: MultiDict) -> dict[str, Any]:
-    """The upload form's options (the CSRF token and the image itself are not among them)."""
-    return parse(UploadForm(), {name: data[name] for name in ("wipe_cache",) if name in data})
 
 
 def for_page(error: FaceappError | None) -> FaceappError | None:
@@ -306,13 +232,13 @@ def image_page(image_id: str) -> str | tuple[str, int]:
     run_id = request.args.get("run")
     if run_id is None:
         return render_image_page(meta)
-    run = read_run(image_id, run_id)
+    run = services.tester_run(image_id, run_id)
     if run is None:
         gone = (
-            "This analysis is no longer stored, or is another key's (an admin's wipe of the cache "
-            "drops it)"
+            "This analysis is no longer stored, or is another key's (a wipe of the cache drops "
+            "it: an admin's, or its own key's)"
         )
-        options = run_options_from_trace(image_id, run_id)
+        options = services.tester_run_options(image_id, run_id)
         if options is None:
             return render_image_page(meta, notice=gone + "; press Analyze to run it again."), 404
         notice = (
@@ -320,18 +246,6 @@ def image_page(image_id: str) -> str | tuple[str, int]:
         )
         return render_image_page(meta, notice=notice, options=options), 404
     return render_image_page(meta, run=run, options=run["options"])
-
-
-def run_options_from_trace(image_id: str, run_id: str) -> dict | None:
-    """The options of a tester run, from its trace event (which outlives the run itself)."""
-    for event in reversed(services.image_trace(image_id)["events"]):
-        if event.get("tester_run") == run_id:
-            return {
-                "labels": list(event.get("labels") or []),
-                "include_embedding": bool(event.get("include_embedding")),
-                "force": bool(event.get("force")),
-            }
-    return None
 
 
 @bp.post("/images/<image_id>")
@@ -348,7 +262,8 @@ def analyze(image_id: str) -> Response | tuple[str, int]:
         options = analysis_options(request.form)
         analysis = services.analyze(None, image_id, **options, trace_extra={"tester_run": run_id})
     except FaceappError as error:
-        page = render_image_page(meta, error=error, options=options or submitted_options())
+        options = options or submitted_options(request.form)
+        page = render_image_page(meta, error=error, options=options)
         return page, error.status
     run = {
         "run_id": run_id,
@@ -356,8 +271,9 @@ def analyze(image_id: str) -> Response | tuple[str, int]:
         "options": options,
         "key_id": access.current_caller().key_id,  # whose run: only that key (or an admin) sees it
         "abstain_below": abstain_thresholds(),
+        "analysis": analysis,
     }
-    store.backend.put_result(image_id, RUN_PREFIX + run_id, {**run, "analysis": analysis})
+    services.save_tester_run(image_id, run)
     return redirect(url_for(".image_page", image_id=image_id, run=run_id, _anchor="analysis"), 303)
 
 
@@ -368,17 +284,6 @@ def abstain_thresholds() -> dict[str, float]:
         for name, attribute in attribute_set().attributes.items()
         if attribute.abstain_below is not None
     }
-
-
-def read_run(image_id: str, run_id: str) -> dict | None:
-    """A stored tester run of this image that this caller may see (None when unknown,
-    malformed, dropped since, or another key's)."""
-    if not RUN_ID_RE.fullmatch(run_id):
-        return None
-    run = store.backend.get_result(image_id, RUN_PREFIX + run_id)
-    if run is None or access.sees_everything():
-        return run
-    return run if run.get("key_id") == access.current_caller().key_id else None
 
 
 @bp.get("/images/<image_id>/preview.jpg")
@@ -400,44 +305,11 @@ def thumbnail(image_id: str) -> Response:
 # -- rendering ---------------------------------------------------------------------------------
 
 
-def recent_uploads(caller: access.Caller) -> list[dict]:
-    """The newest uploads this caller may see, newest first, re-uploads counted when they happen.
-
-    With API_KEYS set, a user key sees what it uploaded (through the pages or the API) and an
-    admin key sees everything; without keys, everyone sees everything.
-    """
-    scoped = access.keys_required() and not caller.admin
-    if scoped and caller.key_id is None:
-        return []
-    items = []
-    for meta in store.backend.recent(RECENT_SCAN):
-        uploads = [
-            event
-            for event in store.backend.events(meta["image_id"])
-            if event.get("event") == "validated"
-            and (not scoped or event.get("key_id") == caller.key_id)
-        ]
-        if scoped and not uploads:
-            continue
-        latest = uploads[-1] if uploads else {}
-        items.append(
-            {
-                "meta": meta,
-                "at": latest.get("time") or meta.get("created_at", ""),
-                "name": latest.get("name"),
-                "source": latest.get("source") or meta.get("source"),
-                "uploads": len(uploads),
-            }
-        )
-    items.sort(key=lambda item: item["at"], reverse=True)
-    return items[:RECENT_LIMIT]
-
-
 def render_index(error: FaceappError | None = None, image_url: str = "") -> str:
     """The upload form (refilled, with the error when there is one) and the recent images."""
     return render_template(
         "tester/index.html",
-        recent=recent_uploads(access.current_caller()),
+        recent=services.recent_uploads(access.current_caller(), RECENT_LIMIT),
         error=for_page(error),
         image_url=image_url,
     )
@@ -516,13 +388,6 @@ def _words(value: Any) -> str:
     return str(value)
 
 
-def submitted_options() -> dict:
-    """The submitted flags to refill the form with (the labels box is refilled as typed)."""
-    form = request.form
-    flags = {name: name in form for name in AnalyzeFlags().fields if name != "max_faces"}
-    return {"labels": [], **flags, "max_faces": form.get("max_faces", "").strip()}
-
-
 def pretty_json(document: Any) -> str:
     """A document as indented JSON, for reading."""
     return json.dumps(to_plain(document), indent=2, ensure_ascii=False)
@@ -557,27 +422,9 @@ def page_context() -> dict[str, Any]:
         **signed_in,
         "model_status": models.status(),
         "model_info": None,
-        "random_weights": configured_random_weights(),
+        "random_weights": random_weights_configured(current_app.config),
         "model_reason": public_text(models.reason()),
     }
-
-
-def configured_random_weights() -> bool:
-    """Whether the configured model folder's manifest says random weights (read, not loaded)."""
-    config = current_app.config
-    folder = resolve_model_folder(config["MODEL_NAME"], config["MODELS_DIR"])
-    try:
-        manifest = read_manifest(folder) if folder else None
-    except (OSError, ValueError):
-        return False
-    return bool(manifest and manifest.get("random_weights"))
-
-
-@bp.after_request
-def security_headers(response: Response) -> Response:
-    """A strict CSP, no caching and friends on every tester response."""
-    response.headers.update(SECURITY_HEADERS)
-    return response
 
 
 # -- errors: pages answer in HTML, never in the API's JSON envelope -----------------------------

@@ -27,8 +27,10 @@ A blurred copy of her face beside the sharp one (1387), at the same size: YuNet 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import cv2
@@ -44,6 +46,9 @@ SHARPNESS_SIDE = 64
 QUALITY_MAX_SIDE = 512
 #: Grey-level standard deviation the region is normalised to before measuring its sharpness.
 SHARPNESS_CONTRAST = 50.0
+#: The checks' code version: raise it when :func:`assess` or :func:`face_roles` judge
+#: differently, so that validations stored under the old rules are redone (:func:`rules_version`).
+RULES_CODE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,21 @@ class Thresholds:
             comparable_face_ratio=float(config.get("COMPARABLE_FACE_RATIO", 0.5)),
             out_of_focus_ratio=float(config.get("OUT_OF_FOCUS_RATIO", 0.1)),
         )
+
+
+def rules_version(config: Mapping[str, Any]) -> str:
+    """12 hex characters that change with the rules a validation was judged by: the thresholds,
+    STORED_MAX_SIDE (the checks measure the stored copy), the measuring constants and
+    :data:`RULES_CODE_VERSION`. A stored validation of another version is redone, as one of
+    another detector is (faceapp/services.py)."""
+    document = {
+        "code": RULES_CODE_VERSION,
+        "thresholds": asdict(Thresholds.from_config(config)),
+        "stored_max_side": int(config["STORED_MAX_SIDE"]),
+        "measures": [SHARPNESS_SIDE, QUALITY_MAX_SIDE, SHARPNESS_CONTRAST],
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

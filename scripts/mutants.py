@@ -438,16 +438,20 @@ class _Select:
 class _CoverageTracer:
     """pytest plugin: every test's own coverage.py context (its node id), and its duration.
 
-    Slow tests in `server_tests` files are left out: they run the app in another process."""
+    Slow tests in `server_tests` files are left out: they run the app in another process. So is
+    every test of a `left_out` file: no mutant runs it, so where it goes is never asked."""
 
-    def __init__(self, cov, server_tests: list[str], keep_in: str) -> None:
+    def __init__(self, cov, server_tests: list[str], left_out: list[str], keep_in: str) -> None:
         self.cov, self.server_tests, self.keep_in = cov, tuple(server_tests), keep_in
+        self.left_out = tuple(left_out)
         self.model_dir: str | None = None
         self.seconds: dict[str, float] = {}
         self.failed: list[str] = []
 
     def pytest_collection_modifyitems(self, session, config, items) -> None:
         def elsewhere(item) -> bool:
+            if item.nodeid.startswith(self.left_out):
+                return True
             return item.nodeid.startswith(self.server_tests) and item.get_closest_marker("slow")
 
         items[:] = [item for item in items if not elsewhere(item)]
@@ -518,16 +522,17 @@ def _fresh_faceapp() -> None:
         del sys.modules[name]
 
 
-def trace_tests(paths: list[str], server_tests: list[str], out: str) -> int:
+def trace_tests(paths: list[str], server_tests: list[str], left_out: list[str], out: str) -> int:
     """Run `paths` under coverage.py, one context per test; write the tests that reach each line."""
     import coverage
 
     _fresh_faceapp()
-    data_file = os.path.join(os.path.dirname(out), "coverage.db")
+    # Per process: two runs side by side may both trace a changed test file.
+    data_file = os.path.join(os.path.dirname(out), f"coverage-{os.getpid()}.db")
     cov = coverage.Coverage(
         data_file=data_file, source=[str(ROOT / "faceapp")], config_file=False, branch=False
     )
-    tracer = _CoverageTracer(cov, server_tests, str(CACHE))
+    tracer = _CoverageTracer(cov, server_tests, left_out, str(CACHE))
     cov.start()
     try:
         code = pytest.main(_pytest_args(paths, []), plugins=[tracer])
@@ -569,12 +574,12 @@ def _digest(paths) -> str:
     return digest.hexdigest()[:16]
 
 
-def code_digest(server_tests: list[str]) -> str:
+def code_digest(left_out: list[str]) -> str:
     """What every traced line depends on: the package, the shared test helpers, which tests the
     traced run leaves out."""
     shared = [ROOT / "tests" / "conftest.py", ROOT / "tests" / "servers.py"]
     package = _digest([*(ROOT / "faceapp").rglob("*.py"), *shared])
-    return hashlib.sha256(f"{package}:{sorted(server_tests)}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{package}:{sorted(left_out)}".encode()).hexdigest()[:16]
 
 
 def test_file_digests() -> dict[str, str]:
@@ -681,7 +686,7 @@ def _names_in_tests() -> dict[str, set[str]]:
     return found
 
 
-def load_trace(server_tests: list[str], kept: str | None = None) -> Trace:
+def load_trace(server_tests: list[str], left_out: list[str], kept: str | None = None) -> Trace:
     """The traced run for the sources as they are now: from .mutants/, brought up to date; or
     `kept` (a trace.json) as it is, for modules that did not change since it was made."""
     if kept:
@@ -689,7 +694,7 @@ def load_trace(server_tests: list[str], kept: str | None = None) -> Trace:
         return Trace(json.loads(Path(kept).read_text(encoding="utf-8")))
     saved = CACHE / "trace.json"
     trace = Trace(json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else None)
-    sources, files = code_digest(server_tests), test_file_digests()
+    sources, files = code_digest([*server_tests, *left_out]), test_file_digests()
     if trace.sources != sources:
         trace, stale = Trace(), sorted(files)
         trace.sources = sources
@@ -703,9 +708,9 @@ def load_trace(server_tests: list[str], kept: str | None = None) -> Trace:
             flush=True,
         )
         CACHE.mkdir(exist_ok=True)
-        out = str(CACHE / "partial.json")
+        out = str(CACHE / f"partial-{os.getpid()}.json")
         paths = ["tests"] if whole else stale
-        code, seconds = _in_child(lambda: trace_tests(paths, server_tests, out), 7200)
+        code, seconds = _in_child(lambda: trace_tests(paths, server_tests, left_out, out), 7200)
         if not os.path.exists(out):
             sys.exit(f"the traced run made no trace (exit {code}); see {CHILD_LOG}")
         trace.add(json.loads(Path(out).read_text(encoding="utf-8")))
@@ -880,8 +885,9 @@ def main() -> None:
     preload()
     print(f"the tests' output goes to {CHILD_LOG}", flush=True)
     started = time.monotonic()
-    trace = load_trace(config["trace"]["server_tests"], options.kept_trace)
-    trace.left_out = tuple(config["trace"].get("left_out", []))
+    left_out = config["trace"].get("left_out", [])
+    trace = load_trace(config["trace"]["server_tests"], left_out, options.kept_trace)
+    trace.left_out = tuple(left_out)
     argued = load_equivalent()
     rows = []
     for name in names:

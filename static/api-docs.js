@@ -1,8 +1,10 @@
 // Starts Swagger UI on /api/docs (templates/api_docs/index.html). A file, not an inline script,
 // so the page keeps a strict Content-Security-Policy.
 //
-// With API_KEYS set, the document itself needs a key: until one is given the page explains that
-// (#api-key-needed) instead of letting Swagger UI fail with "Failed to load API definition".
+// The document (/api/openapi.json) never needs a key, so it loads at once. With API_KEYS set,
+// every operation but the probes does: until a key is given the page explains that above the
+// operations (#api-key-needed), and when an operation refuses the key given (401) it says so
+// (#api-key-refused). The key is sent with every request and kept only in the tab.
 (function () {
   "use strict";
   var KEY = "faceapp-api-key";
@@ -34,59 +36,53 @@
     }
   }
 
-  function show(explain) {
+  function show() {
     if (needed) {
-      needed.hidden = !explain;
+      needed.hidden = !(keysRequired && !storedKey());
     }
-    root.hidden = explain;
     state.textContent = storedKey() ? "a key is in use" : "no key";
   }
 
-  function start() {
-    if (keysRequired && !storedKey()) {
-      show(true);
-      return;
+  function setRefused(visible) {
+    if (refused) {
+      refused.hidden = !visible;
     }
-    show(false);
-    window.ui = window.SwaggerUIBundle({
-      url: root.getAttribute("data-openapi-url"),
-      domNode: root,
-      deepLinking: true,
-      validatorUrl: null, // never send the document to an outside validator
-      tryItOutEnabled: true,
-      requestInterceptor: function (request) {
-        var key = storedKey();
-        if (key && !request.headers.Authorization) {
-          request.headers.Authorization = "Bearer " + key;
-        }
-        return request;
-      },
-      responseInterceptor: function (response) {
-        // The document refused: the key is wrong. Say so, rather than "Failed to load".
-        if (keysRequired && response.status === 401 && /\/openapi\.json$/.test(response.url)) {
-          storeKey("");
-          if (refused) {
-            refused.hidden = false;
-          }
-          show(true);
-        }
-        return response;
-      },
-    });
   }
+
+  window.ui = window.SwaggerUIBundle({
+    url: root.getAttribute("data-openapi-url"),
+    domNode: root,
+    deepLinking: true,
+    validatorUrl: null, // never send the document to an outside validator
+    tryItOutEnabled: true,
+    requestInterceptor: function (request) {
+      var key = storedKey();
+      if (key && !request.headers.Authorization) {
+        request.headers.Authorization = "Bearer " + key;
+      }
+      return request;
+    },
+    responseInterceptor: function (response) {
+      // An operation refused the key given: forget it and say so.
+      if (keysRequired && response.status === 401 && storedKey()) {
+        storeKey("");
+        setRefused(true);
+        show();
+      }
+      return response;
+    },
+  });
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     storeKey(input.value.trim());
     input.value = "";
-    if (refused) {
-      refused.hidden = true;
-    }
-    start();
+    setRefused(false);
+    show();
   });
   document.getElementById("api-key-forget").addEventListener("click", function () {
     storeKey("");
-    start();
+    show();
   });
-  start();
+  show();
 })();

@@ -37,6 +37,9 @@ def app_env(instance: str, model_dir: str, **settings: str) -> dict[str, str]:
         "FACEAPP_INSTANCE_PATH": instance,
         "FACEAPP_MODEL_NAME": model_dir,
         "FACEAPP_MODEL_AUTO_PULL": "false",
+        # As the in-process test config: DTYPE=auto would pick by a timing, so a served app and
+        # a local run (or two runs) could answer from different dtypes and model versions.
+        "FACEAPP_DTYPE": "float32",
     }
     env.update({f"FACEAPP_{key}": value for key, value in settings.items()})
     return env

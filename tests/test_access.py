@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
+from types import SimpleNamespace
 
 import pytest
 from flask import request
+from limits.storage import MemoryStorage
 
-from faceapp import access, create_app
+from faceapp import access, create_app, security
 from faceapp.security import CONTENT_SECURITY_POLICY, rate_limit_storage_uri
 from tests.conftest import ADMIN
 from tests.servers import redis_server
@@ -49,10 +52,10 @@ def keyed(config):
 # -- keys ---------------------------------------------------------------------------------------
 
 
-def test_every_route_but_the_probes_needs_a_key(keyed):
+def test_every_route_but_the_probes_and_the_document_needs_a_key(keyed):
     client = keyed.test_client()
-    routes = [(m, p) for m, p in api_routes(keyed) if p not in PROBES]
-    assert ("GET", "/api/openapi.json") in routes and len(routes) >= 9
+    routes = [(m, p) for m, p in api_routes(keyed) if p not in (*PROBES, "/api/openapi.json")]
+    assert ("GET", "/api/attributes") in routes and len(routes) >= 8
     for method, path in routes:
         for headers in (
             {},
@@ -252,6 +255,38 @@ def test_workers_without_redis_count_on_their_own(config):
     assert worker_a.get("/api/attributes").status_code == 200
     assert worker_b.get("/api/attributes").status_code == 200
     assert worker_a.get("/api/attributes").status_code == 429
+
+
+@pytest.mark.parametrize("key", ["RATELIMIT", "AUTH_FAILURE_LIMIT"])
+def test_a_limit_that_is_not_a_rate_stops_the_start_naming_its_key(config, key):
+    with pytest.raises(ValueError, match=f"^{key} 'lots' is not a rate such as"):
+        create_app({**config, key: "lots"})
+
+
+def test_a_429_answered_as_its_window_ends_still_says_retry_after_1(config, monkeypatch):
+    config["RATELIMIT"] = "1 per minute"
+    client = create_app(config).test_client()
+    assert client.get("/api/attributes").status_code == 200
+    # The window ends between the breach and the answer: by the clock the 429 reads, its reset
+    # is already past. "Retry-After: 0" (or less) would invite a client to retry at once.
+    later = time.time() + 120
+    monkeypatch.setattr(security, "time", SimpleNamespace(time=lambda: later))
+    answer = client.get("/api/attributes")
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "1"
+    assert "retry after 1 s" in code_of_message(answer)
+
+
+def test_a_limiter_that_fails_answers_the_request_instead_of_a_500(config, monkeypatch):
+    """Whatever fails inside Flask-Limiter (its counts' storage, and the in-memory fallback it
+    turns to then) is logged and the request goes on unlimited: never a 500."""
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("the counts cannot be reached")
+
+    monkeypatch.setattr(MemoryStorage, "incr", broken)
+    config["RATELIMIT"] = "1 per minute"
+    client = create_app(config).test_client()
+    assert [client.get("/api/attributes").status_code for _ in range(3)] == [200] * 3
 
 
 # -- proxies ------------------------------------------------------------------------------------

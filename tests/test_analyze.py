@@ -38,6 +38,23 @@ def analyze(client, **body):
     return client.post("/api/analyze", json=body)
 
 
+@pytest.fixture
+def encoded_texts(monkeypatch) -> list[list[str]]:
+    """Every batch of texts any model encodes from now on, its warm-up text left out."""
+    from faceapp.face_models import WARMUP_TEXT, LoadedModel
+
+    batches: list[list[str]] = []
+    encode = LoadedModel.encode_texts
+
+    def counted(model, texts):
+        if list(texts) != [WARMUP_TEXT]:
+            batches.append(list(texts))
+        return encode(model, texts)
+
+    monkeypatch.setattr(LoadedModel, "encode_texts", counted)
+    return batches
+
+
 def test_full_document_for_the_astronaut(client, stored):
     answer = analyze(client, image_id=stored)
     assert answer.status_code == 200, answer.get_json()
@@ -93,37 +110,36 @@ def test_free_text_labels_and_embedding(client, app, stored):
     with app.app_context():
         from faceapp.face_models import models
 
-        size = models.get().embedding_size
+        size = models.get().model.config.projection_dim
     assert len(face["embedding"]) == size
     assert math.isclose(math.sqrt(sum(v * v for v in face["embedding"])), 1.0, abs_tol=1e-3)
 
 
-def test_attribute_prompts_are_encoded_once_not_per_request(client, app, stored):
+def test_attribute_prompts_are_encoded_once_not_per_request(client, stored, encoded_texts):
     analyze(client, image_id=stored)
-    with app.app_context():
-        from faceapp.face_models import models
-
-        model = models.get()
-    calls = model.text_encoder_calls
+    calls = len(encoded_texts)
     analyze(client, image_id=stored, wipe_cache=True)
     analyze(client, image_id=stored, attributes=["expression"])
-    assert model.text_encoder_calls == calls
+    assert len(encoded_texts) == calls
     analyze(client, image_id=stored, labels=["a smiling astronaut", "a sad astronaut"])
-    assert model.text_encoder_calls == calls + 1  # the request's own labels, once
+    assert len(encoded_texts) == calls + 1  # the request's own labels, once
     analyze(
         client, image_id=stored, labels=["a sad astronaut", "a smiling astronaut"], wipe_cache=True
     )
-    assert model.text_encoder_calls == calls + 1  # seen before: from the bounded cache
+    assert len(encoded_texts) == calls + 1  # seen before: from the bounded cache
 
 
-def test_label_embeddings_are_reused_from_disk_by_the_next_worker(config, stored, client):
+def test_label_embeddings_are_reused_from_disk_by_the_next_worker(
+    config, stored, client, encoded_texts
+):
     analyze(client, image_id=stored)  # this worker encodes and saves them
+    encoded_texts.clear()
     second = create_app(config)
     with second.app_context():
         from faceapp.face_models import models
 
-        model = models.get()
-        assert model.text_encoder_calls == 0
+        models.get()
+        assert encoded_texts == []
 
 
 def test_a_changed_attribute_file_changes_the_version_and_misses_the_cache(
@@ -305,7 +321,9 @@ def test_the_analyzers_used_before_init_app_say_so():
         analysis.attribute_set()
 
 
-def test_new_temperatures_keep_the_label_embeddings_but_not_the_answers(config, tmp_path):
+def test_new_temperatures_keep_the_label_embeddings_but_not_the_answers(
+    config, tmp_path, encoded_texts
+):
     """The label-embedding cache is keyed on the prompts: recalibrating (`flask eval --fit`)
     changes the attribute set's version, not the embeddings, so no worker re-encodes them."""
     import shutil
@@ -327,12 +345,12 @@ def test_new_temperatures_keep_the_label_embeddings_but_not_the_answers(config, 
     with app.app_context():
         from faceapp.face_models import models
 
-        model = models.load()
-        calls = model.text_encoder_calls
+        models.load()
+        calls = len(encoded_texts)
         from faceapp import analysis
 
         scorer = analysis.analyzer()
-        assert model.text_encoder_calls == calls  # nothing encoded: the cached rows were read
+        assert len(encoded_texts) == calls  # nothing encoded: the cached rows were read
         assert scorer.describe()["attributes_version"] == after.digest
     assert sorted(os.listdir(cache)) == files  # the same file, nothing added
 
@@ -388,3 +406,22 @@ def test_free_text_labels_are_kept_in_a_bounded_recently_used_cache(app, client,
         again = scorer.free_text_rows(["b", "a"])  # "b" kept, "a" encoded again
         assert encoded == ["a", "b", "c", "a"]
         assert torch.allclose(again[0], first[1]) and torch.allclose(again[1], first[0])
+
+
+def test_labels_the_cache_cannot_hold_are_encoded_again_in_the_callers_turn(
+    app, client, monkeypatch
+):
+    """More labels than the cache holds are evicted before they are read back: encoded again,
+    as the same client's job (its turn in the fair queue, never another's)."""
+    from faceapp import analysis
+
+    monkeypatch.setattr(analysis, "FREE_TEXT_CACHE_SIZE", 1)
+    assert (
+        client.post("/api/setup", headers={"Authorization": "Bearer admin-key"}).status_code == 200
+    )
+    with app.app_context():
+        scorer = analysis.analyzer()
+        scorer.engine.record = True
+        assert len(scorer.free_text_rows(["a", "b"], client="key:caller")) == 2
+        served = [who for batch in scorer.engine.served for who, _ in batch]
+        assert served == ["key:caller", "key:caller"]  # the first encoding, then the second

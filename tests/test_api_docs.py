@@ -11,7 +11,7 @@ from tests.servers import app_env, gunicorn
 
 
 def test_the_page_and_its_files(config):
-    config["API_KEYS"] = "user-key"  # the page itself needs no key; the document does
+    config["API_KEYS"] = "user-key"  # neither the page nor the document needs a key
     from faceapp import create_app
 
     client = create_app(config).test_client()
@@ -34,7 +34,9 @@ def test_the_page_and_its_files(config):
     missing = client.get("/api/docs/../config.py")
     assert missing.status_code == 404
     assert client.get("/api/docs/oauth2-redirect.html").status_code == 404  # not on the list
-    assert client.get("/api/openapi.json").status_code == 401
+    document = client.get("/api/openapi.json")  # public: Swagger UI loads it before a key
+    assert document.status_code == 200 and document.get_json()["info"]["title"] == "faceapp"
+    assert client.get("/api/attributes").status_code == 401  # the operations still need one
 
 
 @pytest.mark.slow
@@ -56,27 +58,34 @@ def test_swagger_ui_renders_offline_in_chromium(tmp_path, tiny_model_dir, playwr
             lambda m: problems.append(m.text) if m.type in ("error", "warning") else None,
         )
         page.on("pageerror", lambda e: problems.append(str(e)))
-        page.goto(base + "/api/docs")
-        # Without a key the page explains the key and asks nothing of the document.
-        page.wait_for_selector("#api-key-needed")
+        with page.expect_response(lambda r: r.url.endswith("/api/openapi.json")) as doc:
+            page.goto(base + "/api/docs")
+        assert doc.value.status == 200  # the document needs no key: it loads at once
+        # Without a key the page explains the key above the operations.
+        page.wait_for_selector("#api-key-needed", state="visible")
         assert "needs an API key" in page.inner_text("#api-key-needed")
-        assert not any(url.endswith("/api/openapi.json") for url in asked)
-        assert "Failed to load" not in page.inner_text("body")
-        # A wrong key is refused and said so; the right one renders every operation.
-        page.fill("#api-key-value", "wrong-key")
-        with page.expect_response(lambda r: r.url.endswith("/api/openapi.json")) as doc:
-            page.click("#api-key button[type=submit]")
-        assert doc.value.status == 401
-        page.wait_for_selector("#api-key-refused", state="visible")
-        page.fill("#api-key-value", "user-key")
-        with page.expect_response(lambda r: r.url.endswith("/api/openapi.json")) as doc:
-            page.click("#api-key button[type=submit]")
-        assert doc.value.status == 200
         page.wait_for_selector(".swagger-ui .info .title")
         assert "faceapp" in page.inner_text(".swagger-ui .info .title")
+        assert "Failed to load" not in page.inner_text("body")
         page.wait_for_selector(".opblock-summary-path")
         paths = page.locator(".opblock-summary-path").all_inner_texts()
         assert "/api/validate" in " ".join(paths) and len(paths) >= 10
+        # A wrong key is refused by the first operation tried, and said so; the right one works.
+        attributes = page.locator("#operations-images-get_attributes")
+        attributes.locator(".opblock-summary-control").click()
+        attributes.locator("button.execute").wait_for()
+        page.fill("#api-key-value", "wrong-key")
+        page.click("#api-key button[type=submit]")
+        with page.expect_response(lambda r: r.url.endswith("/api/attributes")) as tried:
+            attributes.locator("button.execute").click()
+        assert tried.value.status == 401
+        page.wait_for_selector("#api-key-refused", state="visible")
+        page.fill("#api-key-value", "user-key")
+        page.click("#api-key button[type=submit]")
+        page.wait_for_selector("#api-key-needed", state="hidden")
+        with page.expect_response(lambda r: r.url.endswith("/api/attributes")) as tried:
+            attributes.locator("button.execute").click()
+        assert tried.value.status == 200
         # Try a request from the page: GET /api/health through Swagger UI's own client.
         block = page.locator("#operations-probes-get_health")
         block.locator(".opblock-summary-control").click()

@@ -234,4 +234,12 @@ def tree_map(package: Path = ROOT / "faceapp") -> dict[str, set[str]]:
 
 
 def test_the_readme_map_names_every_module_and_no_other():
-    assert readme_map() == tree_map()
+    named, tree = readme_map(), tree_map()
+    problems = []
+    for package in sorted(set(named) | set(tree)):
+        where = f"faceapp/{package}/" if package else "faceapp/"
+        missing = sorted(tree.get(package, set()) - named.get(package, set()))
+        gone = sorted(named.get(package, set()) - tree.get(package, set()))
+        problems += [f"{where}: not named: {missing}"] if missing else []
+        problems += [f"{where}: named, but not there: {gone}"] if gone else []
+    assert not problems, "README.md's map of modules (## Development):\n" + "\n".join(problems)

@@ -107,6 +107,7 @@ def test_a_folder_gives_exactly_one_line_per_input(runner, folder, tmp_path):
                 "errors",
                 "warnings",
                 "faces",
+                "face_count",
                 "model",
             }
             assert len(line["faces"]) == 1 and line["faces"][0]["attributes"]

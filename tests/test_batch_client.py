@@ -15,9 +15,10 @@ from faceapp.batch.pipeline import Options
 from faceapp.batch.runner import Stop
 from tests.servers import free_port
 
-CONFIG = {"MAX_UPLOAD_BYTES": 10 * 1024 * 1024}
+CONFIG = {"MAX_UPLOAD_BYTES": 10 * 1024 * 1024, "MAX_FACES": 5}
 VALID = {"image_id": "a" * 64, "valid": True, "errors": [], "warnings": []}
 MODEL = {"name": "m", "version": "v"}
+COUNT = {"found": 1, "not_analysed": 0, "max_faces": 5}
 
 
 def _answers(*responses):
@@ -56,7 +57,7 @@ def test_429_waits_for_retry_after_and_503_backs_off(httpserver, photo):
         _answers((429, limited, {"Retry-After": "1"}), (503, busy, {}), (200, VALID, {}))
     )
     httpserver.expect_request("/api/analyze", method="POST").respond_with_handler(
-        _answers((200, {"faces": [{"box": {}}], "model": MODEL}, {}))
+        _answers((200, {"faces": [{"box": {}}], "face_count": COUNT, "model": MODEL}, {}))
     )
     client = _client(httpserver)
     started = time.monotonic()
@@ -82,10 +83,17 @@ def test_an_invalid_photo_is_not_analysed_unless_forced(httpserver, photo):
     invalid = {**VALID, "valid": False, "errors": [{"code": "face.none", "message": "none"}]}
     httpserver.expect_request("/api/validate").respond_with_handler(_answers((200, invalid, {})))
     httpserver.expect_request("/api/analyze").respond_with_handler(
-        _answers((200, {"faces": [{"box": {}, "detected": False}], "model": MODEL}, {}))
+        _answers(
+            (
+                200,
+                {"faces": [{"box": {}, "detected": False}], "face_count": COUNT, "model": MODEL},
+                {},
+            )
+        )
     )
     line = _client(httpserver).process(photo)
     assert line["faces"] == [] and line["valid"] is False
+    assert line["face_count"] == {"found": 0, "not_analysed": 0, "max_faces": 5}
     assert all(entry[0].path != "/api/analyze" for entry in httpserver.log)
     forced = _client(httpserver, force=True, labels=("a, b",)).process(photo)
     assert forced["faces"] == [{"box": {}, "detected": False}]

@@ -41,7 +41,9 @@ def _api(client, data: bytes, **fields) -> tuple[dict, dict]:
 def test_a_valid_photo_is_the_validate_and_analyze_answers(app, client, write, astronaut_jpeg):
     path = write("astronaut.jpg", astronaut_jpeg)
     line = Pipeline(app, Options()).process(path)
-    assert list(line) == ["source", "image_id", "valid", "errors", "warnings", "faces", "model"]
+    assert list(line) == [
+        "source", "image_id", "valid", "errors", "warnings", "faces", "face_count", "model"
+    ]  # fmt: skip
     validated, analyzed = _api(client, astronaut_jpeg)
     assert analyzed.status_code == 200
     analyzed = analyzed.get_json()
@@ -53,6 +55,9 @@ def test_a_valid_photo_is_the_validate_and_analyze_answers(app, client, write, a
     assert line["valid"] is True
     assert len(line["faces"]) == 1
     assert line["faces"] == analyzed["faces"]  # same crops, same encoder, same scoring
+    assert line["face_count"] == analyzed["face_count"] == {
+        "found": 1, "not_analysed": 0, "max_faces": 5
+    }  # fmt: skip
     assert line["model"] == analyzed["model"]
 
 
@@ -151,6 +156,11 @@ def test_max_faces_scores_the_largest_faces(app, write, astronaut):
     one = Pipeline(app, Options(force=True, max_faces=1)).process(path)
     assert len(both["faces"]) == 2 and "face.multiple" in codes(both)
     assert one["faces"] == both["faces"][:1]
+    assert both["face_count"] == {"found": 2, "not_analysed": 0, "max_faces": 5}
+    assert one["face_count"] == {"found": 2, "not_analysed": 1, "max_faces": 1}
+    unforced = Pipeline(app, Options(max_faces=1)).process(path)
+    assert unforced["faces"] == []  # invalid: no face scored, so none of the two analysed
+    assert unforced["face_count"] == {"found": 2, "not_analysed": 2, "max_faces": 1}
 
 
 @pytest.mark.parametrize(

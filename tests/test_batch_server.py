@@ -90,6 +90,7 @@ def test_every_input_is_answered_as_a_local_run_answers_it(
                 )
             assert face["labels"] == pytest.approx(other["labels"], abs=2e-3)
         assert line["model"]["version"] == expected["model"]["version"]
+        assert line["face_count"] == expected["face_count"], source
 
 
 def test_a_wrong_key_stops_before_anything_is_written(served, runner, tmp_path, astronaut_jpeg):

@@ -36,6 +36,12 @@ def test_comparable_face_ratio_set_in_the_config_takes_effect(config):
     assert "face.multiple" not in errors and "face.background" in warnings
 
 
+def test_out_of_focus_ratio_set_in_the_config_takes_effect(config):
+    # The default (0.1) would hide a validation reading another key.
+    app = create_app({**config, "OUT_OF_FOCUS_RATIO": 0.3})
+    assert validation.Thresholds.from_config(app.config).out_of_focus_ratio == 0.3
+
+
 @pytest.mark.parametrize("ratio", [0, -0.5, 1.01, 2])
 def test_an_out_of_range_comparable_face_ratio_is_refused(ratio):
     with pytest.raises(ValueError, match="COMPARABLE_FACE_RATIO"):

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from PIL import Image
 
-from faceapp import create_app, faces, model_files
+from faceapp import create_app, faces, model_files, validation
 from tests.conftest import ADMIN, jpeg_bytes
 
 
@@ -246,3 +246,53 @@ def test_tiny_images_between_photos_are_too_small_never_a_500(yunet_config, astr
         body = answer.get_json()
         assert [issue["code"] for issue in body["errors"]][:1] == ["image.too_small"]
         assert body["details"]["faces"] == []
+
+
+def test_changing_a_validation_rule_revalidates_a_stored_image(config, astronaut_jpeg):
+    """A stored validation holds for one detector and one set of rules: a stricter MIN_FACE_PX
+    on the same store judges the image again instead of serving the old `valid: true`."""
+    first = upload(create_app(config).test_client(), astronaut_jpeg).get_json()
+    assert first["valid"] is True
+    strict = create_app(dict(config, MIN_FACE_PX=4000)).test_client()
+    second = upload(strict, astronaut_jpeg).get_json()
+    assert [issue["code"] for issue in second["errors"]] == ["face.too_small"]
+    events = strict.get(f"/api/images/{first['image_id']}/trace").get_json()["events"]
+    assert [e["event"] for e in events] == ["validated", "wiped", "validated"]
+    assert events[1]["reason"] == "rules_changed"
+    assert upload(strict, astronaut_jpeg).get_json() == second  # cached under the new rules
+
+
+def test_analyze_by_id_judges_a_stored_image_by_the_current_rules(config, astronaut_jpeg):
+    image_id = upload(create_app(config).test_client(), astronaut_jpeg).get_json()["image_id"]
+    strict = create_app(dict(config, MIN_FACE_PX=4000)).test_client()
+    answer = strict.post("/api/analyze", json={"image_id": image_id})
+    assert answer.status_code == 409
+    assert answer.get_json()["error"]["code"] == "image.not_valid"
+    record = strict.get(f"/api/images/{image_id}").get_json()
+    assert [issue["code"] for issue in record["validation"]["errors"]] == ["face.too_small"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"COMPARABLE_FACE_RATIO": 0.3},
+        {"OUT_OF_FOCUS_RATIO": 0.2},
+        {"MIN_FACE_PX": 40},
+        {"MIN_IMAGE_PX": 32},
+        {"BLUR_THRESHOLD": 50.0},
+        {"DARK_THRESHOLD": 30.0},
+        {"BRIGHT_THRESHOLD": 230.0},
+        {"REQUIRE_SINGLE_FACE": False},
+        {"STORED_MAX_SIDE": 1500},
+    ],
+)
+def test_each_validation_setting_changes_the_rules_version(config, change):
+    default = validation.rules_version(create_app(config).config)
+    assert validation.rules_version(create_app(dict(config, **change)).config) != default
+
+
+def test_the_rules_code_version_changes_the_rules_version(config, monkeypatch):
+    settings = create_app(config).config
+    default = validation.rules_version(settings)
+    monkeypatch.setattr(validation, "RULES_CODE_VERSION", validation.RULES_CODE_VERSION + 1)
+    assert validation.rules_version(settings) != default

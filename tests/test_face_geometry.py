@@ -1,4 +1,4 @@
-"""The crop CLIP sees (faceapp.faces.aligned_crop) and the geometric head pose: pure geometry.
+"""The crop CLIP sees (face_geometry.aligned_crop) and the geometric head pose: pure geometry.
 
 A ramp image whose red channel is x and green channel is y lets a test read, from any pixel of a
 crop, which image pixel it shows (bilinear sampling is exact on a linear ramp).
@@ -6,14 +6,14 @@ crop, which image pixel it shows (bilinear sampling is exact on a linear ramp).
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from faceapp.face_geometry import CROP_MARGIN, FILL, eye_roll, head_pose
-from faceapp.faces import aligned_crop
+from faceapp.face_geometry import CROP_MARGIN, FILL, aligned_crop, eye_roll, head_pose
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,34 @@ def test_head_pose_is_scale_free_and_given_to_a_tenth_of_a_degree():
     pose = head_pose(tilted)
     assert pose["roll"] == round(math.degrees(math.atan2(3, 40)), 1) == 4.3
     assert pose["yaw"] == round(pose["yaw"], 1) != 0.0
+
+
+# The astronaut's face in scikit-image's photo (a real photograph), a box around it and five
+# points near her eyes, nose tip and mouth corners (the eye line tilted by a few degrees).
+ASTRONAUT_BOX = {"x": 178, "y": 67, "width": 93, "height": 93}
+ASTRONAUT_POINTS = [(203.5, 104.0), (243.0, 101.5), (224.0, 122.0), (207.0, 141.5), (240.0, 139.0)]
+#: SHA-256 of the crops' RGB bytes, taken before the three crop functions became one: the crop
+#: CLIP sees of a real face must not change unnoticed (it changes every score and cached answer).
+PINNED_CROPS = {
+    "turned": ((140, 140), "8fc0460439478a45411f8bb28ca19f9ffc3415c24d5ee0fac21d8fea5f825b61"),
+    "upright": ((140, 140), "0b8d0610418ad240624b62da5da471c7b8ec4f46262cd0a32009584462d5a16c"),
+    "whole image, no margin": (
+        (512, 512),
+        "a8c429c18afa7b0fd5673e598d73a21225d94c864a71bbb3885126fdecb41071",
+    ),
+}
+
+
+def test_the_crop_of_a_real_face_is_pinned(astronaut):
+    crops = {
+        "turned": aligned_crop(astronaut, ASTRONAUT_BOX, ASTRONAUT_POINTS),
+        "upright": aligned_crop(astronaut, ASTRONAUT_BOX, None),
+        "whole image, no margin": aligned_crop(
+            astronaut, {"x": 0, "y": 0, "width": 512, "height": 512}, None, margin=0.0
+        ),
+    }
+    found = {
+        name: (crop.size, hashlib.sha256(crop.tobytes()).hexdigest())
+        for name, crop in crops.items()
+    }
+    assert found == PINNED_CROPS

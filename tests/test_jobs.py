@@ -83,6 +83,8 @@ def test_a_malformed_item_is_refused_with_its_index_and_nothing_is_queued(api, b
     for items in ([{"image_id": "nope"}], [{"image_url": URL, "image_id": "a" * 64}], ["x"], []):
         assert post(api, {"items": items}).status_code == 400
     assert post(api, {"items": [{"image_url": URL}], "max_faces": 0}).status_code == 400
+    over = post(api, {"items": [{"image_url": URL}], "max_faces": 21})  # MAX_FACES_LIMIT: 20
+    assert over.status_code == 400 and over.get_json()["error"]["field"] == "max_faces"
     unknown = post(api, {"items": [{"image_url": URL}], "attributes": ["shoe_size"]})
     assert unknown.status_code == 400
     too_many = post(api, {"items": [{"image_url": URL}] * 51})
@@ -292,3 +294,123 @@ def test_a_chunk_run_twice_answers_each_item_once(jobs_app, api, astronaut_jpeg)
     assert [line["index"] for line in lines] == [0, 1, 2, 3, 4]
     assert lines[0]["image_id"] == image_id and lines[0]["faces"][0]["attributes"]
     assert lines[4]["error"]["code"] == "image_id.not_found"
+
+
+# -- the owner's window, chunks lost in transit, chunks that give up ------------------------------
+
+QUEUE_KEY = "faceapp:celery:faceapp.jobs"
+MISSING = [{"image_id": "0" * 64}]  # answered at once (image_id.not_found), no model needed
+
+
+def broker_keys():
+    from faceapp.jobs.celery_app import QUEUE_KEYS, UNACKED_KEY
+    from faceapp.jobs.sweeper import BrokerKeys
+
+    return BrokerKeys(queues=QUEUE_KEYS, unacked=UNACKED_KEY)
+
+
+def queued_chunks(broker) -> list[tuple[str, int]]:
+    """The chunks in the broker's queue, the next to be taken first (kombu takes from the right)."""
+    from faceapp.jobs.sweeper import task_chunk
+
+    raw = redis.Redis.from_url(broker).lrange(QUEUE_KEY, 0, -1)
+    return [tuple(task_chunk(message).split(":")) for message in reversed(raw)]
+
+
+def age_in_flight(broker) -> None:
+    """Every chunk in flight looks queued long ago (older than any visibility timeout)."""
+    client = redis.Redis.from_url(broker)
+    for owner in client.smembers("faceapp:jobs:inflight_owners"):
+        key = b"faceapp:jobs:inflight:" + owner
+        client.zadd(key, {member: 0 for member in client.zrange(key, 0, -1)})
+
+
+def test_a_keys_jobs_share_one_window_so_another_key_finishes_first(config, broker):
+    """Key A's three jobs and key B's one, taken one chunk at a time in the broker's order (as a
+    single worker does): B's job ends before all but A's first, whose chunks were queued first.
+    With a window per job, A's six chunks were all queued ahead of B's and B finished last."""
+    from faceapp.jobs import runner
+    from faceapp.jobs.tasks import queue_chunk
+
+    config.update(
+        BROKER_URL=broker, API_KEYS="key-a,key-b", RATELIMIT_ENABLED=False,
+        MAX_ACTIVE_JOBS=3, JOBS_CHUNK_SIZE=4, JOBS_WINDOW=2,
+    )  # fmt: skip
+    app = create_app(config)
+    api = app.test_client()
+    names = {}
+    for name in ("a1", "a2", "a3"):
+        names[post(api, {"items": MISSING * 8}).get_json()["job_id"]] = name
+    names[post(api, {"items": MISSING * 8}, headers=KEY_B).get_json()["job_id"]] = "b"
+    assert [names[job] for job, _ in queued_chunks(broker)] == ["a1", "a1", "b", "b"]
+    finished = []
+    with app.app_context():
+        while chunks := queued_chunks(broker):
+            job_id, chunk = chunks[0]
+            redis.Redis.from_url(broker).rpop(QUEUE_KEY)
+            runner.run_chunk(job_id, int(chunk), queue_chunk)
+            for job, name in names.items():
+                state = api.get(f"/api/jobs/{job}", headers=ADMIN).get_json()["state"]
+                if state == "succeeded" and name not in finished:
+                    finished.append(name)
+    assert finished == ["a1", "b", "a2", "a3"]
+
+
+def test_a_chunk_lost_in_transit_is_queued_again_by_the_sweeper(jobs_app, api, broker):
+    """A worker took a chunk off the queue and died before the broker recorded it as handed out
+    (kombu's BRPOP, then HSET unacked): only the sweeper brings it back."""
+    from faceapp.jobs.sweeper import sweep
+
+    job_id = post(api, {"items": MISSING * 10}).get_json()["job_id"]
+    client = redis.Redis.from_url(broker)
+    assert queued_chunks(broker) == [(job_id, "0"), (job_id, "1")]
+    client.rpop(QUEUE_KEY)  # chunk 0, taken by a worker that was then SIGKILLed
+    assert sweep(jobs_app, broker_keys()) == 0  # not in flight for long yet
+    age_in_flight(broker)
+    assert sweep(jobs_app, broker_keys()) == 1
+    assert sorted(queued_chunks(broker)) == [(job_id, "0"), (job_id, "1")]
+    # Handed to a worker and recorded as such (the unacked hash): held, not queued again.
+    message = client.rpop(QUEUE_KEY)
+    client.hset("faceapp:celery:unacked", "tag-1", b'[%s, "", "faceapp.jobs"]' % message)
+    age_in_flight(broker)
+    assert sweep(jobs_app, broker_keys()) == 0
+    assert len(queued_chunks(broker)) == 1
+
+
+def test_a_lost_chunk_of_an_ended_job_hands_its_place_to_the_keys_next_job(jobs_app, api, broker):
+    from faceapp.jobs.sweeper import sweep
+
+    first = post(api, {"items": MISSING * 8}).get_json()["job_id"]  # the key's whole window
+    second = post(api, {"items": MISSING * 8}).get_json()["job_id"]
+    assert queued_chunks(broker) == [(first, "0"), (first, "1")]
+    redis.Redis.from_url(broker).delete(QUEUE_KEY)  # both lost in transit
+    assert api.delete(f"/api/jobs/{first}", headers=KEY_A).status_code == 200
+    age_in_flight(broker)
+    assert sweep(jobs_app, broker_keys()) == 2
+    assert queued_chunks(broker) == [(second, "0"), (second, "1")]
+
+
+def test_a_chunk_whose_model_never_loads_gives_up_after_the_attempts(config, broker, monkeypatch):
+    from faceapp.jobs import item, runner
+
+    config.update(
+        BROKER_URL=broker, API_KEYS="key-a", JOBS_CHUNK_SIZE=4, JOBS_MAX_ATTEMPTS=3,
+        RATELIMIT_ENABLED=False,
+    )  # fmt: skip
+    app = create_app(config)
+    api = app.test_client()
+    not_ready = {"error": {"code": "model.not_ready", "message": "The model failed to load."}}
+    monkeypatch.setattr(item, "process_item", lambda source, options: not_ready)
+    monkeypatch.setattr(runner, "PATIENCE_S", 0.0)  # each try gives up at once
+    job_id = post(api, {"items": MISSING * 3}).get_json()["job_id"]
+    with app.app_context():
+        for _ in range(2):
+            with pytest.raises(runner.Retry):
+                runner.run_chunk(job_id, 0, lambda *chunk: None)  # goes back to the queue
+        assert runner.run_chunk(job_id, 0, lambda *chunk: None) == "failed"
+    job = api.get(f"/api/jobs/{job_id}", headers=KEY_A).get_json()
+    assert job["state"] == "failed" and job["done"] == 3 and job["failed"] == 3
+    assert job["error"]["code"] == "model.unavailable" and "3 tries" in job["error"]["message"]
+    lines = [json.loads(line) for line in api.get(job["results"], headers=KEY_A).data.splitlines()]
+    assert [line["index"] for line in lines] == [0, 1, 2]
+    assert {line["error"]["code"] for line in lines} == {"model.unavailable"}

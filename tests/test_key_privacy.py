@@ -2,8 +2,8 @@
 
 The rule (docs/SECURITY.md, "What a key sees"): with API_KEYS set, a user key sees an image once
 it has sent it, and then only its own trace events and tester runs; an image only other keys
-sent answers as one never stored. A user key's wipe removes nothing of anyone else's. Admin keys
-see and wipe everything.
+sent answers as one never stored. A user key's wipe removes its own tester runs and nothing of
+anyone else's. Admin keys see and wipe everything.
 """
 
 from __future__ import annotations
@@ -106,6 +106,26 @@ def test_one_keys_wipe_keeps_another_keys_runs_and_results(keyed, astronaut_jpeg
     assert client.get(run, headers=ADMIN).status_code == 200
     client.post("/api/analyze", headers=ADMIN, json={"image_id": image_id, "wipe_cache": True})
     assert client.get(run, headers=A).status_code == 404
+
+
+@pytest.mark.parametrize("how", ["analyze", "validate"])
+def test_a_keys_wipe_drops_its_own_earlier_runs(keyed, astronaut_jpeg, how):
+    client = keyed.test_client()
+    image_id = send(client, astronaut_jpeg, A)
+    send(client, astronaut_jpeg, B)
+    own = [run_tester(client, image_id, A, label) for label in ("first", "second")]
+    theirs = run_tester(client, image_id, B, "b label")
+    if how == "analyze":
+        body = {"image_id": image_id, "wipe_cache": True}
+        assert client.post("/api/analyze", headers=A, json=body).status_code == 200
+    else:
+        send_again = {"file": (io.BytesIO(astronaut_jpeg), "a.jpg"), "wipe_cache": "true"}
+        assert client.post("/api/validate", headers=A, data=send_again).status_code == 200
+    for run in own:
+        assert client.get(run, headers=A).status_code == 404
+        assert client.get(run, headers=ADMIN).status_code == 404  # gone, not only hidden
+    kept = client.get(theirs, headers=B)
+    assert kept.status_code == 200 and "b label" in kept.get_data(as_text=True)
 
 
 def test_without_api_keys_everyone_sees_and_wipes_everything(client, astronaut_jpeg):

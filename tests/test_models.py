@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from faceapp import create_app, face_models, model_files
+from faceapp import create_app, face_models, model_files, random_checkpoints
 from faceapp.clip_vocab import default_bpe_file
 from faceapp.face_models import ModelHolder
 from tests.conftest import ADMIN
@@ -30,8 +30,8 @@ def test_random_checkpoint_has_a_manifest_with_file_hashes(tiny_model_dir):
 
 def test_version_changes_with_the_weights(tmp_path, tiny_model_dir):
     bpe = default_bpe_file()  # as conftest's `models random` used it
-    other = face_models.write_random_checkpoint(str(tmp_path / "other"), "tiny", 1, bpe)
-    same = face_models.write_random_checkpoint(str(tmp_path / "same"), "tiny", 0, bpe)
+    other = random_checkpoints.write_random_checkpoint(str(tmp_path / "other"), "tiny", 1, bpe)
+    same = random_checkpoints.write_random_checkpoint(str(tmp_path / "same"), "tiny", 0, bpe)
     version = model_files.weights_version(model_files.read_manifest(tiny_model_dir))
     assert len(version) == 12 and int(version, 16) >= 0
     assert model_files.weights_version(model_files.read_manifest(other)) != version
@@ -59,7 +59,8 @@ def test_loaded_model_encodes_unit_vectors(config):
 
     images = model.encode_images([Image.new("RGB", (40, 60), (200, 10, 10))] * 3)
     texts = model.encode_texts(["a smiling face", "a frowning face"])
-    assert images.shape == (3, model.embedding_size) and texts.shape == (2, model.embedding_size)
+    size = model.model.config.projection_dim
+    assert images.shape == (3, size) and texts.shape == (2, size)
     assert torch.allclose(images.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert model.describe()["random_weights"] is True and model.device == "cpu"
 
@@ -180,7 +181,7 @@ def test_import_libraries_imports_what_it_can_and_names_the_rest():
     is named, never fatal to the master (the worker tries again and says why)."""
     import sys
 
-    from faceapp.face_models import PRELOADED_MODULES, import_libraries
+    from faceapp.gunicorn_worker import PRELOADED_MODULES, import_libraries
 
     seconds, failed = import_libraries(("json", "faceapp_no_such_module", "faceapp.api"))
     assert failed == ["faceapp_no_such_module"] and seconds >= 0

@@ -7,7 +7,10 @@ generated requests to every operation (with a key, and once without one).
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import re
+from pathlib import Path
 
 import pytest
 import redis
@@ -148,6 +151,8 @@ def test_security_schemes_probes_and_admin_operations(keyed_app):
             assert {"200", "500"} <= statuses
             if path in PROBES:
                 assert op["security"] == [] and "401" not in statuses
+            elif path == "/api/openapi.json":  # no key, but rate limited
+                assert op["security"] == [] and "401" not in statuses and "429" in statuses
             else:
                 assert op["security"] == keyed and {"401", "429"} <= statuses, (path, method)
             assert ("403" in statuses) == ((path, method) in admin)
@@ -188,10 +193,40 @@ def test_options_on_a_trace_allows_only_what_the_trace_serves(keyed_app):
     assert set(record.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS", "DELETE"}
 
 
-def test_the_document_needs_a_key_when_keys_are_set(keyed_app):
-    answer = keyed_app.test_client().get("/api/openapi.json")
-    assert answer.status_code == 401 and answer.get_json()["error"]["code"] == "auth.required"
-    assert document(keyed_app, headers=USER)["info"]["title"] == "faceapp"
+@pytest.mark.parametrize("limit", [20, 7, 150])
+def test_max_faces_maximum_is_the_configured_limit(config, limit, astronaut_jpeg):
+    app = create_app(dict(config, MAX_FACES_LIMIT=limit))
+    schemas = document(app)["components"]["schemas"]
+    for name in ("AnalyzeRequest", "AnalyzeForm", "JobRequest", "JobArchiveForm"):
+        assert schemas[name]["properties"]["max_faces"]["maximum"] == limit, name
+    client = app.test_client()
+    image_id = client.post(
+        "/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}
+    ).get_json()["image_id"]
+    at_limit = client.post("/api/analyze", json={"image_id": image_id, "max_faces": limit})
+    assert at_limit.status_code == 200, at_limit.get_json()
+    over = client.post("/api/analyze", json={"image_id": image_id, "max_faces": limit + 1})
+    assert over.status_code == 400 and over.get_json()["error"]["field"] == "max_faces"
+
+
+def test_the_snapshot_states_the_default_max_faces_limit():
+    from faceapp.config import DEFAULTS
+
+    snapshot = json.loads((Path(__file__).parent.parent / "docs" / "openapi.json").read_text())
+    maximum = snapshot["components"]["schemas"]["AnalyzeRequest"]["properties"]["max_faces"]
+    assert maximum["maximum"] == DEFAULTS["MAX_FACES_LIMIT"]
+
+
+def test_the_document_is_public_even_when_keys_are_set(keyed_app):
+    """The document holds no secret, and Swagger UI and client generators need it before a key
+    is typed: it never needs one (it is rate limited like the rest), and says so of itself."""
+    public = document(keyed_app, headers={})
+    assert public == document(keyed_app, headers=USER)
+    operation = public["paths"]["/api/openapi.json"]["get"]
+    assert operation["security"] == [] and "401" not in operation["responses"]
+    assert "429" in operation["responses"]
+    assert public["paths"]["/api/attributes"]["get"]["security"] != []
+    assert keyed_app.test_client().get("/api/attributes").status_code == 401
 
 
 # -- real answers match it ----------------------------------------------------------------------
@@ -313,8 +348,9 @@ def test_generated_requests_without_a_key_are_refused(keyed_app, label):
 
 ST_CONFIG = """
 [checks.positive_data_acceptance]
-# A schema-valid image source may still carry no image (400, 415), be unreachable (422), or
-# exceed MAX_FORM_PARTS as repeated form fields, which no OpenAPI keyword can state (413).
+# A schema-valid image source may still carry no image (400, 415), be unreachable (422), or be
+# a job of more than MAX_JOB_ITEMS items (413). A form never has more parts than MAX_FORM_PARTS:
+# it is derived from the schemas' own limits (faceapp/schemas.py, form_parts_allowed).
 # tests/schemathesis_hooks.py holds the schema to what it can state.
 expected-statuses = ["2xx", 400, 401, 403, 404, 409, 413, 415, 422, 429]
 

@@ -209,3 +209,14 @@ def test_the_eviction_lock_expires_if_its_worker_dies(make_store, monkeypatch):
     monkeypatch.setattr(store, "_evict", look_at_the_lock)
     assert store.evict() == 1
     assert 0 < expiries[0] <= RedisStore.EVICT_LOCK_MS  # -1 would be a lock kept for ever
+
+
+def test_a_sign_in_is_held_for_its_lifetime_and_no_longer(make_store):
+    store = make_store()
+    session_id = "s" * 32
+    store.put_session(session_id, 90.0)
+    assert store.has_session(session_id)
+    expiry = store.client.pttl(f"{store.prefix}session:{session_id}")
+    assert 0 < expiry <= 90_000  # in ms; -1 (none) or longer would outlive SESSION_MAX_AGE
+    store.drop_session(session_id)
+    assert not store.has_session(session_id)

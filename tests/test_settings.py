@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from faceapp import create_app
-from faceapp.config import SettingError, convert
+from faceapp.config import SettingError, check_settings, convert
 from tests.servers import ROOT, app_env, gunicorn
 
 FALSE_SPELLINGS = ["False", "false", "FALSE", "no", "No", "off", "OFF", "0", " no "]
@@ -140,6 +140,12 @@ def test_test_mappings_are_converted_and_checked(config):
     )
     with pytest.raises(SettingError, match="MAX_FACES: 'many' is not a whole number"):
         create_app({**config, "MAX_FACES": "many"})
+
+
+def test_the_check_before_forking_reads_the_instance_folders_config_py(tmp_path):
+    (tmp_path / "config.py").write_text('MAX_FACES = "many"\n', encoding="utf-8")
+    with pytest.raises(SettingError, match="MAX_FACES: 'many' is not a whole number"):
+        check_settings(str(tmp_path))
 
 
 @pytest.mark.parametrize(("value", "kind"), [(True, int), (1.5, int), (True, float), (3, str)])

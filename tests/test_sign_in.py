@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 
 from faceapp import create_app
+from faceapp.errors import FaceappError
+from faceapp.store.files import FileStore
 from tests.test_tester_access import recent_ids, sign_in
 
 USER = {"X-API-Key": "user-key"}
@@ -31,6 +33,20 @@ def test_signing_in_starts_a_fresh_session(keyed):
     with client.session_transaction() as session:
         assert "planted" not in session
         assert set(session) == {"key_id", "sid"}  # who, and the server-side sign-in's id
+
+
+def test_a_store_error_other_than_an_outage_is_not_taken_for_a_sign_out(keyed, monkeypatch):
+    """An outage asks to sign in again; any other error checking a sign-in is that error, not
+    a quiet sign-out that would hide it."""
+    client = keyed.test_client()
+    assert sign_in(client, "user-key").status_code == 303
+
+    def broken(self, session_id):
+        raise FaceappError("internal", "the sign-ins cannot be read")
+
+    monkeypatch.setattr(FileStore, "has_session", broken)
+    with pytest.raises(FaceappError, match="the sign-ins cannot be read"):
+        client.get("/app")  # the pages' error handler meets it again: Flask's own 500
 
 
 @pytest.mark.parametrize(

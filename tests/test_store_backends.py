@@ -191,6 +191,54 @@ def test_events_of_unknown_image_are_empty_and_not_recorded(store):
     assert store.events(image_id) == []
 
 
+def _moment(n: int) -> str:
+    return f"2026-12-05T10:00:{n // 1000:02d}.{n % 1000:03d}Z"
+
+
+def test_a_trace_keeps_its_last_max_events_oldest_dropped(make_store):
+    store = make_store(max_events=5)
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {})
+    for n in range(23):
+        store.append_event(image_id, {"event": "analyzed", "n": n, "time": _moment(n)})
+    assert [e["n"] for e in store.events(image_id)] == [18, 19, 20, 21, 22]
+    if isinstance(store, FileStore):  # trimmed on disk too, a quarter of slack at most
+        with open(os.path.join(store._dir(image_id), FileStore.TRACE), "rb") as fh:
+            assert len(fh.read().splitlines()) <= 6
+    else:  # trimmed in Redis, and the dropped events' bytes no longer counted
+        assert store.client.llen(store._key("trace", image_id)) == 5
+        kept = store.client.lrange(store._key("trace", image_id), 0, -1)
+        counted = int(store.client.hget(store._bytes, image_id))
+        assert counted == len(data) + len(b"{}") + sum(len(line) for line in kept)
+
+
+def test_a_capped_trace_under_concurrent_appends_keeps_whole_newest_events(make_store):
+    store = make_store(max_events=50)
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {})
+
+    def emit(thread: int) -> None:
+        for seq in range(40):
+            event = {"event": "analyzed", "thread": thread, "seq": seq, "pad": f"{thread}" * 300}
+            store.append_event(image_id, event)
+
+    _run_threads(8, emit)
+    events = store.events(image_id)
+    assert len(events) == 50
+    for thread in range(8):  # each thread's newest events, none dropped between two kept
+        mine = [e["seq"] for e in events if e["thread"] == thread]
+        assert mine == list(range(40 - len(mine), 40))
+        assert all(e["pad"] == f"{e['thread']}" * 300 for e in events)
+
+
+def test_without_a_bound_a_trace_keeps_everything(store):
+    image_id, data = _image(1)
+    store.put_image(image_id, data, {})
+    for n in range(30):
+        store.append_event(image_id, {"event": "analyzed", "n": n})
+    assert len(store.events(image_id)) == 30
+
+
 # -- removal ----------------------------------------------------------------------------------
 def test_delete_forgets_image_meta_results_and_trace(store):
     image_id, data = _image(1)

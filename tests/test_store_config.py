@@ -72,7 +72,7 @@ def test_the_guarded_backend_passes_errors_and_attributes_through(tmp_path):
     exception reach the caller unchanged, and its settings read as they are."""
     bare = Flask(__name__)
     bare.config.update(STORE_URL=str(tmp_path / "own"), STORE_MAX_BYTES=1234)
-    bare.config["STORE_MAX_AGE_SECONDS"] = 0
+    bare.config.update(STORE_MAX_AGE_SECONDS=0, TRACE_MAX_EVENTS=0)
     ImageStore(bare)  # the extension set up by its constructor
     with bare.app_context():
         backend = store.backend

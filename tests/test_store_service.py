@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 from faceapp import create_app, stored_image
-from faceapp.analysis import face_crop
-from faceapp.face_geometry import FILL
+from faceapp.face_geometry import FILL, aligned_crop
 from faceapp.store import store
 from tests.conftest import ADMIN
 from tests.servers import free_port
@@ -104,10 +103,10 @@ def test_a_face_crop_from_its_context_matches_the_crop_from_the_image():
         ({"x": 700, "y": 400, "width": 80, "height": 90}, None),  # context kept at full size
         ({"x": 1340, "y": 850, "width": 80, "height": 80}, None),  # cut by the image's corner
     ):
-        direct = face_crop(image, box, landmarks).resize((64, 64), Image.Resampling.BOX)
+        direct = aligned_crop(image, box, landmarks).resize((64, 64), Image.Resampling.BOX)
         context, placement = stored_image.cut_context(image, box)
         assert context.width == context.height <= stored_image.CONTEXT_MAX_SIDE
-        mapped = face_crop(
+        mapped = aligned_crop(
             context,
             stored_image.to_context(placement, box),
             stored_image.points_to_context(placement, landmarks),

@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 
 from faceapp import stored_image
-from faceapp.analysis import face_crop
-from faceapp.face_geometry import FILL
+from faceapp.face_geometry import FILL, aligned_crop
 from faceapp.store.base import is_current
 
 
@@ -170,10 +169,10 @@ def test_crops_read_back_are_the_crops_of_the_whole_image_face_by_face():
         {"box": {"x": 1340, "y": 850, "width": 80, "height": 80}},  # cut by the corner
     ]
     parts, meta = _parts_and_meta(image, faces)
-    crops = stored_image.region_crops(meta, _face_regions(3), parts.get, face_crop)
+    crops = stored_image.region_crops(meta, _face_regions(3), parts.get)
     assert crops is not None and len(crops) == 3
     for face, crop in zip(faces, crops, strict=True):
-        direct = face_crop(image, face["box"], face.get("landmarks"))
+        direct = aligned_crop(image, face["box"], face.get("landmarks"))
         small, box = (64, 64), Image.Resampling.BOX
         assert _difference(crop.resize(small, box), direct.resize(small, box)) < 10, face["box"]
 
@@ -184,10 +183,10 @@ def test_the_whole_image_region_is_the_preview_without_a_margin(width, height):
     parts, meta = _parts_and_meta(image, [])
     whole = {"x": 0, "y": 0, "width": width, "height": height}
     region = SimpleNamespace(detected=False, box=whole)
-    [crop] = stored_image.region_crops(meta, [region], parts.get, face_crop)
+    [crop] = stored_image.region_crops(meta, [region], parts.get)
     preview = _decode(parts[meta["stored"]["preview"]["part"]])
     assert crop.size == (max(preview.size),) * 2  # the preview's longer side, no margin
-    direct = face_crop(image, whole, None, margin=0.0).resize(crop.size, Image.Resampling.BOX)
+    direct = aligned_crop(image, whole, None, margin=0.0).resize(crop.size, Image.Resampling.BOX)
     assert _difference(crop, direct) < 15  # unrelated images differ by about 85
     # Its edges are the image's own pixels (no fill shifted in), where the image reaches.
     pixels = np.asarray(crop, np.int16)
@@ -203,7 +202,7 @@ def test_crops_of_a_face_whose_part_went_missing_are_none():
     faces = [{"box": {"x": 50, "y": 50, "width": 40, "height": 40}}] * 2
     parts, meta = _parts_and_meta(image, faces)
     partial = {name: data for name, data in parts.items() if name != "face-1.jpg"}
-    assert stored_image.region_crops(meta, _face_regions(2), partial.get, face_crop) is None
+    assert stored_image.region_crops(meta, _face_regions(2), partial.get) is None
     whole = SimpleNamespace(detected=False, box={"x": 0, "y": 0, "width": 400, "height": 300})
-    assert stored_image.region_crops(meta, [whole], {}.get, face_crop) is None
-    assert stored_image.region_crops(meta, [], {}.get, face_crop) == []
+    assert stored_image.region_crops(meta, [whole], {}.get) is None
+    assert stored_image.region_crops(meta, [], {}.get) == []

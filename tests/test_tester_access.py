@@ -70,6 +70,28 @@ def test_without_a_key_every_page_sends_people_to_sign_in(keyed, astronaut_jpeg)
     assert 'type="password" name="key"' in login and CSRF_FIELD.search(login)
 
 
+def test_signing_in_from_an_interrupted_analyze_brings_back_what_was_typed(keyed, astronaut_jpeg):
+    image_id = hashlib.sha256(astronaut_jpeg).hexdigest()
+    client = keyed.test_client()
+    upload = {"file": (io.BytesIO(astronaut_jpeg), "a.jpg")}
+    assert client.post("/api/validate", headers=USER, data=upload).status_code == 200
+    typed = {"labels": "a smiling person\na person in a hat", "include_embedding": "1"}
+    answer = client.post(
+        "/app/login",
+        data={
+            "key": "user-key",
+            "next": f"/app/images/{image_id}",
+            "pending_analyze": "1",
+            **typed,
+        },
+    )
+    text = assert_html_page(answer, 200)
+    assert "What you typed is back in the form" in text
+    assert ">a smiling person\na person in a hat</textarea>" in text
+    assert 'name="include_embedding" value="1" checked' in text
+    assert 'name="force" value="1" checked' not in text
+
+
 @pytest.mark.parametrize("headers", [{"X-API-Key": "nope"}, {"Authorization": "Bearer nope"}])
 def test_a_wrong_key_in_the_headers_is_a_401_page(keyed, astronaut_jpeg, headers):
     client = keyed.test_client()

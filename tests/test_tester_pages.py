@@ -485,6 +485,33 @@ def test_without_api_keys_the_sign_in_page_says_so_and_lets_anyone_on(client):
     assert answer.status_code == 303 and answer.headers["Location"] == "/app/images/x"
 
 
+def test_the_api_the_pages_and_the_jobs_pages_send_the_one_set_of_security_headers(
+    client, astronaut_jpeg
+):
+    """One place sets them all (faceapp/security.py): the pages differ in Referrer-Policy only."""
+    from faceapp.security import PAGE_HEADERS, SECURITY_HEADERS
+
+    assert {**SECURITY_HEADERS, "Referrer-Policy": "same-origin"} == PAGE_HEADERS
+    page = page_of(client, astronaut_jpeg)
+    pages = [
+        client.get("/app"),
+        client.get(page),
+        client.get(page + "/thumbnail.jpg"),
+        client.get("/app/jobs"),
+        client.get("/app/jobs/" + "0" * 32),  # 404, as a page
+        client.get("/app/no-such-page"),  # no route matched: still the pages' headers
+        client.get("/app/login"),
+    ]
+    for answer in pages:
+        sent = {name: answer.headers.get(name) for name in PAGE_HEADERS}
+        assert sent == PAGE_HEADERS, answer.request.path
+        assert answer.headers["Cache-Control"] == "no-store", answer.request.path
+    for answer in (client.get("/api/health"), client.get("/api/jobs/" + "0" * 32)):
+        sent = {name: answer.headers.get(name) for name in SECURITY_HEADERS}
+        assert sent == SECURITY_HEADERS, answer.request.path
+        assert answer.headers["Cache-Control"] == "no-store", answer.request.path
+
+
 def test_the_readme_names_the_referrer_policy_each_part_sends(client):
     """/api sends no-referrer; the pages send same-origin, which Flask-WTF's HTTPS check needs."""
     with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as fh:
@@ -494,3 +521,15 @@ def test_the_readme_names_the_referrer_policy_each_part_sends(client):
     assert (api, pages) == ("no-referrer", "same-origin")
     assert f"`Referrer-Policy: {api}`, except the `/app` pages" in readme
     assert f"which send `Referrer-Policy: {pages}`: over HTTPS, Flask-WTF" in readme
+
+
+@pytest.mark.parametrize(("size", "words"), [((8, 8), "bytes"), ((400, 300), "KiB")])
+def test_the_image_caption_gives_the_size_as_the_other_pages_do(client, size, words):
+    from faceapp.errors import human_bytes
+
+    buffer = io.BytesIO()
+    Image.effect_noise(size, 64).convert("RGB").save(buffer, "PNG")
+    data = buffer.getvalue()
+    text = client.get(page_of(client, data)).get_data(as_text=True)
+    assert f", {human_bytes(len(data))}, last by" in text and words in human_bytes(len(data))
+    assert "Bytes" not in text and "kB" not in text

@@ -10,6 +10,7 @@ import numpy
 import pytest
 from PIL import Image
 from ruamel.yaml import YAML
+from werkzeug.datastructures import MultiDict
 from werkzeug.test import encode_multipart
 
 from faceapp import create_app
@@ -197,9 +198,47 @@ def test_a_base64_image_in_a_multipart_form_is_accepted_up_to_the_upload_limit(c
 
 
 def test_too_many_form_fields_is_request_too_large_not_an_image_size(client):
-    fields = {f"f{i}": "x" for i in range(30)}  # MAX_FORM_PARTS is 20
+    parts = client.application.config["MAX_FORM_PARTS"] + 1
+    fields = MultiDict([(f"f{i}", "x") for i in range(parts)])
     answer = client.post("/api/validate", data=fields, content_type="multipart/form-data")
     assert answer.status_code == 413 and error_of(answer) == "request.too_large"
+
+
+def largest_analyze_form(image: bytes) -> MultiDict:
+    """An analyze form with as many parts as AnalyzeForm allows: the file, 64 attributes and 32
+    labels as repeated fields, and every flag."""
+    return MultiDict(
+        [
+            ("file", (io.BytesIO(image), "photo.jpg")),
+            *[("attributes", "expression")] * 64,
+            *[("labels", f"label {number}") for number in range(32)],
+            ("include_embedding", "false"),
+            ("force", "true"),
+            ("max_faces", "1"),
+            ("wipe_cache", "false"),
+        ]
+    )
+
+
+def test_max_form_parts_is_what_the_multipart_schemas_allow(client, astronaut_jpeg):
+    from faceapp.schemas import AnalyzeForm, form_parts
+
+    form = largest_analyze_form(astronaut_jpeg)
+    parts = len(list(form.items(multi=True)))
+    assert parts == form_parts(AnalyzeForm) == client.application.config["MAX_FORM_PARTS"]
+    accepted = client.post("/api/analyze", data=form, content_type="multipart/form-data")
+    assert accepted.status_code == 200, accepted.get_json()
+    assert len(accepted.get_json()["faces"][0]["labels"]) == 32
+
+    one_more = largest_analyze_form(astronaut_jpeg)
+    one_more.add("attributes", "expression")
+    refused = client.post("/api/analyze", data=one_more, content_type="multipart/form-data")
+    assert refused.status_code == 413 and error_of(refused) == "request.too_large"
+    assert f"at most {parts}" in refused.get_json()["error"]["message"]
+
+
+def test_an_operators_max_form_parts_is_kept(config):
+    assert create_app(dict(config, MAX_FORM_PARTS=7)).config["MAX_FORM_PARTS"] == 7
 
 
 @pytest.mark.parametrize(
@@ -283,7 +322,7 @@ def test_an_unexpected_error_is_internal_and_hides_its_text(client, monkeypatch)
 
 
 def test_too_many_form_parts_or_a_huge_field_is_413(config, client, astronaut_jpeg):
-    parts = {f"extra{i}": "x" for i in range(50)}
+    parts = {f"extra{i}": "x" for i in range(client.application.config["MAX_FORM_PARTS"])}
     answer = client.post(
         "/api/validate", data={"file": (io.BytesIO(astronaut_jpeg), "a.jpg"), **parts}
     )
@@ -329,3 +368,28 @@ def test_an_empty_file_input_beside_a_url_is_not_ambiguous(client):
         "/api/validate", data=body, content_type=f"multipart/form-data; boundary={boundary}"
     )
     assert error_of(answer) == "url.invalid"  # the URL was taken as the one source
+
+
+@pytest.mark.parametrize("path", ["/api/validate", "/api/analyze", "/api/jobs"])
+@pytest.mark.parametrize("content_type", ["text/plain", "text/plain; charset=utf-8", None])
+def test_json_sent_as_another_type_is_415_naming_the_types_read(client, path, content_type):
+    body = b'{"image_url": "https://example.com/a.jpg"}'
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = client.post(path, data=body, headers={**headers, **ADMIN})
+    assert answer.status_code == 415 and error_of(answer) == "input.unsupported_media_type"
+    message = answer.get_json()["error"]["message"]
+    assert "application/json" in message and "multipart/form-data" in message
+
+
+def test_no_body_at_all_is_still_input_missing(client):
+    answer = client.post("/api/validate")
+    assert answer.status_code == 400 and error_of(answer) == "input.missing"
+
+
+def test_a_trace_keeps_the_last_trace_max_events(config, astronaut_jpeg):
+    client = create_app(dict(config, TRACE_MAX_EVENTS=3)).test_client()
+    for name in ("1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg"):
+        image_id = upload(client, astronaut_jpeg, name=name).get_json()["image_id"]
+    trace = client.get(f"/api/images/{image_id}/trace").get_json()
+    assert [event["name"] for event in trace["events"]] == ["3.jpg", "4.jpg", "5.jpg"]
+    assert trace["max_events"] == 3

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageFilter
 from skimage import data
 
-from faceapp.face_geometry import eye_roll
-from faceapp.faces import HaarFaceDetector, aligned_crop, detect_faces
+from faceapp.face_geometry import aligned_crop, eye_roll
+from faceapp.faces import HaarFaceDetector, detect_faces
 from faceapp.validation import Thresholds, assess, main_first
 
 # Her face in skimage's 512 x 512 photo, hair included (checked by drawing the box).

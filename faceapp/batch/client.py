@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 
+from faceapp import analysis
 from faceapp.batch.pipeline import Options, read_source, source_kind
 from faceapp.batch.runner import Stop
 from faceapp.errors import FaceappError
@@ -92,7 +93,8 @@ class Client:
                 files = {"file": (os.path.basename(source) or "image", data)}
         except FaceappError as exc:
             return {"source": source, "image_id": None, **exc.to_dict()}
-        validated = self._request("POST", "/api/validate", data=fields, files=files)
+        # details: the faces found, for the face_count of a line whose faces are not analysed.
+        validated = self._request("POST", "/api/validate?details=1", data=fields, files=files)
         if "error" in validated:
             return {"source": source, "image_id": image_id, **_error(validated)}
         line = {
@@ -102,6 +104,11 @@ class Client:
             "errors": validated["errors"],
             "warnings": validated["warnings"],
             "faces": [],
+            "face_count": analysis.face_count(
+                validated.get("details", {"faces": []}),
+                self.options.max_faces or int(self.config["MAX_FACES"]),
+                analysed=False,
+            ),
             "model": self.model_info,
         }
         if validated["valid"] or self.options.force:
@@ -111,6 +118,7 @@ class Client:
             if "error" in analyzed:
                 return {"source": source, "image_id": validated["image_id"], **_error(analyzed)}
             line["faces"] = analyzed["faces"]
+            line["face_count"] = analyzed["face_count"]
             line["model"] = analyzed["model"]
         return line
 

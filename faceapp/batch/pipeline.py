@@ -11,10 +11,12 @@ written to the store: a batch of a million photos must not fill it.
 
 The line (docs/BATCH.md)::
 
-    {"source", "image_id", "valid", "errors", "warnings", "faces": [...], "model": {...}}
+    {"source", "image_id", "valid", "errors", "warnings", "faces": [...], "face_count": {...},
+     "model": {...}}
 
 with the fields of the validate and analyze answers. An invalid photo's faces are not scored
-(``faces: []``) unless ``force``. An input that cannot be read or decoded is
+(``faces: []``, and ``face_count.not_analysed`` is every face found) unless ``force``. An
+input that cannot be read or decoded is
 ``{"source", "image_id", "error": {"code", "message"[, "field"]}}`` with the API's error codes
 (``image_id`` is null when no bytes were read). :meth:`Pipeline.process` never raises for an
 input; only building a :class:`Pipeline` can fail (a bad option: ``input.invalid``; no model:
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 #: The keys of an answered line, in order (an error line has source, image_id and error).
-LINE_KEYS = ("source", "image_id", "valid", "errors", "warnings", "faces", "model")
+LINE_KEYS = ("source", "image_id", "valid", "errors", "warnings", "faces", "face_count", "model")
 
 
 @dataclass(frozen=True)
@@ -155,9 +157,10 @@ class Pipeline:
         meta = examined.meta
         answer = services.validation_answer(meta)
         faces: list[dict] = []
-        if answer["valid"] or options.force:
+        analysed = answer["valid"] or options.force
+        if analysed:
             regions = analysis.regions_for(meta, options.force, self.max_faces)
-            crops = stored_image.region_crops(meta, regions, examined.parts.get, analysis.face_crop)
+            crops = stored_image.region_crops(meta, regions, examined.parts.get)
             found, _ = self.analyzer.analyze(
                 crops,
                 regions,
@@ -166,7 +169,8 @@ class Pipeline:
                 options.include_embedding,
             )
             faces = to_plain(found)
-        return {**answer, "faces": faces, "model": self.model_info}
+        counts = analysis.face_count(meta, self.max_faces, analysed=analysed)
+        return {**answer, "faces": faces, "face_count": counts, "model": self.model_info}
 
 
 def read_source(source: str, kind: str, config: Any) -> bytes:

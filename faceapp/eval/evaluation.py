@@ -30,7 +30,7 @@ from PIL import Image
 from faceapp import decoding, faces, scoring
 from faceapp.attributes import AttributeSet
 from faceapp.errors import FaceappError
-from faceapp.faces import aligned_crop
+from faceapp.face_geometry import aligned_crop
 
 ECE_BINS = 10  # equal-width confidence bins, as in Guo et al. 2017 ("On calibration ...")
 # Margins below which answers are withheld, for the coverage-vs-accuracy table.

@@ -10,8 +10,9 @@ Files, in the order a job meets them: service.py (checks the items, writes the j
 first chunks; archive.py opens a zip), tasks.py (the Celery task, thin like a view), runner.py
 (a chunk: each item through item.py's pipeline, its line recorded once, the next chunk queued),
 api.py (the HTTP views) and pages.py (the tester's Jobs page), store.py (the job records),
-figures.py (their metrics), celery_app.py (the Celery app made from the Flask config) and
-worker.py (the worker command).
+figures.py (their metrics), celery_app.py (the Celery app made from the Flask config),
+worker.py (the worker command) and sweeper.py (each worker's look for chunks lost between the
+queue and a worker).
 """
 
 from __future__ import annotations

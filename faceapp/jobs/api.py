@@ -80,7 +80,6 @@ def results(job_id: str) -> Response:
     job, lines = service.result_lines(job_id, current_caller(), after)
     response = Response(stream_with_context(lines), mimetype=NDJSON)
     response.headers["X-Job-State"] = job["state"]
-    response.headers["Cache-Control"] = "no-store"
     return response
 
 

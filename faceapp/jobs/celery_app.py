@@ -4,9 +4,10 @@
 Work is never lost to a dead worker: tasks are acknowledged late (after they ran), a task whose
 pool process died is put back at once (``reject_on_worker_lost``), and one held by a worker
 that vanished whole (SIGKILL, a host gone) goes back to the queue once
-``JOBS_VISIBILITY_TIMEOUT`` seconds have passed since it was handed out. That timeout must be
-longer than a chunk takes, or a slow chunk is started a second time elsewhere (harmless: each
-item is answered once, faceapp/jobs/store.py, but wasted work).
+``JOBS_VISIBILITY_TIMEOUT`` seconds have passed since it was handed out, and so does one it had
+taken off the queue but not yet recorded as handed out (faceapp/jobs/sweeper.py). That timeout
+must be longer than a chunk takes, or a slow chunk is started a second time elsewhere
+(harmless: each item is answered once, faceapp/jobs/store.py, but wasted work).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 
 QUEUE = "faceapp.jobs"
 KEY_PREFIX = "faceapp:celery:"  # every key Celery keeps in the shared Redis starts with this
+# kombu's Redis queue lists (one per priority step: "\x06\x16" and the step) and unacked hash.
+QUEUE_KEYS = (KEY_PREFIX + QUEUE, *(f"{KEY_PREFIX}{QUEUE}\x06\x16{step}" for step in (3, 6, 9)))
+UNACKED_KEY = KEY_PREFIX + "unacked"
 
 
 def celery_config(config: Any, url: str) -> dict[str, Any]:
@@ -34,6 +38,10 @@ def celery_config(config: Any, url: str) -> dict[str, Any]:
             # it every 100 s), and sooner when the timeout is short.
             "unacked_restore_interval": max(1, min(10, visibility // 4)),
             "unacked_restore_throttle": 1,
+            # The lock a worker takes for that look (held for milliseconds) outlives a worker
+            # killed while holding it by this long; kombu's default, 300 s, would stop every
+            # other worker's look for five minutes.
+            "unacked_mutex_expire": max(2, min(60, visibility // 2)),
             "global_keyprefix": KEY_PREFIX,
             "socket_timeout": 10,
             "socket_connect_timeout": 3,

@@ -1,7 +1,7 @@
 """One job item through the service's pipeline, as one result line.
 
 The line is ``flask batch``'s (faceapp/batch/pipeline.py, docs/BATCH.md):
-``{"source", "image_id", "valid", "errors", "warnings", "faces", "model"}``, or
+``{"source", "image_id", "valid", "errors", "warnings", "faces", "face_count", "model"}``, or
 ``{"source", "error": {"code", "message"}}`` with the API's codes, built by the same
 ``services.validation_answer`` and analyze answer. Unlike a batch, which keeps a million photos
 out of the store, a job goes through validate's and analyze's *stored* path
@@ -16,6 +16,7 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
+from flask import current_app
 from werkzeug.datastructures import FileStorage
 
 from faceapp import analysis, services
@@ -30,6 +31,8 @@ def process_item(source: ImageSource | str, options: Mapping[str, Any]) -> dict:
     try:
         if isinstance(source, str):
             meta = store.meta_or_404(source)
+            if services.stale_reason(meta, current_app.config) is not None:
+                meta = services.revalidate_stored(source, meta)  # judged by today's rules
         else:
             meta = services.ingest(source)
         line: dict[str, Any] = services.validation_answer(meta)
@@ -43,9 +46,16 @@ def process_item(source: ImageSource | str, options: Mapping[str, Any]) -> dict:
                 force=bool(options.get("force")),
                 max_faces=options.get("max_faces"),
             )
-            line.update(faces=analyzed["faces"], model=analyzed["model"])
+            line.update(
+                faces=analyzed["faces"], face_count=analyzed["face_count"], model=analyzed["model"]
+            )
         else:
-            line.update(faces=[], model=services.describe_model(analysis.analyzer()))
+            max_faces = analysis.check_max_faces(options.get("max_faces"), current_app.config)
+            line.update(
+                faces=[],
+                face_count=analysis.face_count(meta, max_faces, analysed=False),
+                model=services.describe_model(analysis.analyzer()),
+            )
         return line
     except FaceappError as exc:
         return {"error": {"code": exc.code, "message": exc.message}}

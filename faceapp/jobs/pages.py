@@ -14,13 +14,12 @@ import json
 from collections.abc import Iterator
 
 from flask import Response, redirect, render_template, request, url_for
-from marshmallow import Schema
 
 from faceapp import access
 from faceapp.errors import FaceappError
+from faceapp.forms import job_options
 from faceapp.jobs import service
-from faceapp.schemas import Flag, parse
-from faceapp.tester import bp, parse_labels
+from faceapp.tester import bp
 
 TABLE_ROWS = 500  # result lines shown on the page (the downloads have them all)
 CSV_COLUMNS = [
@@ -36,12 +35,6 @@ CSV_COLUMNS = [
 ]
 
 
-class JobFormFlags(Schema):
-    """The Jobs form's options besides the labels and the sources."""
-
-    force = Flag(load_default=False)
-
-
 @bp.get("/jobs")
 def jobs_page() -> str:
     """The new-job form and the caller's jobs."""
@@ -54,10 +47,7 @@ def submit_job() -> Response | tuple[str, int]:
     form = request.form
     urls_text = form.get("urls", "")
     try:
-        options = {
-            **parse(JobFormFlags(), {k: form[k] for k in ("force",) if k in form}),
-            "labels": parse_labels(form.get("labels", "")),
-        }
+        options = job_options(form)
         upload = request.files.get("archive")
         if upload is not None and upload.filename:
             job, _ = service.create_job(access.current_caller(), options, None, upload.stream)

@@ -1,15 +1,18 @@
-"""One chunk of a job: its items through the pipeline, each line recorded once, the next queued.
+"""One chunk of a job: its items through the pipeline, each line recorded once, the owner's next
+chunk queued.
 
 A chunk may run more than once (a worker lost mid-chunk, a visibility timeout passed): items
 already answered are skipped, a line is recorded only if the index has none
-(:meth:`JobStore.record`), and the chunk queued after this one is the same on every run
+(:meth:`JobStore.record`), and only the first run queues a chunk after it
 (:meth:`JobStore.feed`). So a redelivery costs little and changes nothing.
 
 The chunk's items run on a few threads, so that their faces meet in the worker's inference
 batches (faceapp/engine.py) and one item's download overlaps another's decoding.
 
 Passing trouble (Redis restarting, the model still loading) is waited out here, while the task
-is still held; if it lasts, the task goes back to the queue (:class:`Retry`), never lost.
+is still held; if it lasts, the task goes back to the queue (:class:`Retry`), never lost, up to
+``JOBS_MAX_ATTEMPTS`` tries. Then the chunk's items get an error line (``model.unavailable`` for
+a model that never loads) and the job fails: a chunk does not come back forever.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ log = logging.getLogger(__name__)
 TRANSIENT_CODES = frozenset({"store.unavailable", "model.busy", "model.not_ready"})
 # Redis not answering, to the job store or to Celery's publisher (kombu's OperationalError).
 REDIS_OUTAGES = (RedisConnectionError, RedisTimeoutError, OperationalError)
+#: The code of the line an item gets when its chunk gives up (JOBS_MAX_ATTEMPTS), by trouble.
+GIVE_UP_CODES = {
+    "model.not_ready": "model.unavailable",
+    "model.busy": "model.unavailable",
+    "store.unavailable": "store.unavailable",
+}
 ITEM_THREADS = 4
 PATIENCE_S = 60.0  # how long passing trouble is waited out before the chunk goes back
 
@@ -47,7 +56,7 @@ class Retry(Exception):
 
 
 def run_chunk(job_id: str, chunk: int, queue_chunk: Callable[[str, int], None]) -> str:
-    """Answer the items of one chunk, then queue the job's next chunk; returns what happened.
+    """Answer the items of one chunk, then queue the owner's next chunk; returns what happened.
 
     An unexpected error fails the whole job (state failed, with the reason), so that a job never
     waits forever on a chunk that cannot be done.
@@ -57,7 +66,7 @@ def run_chunk(job_id: str, chunk: int, queue_chunk: Callable[[str, int], None]) 
     if job is None:
         return "gone"  # expired, or lost with Redis's data: the API answers 404 for it
     try:
-        return _run(store, job, chunk, queue_chunk)
+        outcome = _run(store, job, chunk)
     except (Retry, *REDIS_OUTAGES):
         raise
     except Exception:
@@ -65,11 +74,17 @@ def run_chunk(job_id: str, chunk: int, queue_chunk: Callable[[str, int], None]) 
         reason = {"code": "internal", "message": "A worker hit an unexpected error (logged)."}
         _patiently(lambda: store.end(job, "failed", _ttl(), reason))
         raise
+    # Whatever became of this chunk's job, its place in the owner's window goes on.
+    window = int(current_app.config["JOBS_WINDOW"])
+    nxt = _patiently(lambda: store.feed(job, chunk, window))
+    if nxt is not None:
+        _patiently(lambda: queue_chunk(*nxt))
+    return outcome
 
 
-def _run(store: Any, job: dict, chunk: int, queue_chunk: Callable[[str, int], None]) -> str:
+def _run(store: Any, job: dict, chunk: int) -> str:
     job_id = job["job_id"]
-    state = _patiently(lambda: store.start(job_id))
+    state = _patiently(lambda: store.start(job, chunk))
     if state != "running":
         return state or "gone"  # cancelled or finished: nothing more to do
     first = chunk * job["chunk_size"]
@@ -88,16 +103,34 @@ def _run(store: Any, job: dict, chunk: int, queue_chunk: Callable[[str, int], No
     if todo:
         app = current_app._get_current_object()
         outcomes = list(_item_pool().map(lambda pair: _answer(app, job, *pair), todo))
-        if "retry" in outcomes:
-            raise Retry(f"job {job_id[:8]} chunk {chunk}: Redis or the model is unavailable")
-    nxt = _patiently(lambda: store.feed(job_id, chunk))
-    if nxt >= 0:
-        _patiently(lambda: queue_chunk(job_id, nxt))
+        troubles = [outcome for outcome in outcomes if outcome not in ("done", "skipped")]
+        if troubles:
+            return _give_up_or_retry(store, job, chunk, todo, troubles[0])
     return "done"
 
 
+def _give_up_or_retry(store: Any, job: dict, chunk: int, todo: list, trouble: str) -> str:
+    """A chunk whose items met lasting trouble goes back to the queue (Retry), up to
+    JOBS_MAX_ATTEMPTS tries; then its unanswered items get an error line and the job fails,
+    rather than a chunk coming back forever (a model that never loads)."""
+    job_id = job["job_id"]
+    attempts = _patiently(lambda: store.attempt(job_id, chunk))
+    limit = int(current_app.config["JOBS_MAX_ATTEMPTS"])
+    if attempts < limit:
+        raise Retry(f"job {job_id[:8]} chunk {chunk}: {trouble} (try {attempts} of {limit})")
+    code = GIVE_UP_CODES.get(trouble, "jobs.unavailable")
+    message = f"Gave up after {attempts} tries of {PATIENCE_S:.0f} s: {trouble}."
+    _patiently(lambda: store.end(job, "failed", _ttl(), _error(code, message)))
+    for index, spec in todo:  # after the end, so that the job does not count as succeeded
+        line = {"index": index, "source": source_name(spec), "error": _error(code, message)}
+        _patiently(lambda i=index, line=line: store.record(job, i, line, _ttl(), worker_name()))
+    log.error("job %s failed: chunk %d gave up (%s): %s", job_id[:8], chunk, code, message)
+    return "failed"
+
+
 def _answer(app: Flask, job: Mapping[str, Any], index: int, spec: Mapping[str, Any]) -> str:
-    """Process and record one item (unless the job ended meanwhile); 'retry' when it could not."""
+    """Process and record one item (unless the job ended meanwhile): 'done' or 'skipped', else
+    the trouble that lasted PATIENCE_S (an error code, or the Redis error's name)."""
     with app.app_context():
         store = jobs.store
         g.request_id = f"job-{job['job_id'][:12]}"  # traces name the job that asked
@@ -118,21 +151,21 @@ def _answer(app: Flask, job: Mapping[str, Any], index: int, spec: Mapping[str, A
                 log.warning(
                     "job %s item %d: still %s; the chunk goes back", job["job_id"][:8], index, code
                 )
-                return "retry"
+                return code
             time.sleep(1.0)
 
 
 def _line(job: Mapping[str, Any], index: int, spec: Mapping[str, Any]) -> dict:
     """The result line of one item: index and source first, then the pipeline's fields."""
+    name = source_name(spec)
     if "error" in spec:  # refused when the job was made (an archive's bad entry)
-        return {"index": index, "source": spec["source"], "error": spec["error"]}
+        return {"index": index, "source": name, "error": spec["error"]}
     options = job["options"]
     if "image_url" in spec:
-        source, name = ImageSource("image_url", spec["image_url"]), spec["image_url"]
+        source = ImageSource("image_url", spec["image_url"])
     elif "image_id" in spec:
-        source = name = spec["image_id"]
+        source = spec["image_id"]
     else:
-        name = spec["archive"]
         data = jobs.store.blob(job["job_id"], index)
         if data is None:  # answered meanwhile by another run of this chunk
             return {"index": index, "source": name, "error": _gone()}
@@ -143,8 +176,16 @@ def _line(job: Mapping[str, Any], index: int, spec: Mapping[str, Any]) -> dict:
         raise
     except Exception:  # noqa: BLE001 - one broken item must not stop the job; it is logged
         log.exception("job %s item %d failed unexpectedly", job["job_id"][:8], index)
-        answer = {"error": {"code": "internal", "message": "The item hit an unexpected error."}}
+        answer = {"error": _error("internal", "The item hit an unexpected error.")}
     return {"index": index, "source": name, **answer}
+
+
+def source_name(spec: Mapping[str, Any]) -> str:
+    """An item's ``source`` in its line: the URL, the image id or the archive entry's name."""
+    for field in ("image_url", "image_id", "archive", "source"):
+        if field in spec:
+            return spec[field]
+    raise ValueError(f"an item without a source: {sorted(spec)}")
 
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
@@ -166,7 +207,11 @@ def worker_name() -> str:
 
 
 def _gone() -> dict:
-    return {"code": "internal", "message": "The archive entry was no longer stored."}
+    return _error("internal", "The archive entry was no longer stored.")
+
+
+def _error(code: str, message: str) -> dict:
+    return {"code": code, "message": message}
 
 
 def _ttl() -> int:

@@ -101,6 +101,8 @@ def create_job(
     config = current_app.config
     store = jobs.store  # 503 jobs.unavailable without Redis, before the items are looked at
     analysis.check_attribute_names(options.get("attributes"))  # a typo: 400 now, not per item
+    if options.get("max_faces") is not None:  # over MAX_FACES_LIMIT: 400 now, not per item
+        analysis.check_max_faces(options["max_faces"], config)
     owner = owner_of(caller)
     token = options.get("client_token")
     analyze_options = {key: value for key, value in options.items() if key != "client_token"}
@@ -120,12 +122,12 @@ def create_job(
         window = int(config["JOBS_WINDOW"])
         store.write_items(job_id, items, blobs)
         try:
-            store.create(
+            first = store.create(
                 job_id,
                 owner,
                 total=len(items),
                 chunk_size=chunk_size,
-                first_chunks=window,
+                window=window,
                 options=analyze_options,
                 kind=kind,
                 max_active=int(config["MAX_ACTIVE_JOBS"]),
@@ -142,7 +144,7 @@ def create_job(
             ) from None
         job = store.get(job_id)
         try:
-            for chunk in range(min(window, job["chunks"])):
+            for chunk in range(first):
                 queue_chunk(job_id, chunk)
         except (RedisError, OperationalError) as exc:
             reason = {"code": "jobs.unavailable", "message": "The job could not be queued."}

@@ -3,13 +3,19 @@
 Every key starts with ``<prefix>`` (``faceapp:jobs:``)::
 
     job:<id>            hash: owner, state, total, done, failed, created/started/finished (epoch
-                        seconds), options (JSON), chunks, chunk_size, next (next chunk to queue)
+                        seconds), options (JSON), chunks, chunk_size, next (next chunk to queue),
+                        served (when it was last handed a chunk), attempts:<chunk> (tries of a
+                        chunk that gave up)
     job:<id>:items      list of item JSON objects, in index order
     job:<id>:blobs      hash index -> bytes of an archive entry (dropped once answered)
     job:<id>:results    hash index -> the finished item's result line (JSON, one line)
-    job:<id>:fed        hash chunk -> the chunk its completion queued (-1: none)
+    job:<id>:fed        hash chunk -> the chunk its completion queued, ``<job id>:<chunk>``
+                        (another job of the same owner's, maybe; '' for none)
     owner:<owner>       sorted set of an owner's job ids by creation time
     active:<owner>      set of an owner's queued or running job ids (MAX_ACTIVE_JOBS)
+    inflight:<owner>    sorted set of the owner's chunks queued or running, ``<job id>:<chunk>``,
+                        by when each was queued or last started (the owner's window)
+    inflight_owners     set of the owners with chunks in flight (the sweeper's round)
     all                 sorted set of every job id by creation time (admin listings)
     figures             hash: items_done, items_failed (every job's, ever: metrics)
     worker_items        hash: worker (host:pid) -> items it answered
@@ -19,8 +25,13 @@ Every key starts with ``<prefix>`` (``faceapp:jobs:``)::
 What makes a redelivered chunk harmless lives here, in Lua scripts Redis runs atomically:
 :meth:`JobStore.record` writes a result with HSETNX and counts it only when it was the first, so
 each index is answered exactly once however often it is processed; :meth:`JobStore.feed` gives
-each finished chunk one successor, the same one on every redelivery. A job that ends (every item
+each finished chunk one successor, once (a redelivery queues none). A job that ends (every item
 answered, or cancelled) gets ``JOB_TTL`` on all its keys.
+
+Fairness is per owner (API key): an owner has at most ``JOBS_WINDOW`` chunks queued or running,
+over all its jobs. A finished chunk hands its place to the owner's job served longest ago, so
+the owner's jobs take turns, and another owner's chunks wait behind at most a window of each
+owner's, however many jobs and items that owner has.
 """
 
 from __future__ import annotations
@@ -40,9 +51,34 @@ JOB_ID_LENGTH = 32
 ITEM_PUSH_BATCH = 2000  # items per RPUSH: a 10,000-item job is five commands in one pipeline
 RESULTS_PAGE = 500  # result lines per HMGET while streaming
 
-# KEYS: job, active, owner, all, token ('' when none). ARGV: job_id, max_active, created, token
-# ttl, then field/value pairs of the job hash. Returns {'made', id} | {'existing', id} | {'busy',
-# active count}.
+# Hands the owner's next chunk out, unless its window is full: the chunk `next` of the owner's
+# active job served longest ago (its `served` time, then its creation), recorded in flight.
+# Returns '<job id>:<chunk>', or '' for none. `prefix` is the job hashes' key prefix.
+_SUCCESSOR = """
+local function successor(inflight, active, prefix, now, window)
+  if redis.call('ZCARD', inflight) >= window then return '' end
+  local best, best_key = nil, nil
+  for _, id in ipairs(redis.call('SMEMBERS', active)) do
+    local f = redis.call('HMGET', prefix .. id, 'state', 'next', 'chunks', 'served', 'created')
+    if (f[1] == 'queued' or f[1] == 'running') and tonumber(f[2]) < tonumber(f[3]) then
+      local key = {tonumber(f[4] or 0), tonumber(f[5])}
+      if best == nil or key[1] < best_key[1] or (key[1] == best_key[1] and key[2] < best_key[2])
+      then best, best_key = id, key end
+    end
+  end
+  if best == nil then return '' end
+  local chunk = redis.call('HINCRBY', prefix .. best, 'next', 1) - 1
+  redis.call('HSET', prefix .. best, 'served', now)
+  local member = best .. ':' .. chunk
+  redis.call('ZADD', inflight, now, member)
+  return member
+end
+"""
+
+# KEYS: job, active, owner, all, token ('' when none), inflight, inflight_owners. ARGV: job_id,
+# max_active, created, token ttl, window, chunks, owner, then field/value pairs of the job hash.
+# Returns {'made', id, chunks queued now} | {'existing', id} | {'busy', active count}. The new
+# job takes what is free of its owner's window; the rest comes as the owner's chunks finish.
 _CREATE = """
 if KEYS[5] ~= '' then
   local existing = redis.call('GET', KEYS[5])
@@ -55,12 +91,17 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 local active = redis.call('SCARD', KEYS[2])
 if active >= tonumber(ARGV[2]) then return {'busy', tostring(active)} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local first = tonumber(ARGV[5]) - redis.call('ZCARD', KEYS[6])
+first = math.max(0, math.min(first, tonumber(ARGV[6])))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'next', first, 'served', ARGV[3])
+for chunk = 0, first - 1 do redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1] .. ':' .. chunk) end
+redis.call('SADD', KEYS[7], ARGV[7])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[4]) end
-return {'made', ARGV[1]}
+return {'made', ARGV[1], tostring(first)}
 """
 
 # Ends a job: its state, finish time, no longer active, and its keys expire after the TTL.
@@ -92,8 +133,11 @@ redis.call('HINCRBY', KEYS[8], ARGV[7], 1)
 redis.call('HSET', KEYS[9], ARGV[7], ARGV[4])
 local state = redis.call('HGET', KEYS[1], 'state')
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
-if done >= total and (state == 'queued' or state == 'running') then
-  finish('succeeded', ARGV[4], ARGV[5], ARGV[6])
+if state == 'queued' or state == 'running' then
+  if done >= total then finish('succeeded', ARGV[4], ARGV[5], ARGV[6]) end
+else  -- a line of an item in flight when its job ended: it expires with the job
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
 end
 return 1
 """
@@ -113,8 +157,10 @@ return ARGV[1]
 """
 )
 
-# KEYS: job. ARGV: now. A queued job becomes running; returns the state afterwards.
+# KEYS: job, inflight. ARGV: now, the chunk's member. A queued job becomes running; returns the
+# state afterwards. The chunk's time in flight restarts: it is not lost, a worker has it.
 _START = """
+redis.call('ZADD', KEYS[2], 'XX', ARGV[1], ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return '' end
 if state == 'queued' then
@@ -124,19 +170,61 @@ end
 return state
 """
 
-# KEYS: job, fed. ARGV: the chunk that finished. Returns the chunk to queue next, or -1. The
-# same finished chunk always gets the same answer, so a redelivered chunk queues no extra work.
-_FEED = """
-local given = redis.call('HGET', KEYS[2], ARGV[1])
-if given then return tonumber(given) end
-local state = redis.call('HGET', KEYS[1], 'state')
-local nxt = -1
-if state == 'queued' or state == 'running' then
-  nxt = redis.call('HINCRBY', KEYS[1], 'next', 1) - 1
-  if nxt >= tonumber(redis.call('HGET', KEYS[1], 'chunks')) then nxt = -1 end
+# KEYS: job, fed, inflight, active (the owner's). ARGV: the chunk that finished, job_id, now,
+# window. The chunk leaves the owner's window and hands its place on (_SUCCESSOR), whatever its
+# job's state. Returns the chunk to queue next ('<job id>:<chunk>', or '' for none), once: a
+# redelivered chunk queues nothing, so a duplicate does not run on down the chain. (A run that
+# died between this and queueing the chunk leaves it in flight and unheld: the sweeper's.)
+_FEED = (
+    _SUCCESSOR
+    + """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return '' end
+redis.call('ZREM', KEYS[3], ARGV[2] .. ':' .. ARGV[1])
+local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[2])
+local nxt = successor(KEYS[3], KEYS[4], prefix, ARGV[3], tonumber(ARGV[4]))
+local ttl = redis.call('TTL', KEYS[1])
+if ttl ~= -2 then
+  redis.call('HSET', KEYS[2], ARGV[1], nxt)
+  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 end
-redis.call('HSET', KEYS[2], ARGV[1], nxt)
 return nxt
+"""
+)
+
+# KEYS: inflight, active (the owner's), inflight_owners. ARGV: member, its score when read, now,
+# window, owner, job key prefix. A chunk in flight that no worker and no queue holds (the
+# sweeper, faceapp/jobs/sweeper.py): queued again if its job is active, else its place goes to
+# the owner's next chunk. Returns the chunk to queue ('' for none; nothing when the chunk was
+# started or finished since it was read).
+_RESCUE = (
+    _SUCCESSOR
+    + """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return '' end
+local job_id = string.match(ARGV[1], '^(.*):')
+local state = redis.call('HGET', ARGV[6] .. job_id, 'state')
+local nxt = ''
+if state == 'queued' or state == 'running' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  nxt = ARGV[1]
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  nxt = successor(KEYS[1], KEYS[2], ARGV[6], ARGV[3], tonumber(ARGV[4]))
+end
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[5]) end
+return nxt
+"""
+)
+
+# KEYS: inflight, inflight_owners. ARGV: owner. An owner with nothing in flight leaves the round.
+_FORGET_OWNER = """
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+"""
+
+# KEYS: job. ARGV: the field counting a chunk's tries. Counts one more, unless the job is gone.
+_ATTEMPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 """
 
 
@@ -154,6 +242,15 @@ class TooManyActive(Exception):
     def __init__(self, active: int) -> None:
         super().__init__(active)
         self.active = active
+
+
+def _chunk_of(member: bytes | str) -> tuple[str, int] | None:
+    """``b'<job id>:<chunk>'`` as (job id, chunk); None for ``b''``."""
+    text = member.decode() if isinstance(member, bytes) else member
+    if not text:
+        return None
+    job_id, _, chunk = text.rpartition(":")
+    return job_id, int(chunk)
 
 
 def new_job_id() -> str:
@@ -179,6 +276,9 @@ class JobStore:
         self._end = self.client.register_script(_END)
         self._start = self.client.register_script(_START)
         self._feed = self.client.register_script(_FEED)
+        self._rescue = self.client.register_script(_RESCUE)
+        self._forget_owner = self.client.register_script(_FORGET_OWNER)
+        self._attempt = self.client.register_script(_ATTEMPT)
 
     # -- keys ------------------------------------------------------------------------------------
     def _job(self, job_id: str, part: str = "") -> str:
@@ -194,6 +294,9 @@ class JobStore:
             self._job(job_id, "blobs"),
             self._job(job_id, "fed"),
         ]
+
+    def _inflight(self, owner: str) -> str:
+        return f"{self.prefix}inflight:{owner}"
 
     def _token_key(self, owner: str, token: str) -> str:
         digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -226,15 +329,18 @@ class JobStore:
         *,
         total: int,
         chunk_size: int,
-        first_chunks: int,
+        window: int,
         options: Mapping[str, Any],
         kind: str,
         max_active: int,
         token: str | None,
         token_ttl: int,
-    ) -> None:
+    ) -> int:
         """Make the job record (queued), unless the token made one (TokenReused) or the owner
-        has `max_active` active jobs (TooManyActive); then the written items are removed."""
+        has `max_active` active jobs (TooManyActive); then the written items are removed.
+
+        Returns how many chunks to queue now (chunks 0 to n-1): what the owner's `window` has
+        free; the others are handed out as the owner's chunks finish (:meth:`feed`)."""
         now = time.time()
         chunks = -(-total // chunk_size)
         fields = {
@@ -249,7 +355,6 @@ class JobStore:
             "options": json.dumps(options, separators=(",", ":")),
             "chunk_size": chunk_size,
             "chunks": chunks,
-            "next": min(first_chunks, chunks),
         }
         flat = [str(value) for pair in fields.items() for value in pair]
         keys = [
@@ -258,14 +363,17 @@ class JobStore:
             f"{self.prefix}owner:{owner}",
             f"{self.prefix}all",
             self._token_key(owner, token) if token else "",
+            self._inflight(owner),
+            f"{self.prefix}inflight_owners",
         ]
-        outcome, value = self._create(keys, [job_id, max_active, repr(now), token_ttl, *flat])
-        outcome, value = outcome.decode(), value.decode()
+        args = [job_id, max_active, repr(now), token_ttl, window, chunks, owner, *flat]
+        outcome, value, *first = (part.decode() for part in self._create(keys, args))
         if outcome != "made":
             self.client.delete(self._job(job_id, "items"), self._job(job_id, "blobs"))
             if outcome == "existing":
                 raise TokenReused(value)
             raise TooManyActive(int(value))
+        return int(first[0])
 
     # -- reading ---------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict | None:
@@ -330,9 +438,11 @@ class JobStore:
             index = stop
 
     # -- changing a job ----------------------------------------------------------------------------
-    def start(self, job_id: str) -> str | None:
-        """Mark a queued job running (its first chunk began); returns its state (None: gone)."""
-        state = self._start([self._job(job_id)], [repr(time.time())]).decode()
+    def start(self, job: Mapping[str, Any], chunk: int) -> str | None:
+        """A worker begins `chunk`: a queued job becomes running; returns the job's state
+        (None: gone)."""
+        keys = [self._job(job["job_id"]), self._inflight(job["owner"])]
+        state = self._start(keys, [repr(time.time()), f"{job['job_id']}:{chunk}"]).decode()
         return state or None
 
     def record(
@@ -358,9 +468,49 @@ class JobStore:
         args = [state, repr(time.time()), ttl, job["job_id"], text]
         return self._end(keys, args).decode() or None
 
-    def feed(self, job_id: str, chunk: int) -> int:
-        """The chunk to queue now that `chunk` is done (-1: none); the same on a redelivery."""
-        return int(self._feed([self._job(job_id), self._job(job_id, "fed")], [chunk]))
+    def feed(self, job: Mapping[str, Any], chunk: int, window: int) -> tuple[str, int] | None:
+        """The chunk to queue now that `chunk` of `job` is done, as (job id, chunk): maybe
+        another job's of the same owner (None: none, and always None on a redelivery)."""
+        job_id, owner = job["job_id"], job["owner"]
+        keys = [
+            self._job(job_id),
+            self._job(job_id, "fed"),
+            self._inflight(owner),
+            f"{self.prefix}active:{owner}",
+        ]
+        return _chunk_of(self._feed(keys, [chunk, job_id, repr(time.time()), window]))
+
+    def attempt(self, job_id: str, chunk: int) -> int:
+        """Count one more try of a chunk that could not be done; returns the tries so far
+        (0: the job is gone)."""
+        return int(self._attempt([self._job(job_id)], [f"attempts:{chunk}"]))
+
+    # -- the sweeper (faceapp/jobs/sweeper.py) -------------------------------------------------
+    def stale_in_flight(self, older_than: float) -> dict[str, list[tuple[str, float]]]:
+        """Chunks in flight, queued or last started more than `older_than` seconds ago, by
+        owner: ``{owner: [(member, score), ...]}``; owners with none in flight leave the round."""
+        owners = [raw.decode() for raw in self.client.smembers(f"{self.prefix}inflight_owners")]
+        ceiling = time.time() - older_than
+        found: dict[str, list[tuple[str, float]]] = {}
+        for owner in owners:
+            key = self._inflight(owner)
+            stale = self.client.zrangebyscore(key, "-inf", ceiling, withscores=True)
+            if stale:
+                found[owner] = [(member.decode(), score) for member, score in stale]
+            else:
+                self._forget_owner([key, f"{self.prefix}inflight_owners"], [owner])
+        return found
+
+    def rescue(self, owner: str, member: str, score: float, window: int) -> tuple[str, int] | None:
+        """A chunk in flight that nothing holds: the chunk to queue for it (itself, or the
+        owner's next when its job has ended), or None."""
+        keys = [
+            self._inflight(owner),
+            f"{self.prefix}active:{owner}",
+            f"{self.prefix}inflight_owners",
+        ]
+        args = [member, repr(score), repr(time.time()), window, owner, self._job("")]
+        return _chunk_of(self._rescue(keys, args))
 
     # -- figures -------------------------------------------------------------------------------
     def counts_by_state(self, limit: int = 10_000) -> dict[str, int]:

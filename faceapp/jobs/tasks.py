@@ -1,7 +1,7 @@
 """The Celery task of jobs: thin, like a view; the work is in faceapp/jobs/runner.py.
 
-``run_chunk`` is idempotent: a chunk delivered twice answers each item once and queues the same
-next chunk. It is acknowledged late and requeued when its worker dies (faceapp/jobs/celery_app.py).
+``run_chunk`` is idempotent: a chunk delivered twice answers each item once and queues the next
+chunk once. It is acknowledged late and requeued when its worker dies (faceapp/jobs/celery_app.py).
 """
 
 from __future__ import annotations

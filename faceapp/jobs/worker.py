@@ -18,8 +18,8 @@ from celery import signals as celery_signals
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from faceapp.jobs import jobs
-from faceapp.jobs.celery_app import QUEUE
+from faceapp.jobs import jobs, sweeper
+from faceapp.jobs.celery_app import QUEUE, QUEUE_KEYS, UNACKED_KEY
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def _load_model(app: Flask, **_: Any) -> None:
 @with_appcontext
 def worker_command(concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker for jobs (POST /api/jobs), on the Redis of STORE_URL or BROKER_URL."""
-    from faceapp.face_models import available_cores, import_libraries, models
+    from faceapp.face_models import available_cores, models
+    from faceapp.gunicorn_worker import import_libraries  # gunicorn's master preloads the same
     from faceapp.jobs import tasks  # noqa: F401 - the shared task joins this worker's Celery app
 
     app = current_app._get_current_object()
@@ -59,7 +60,10 @@ def worker_command(concurrency: int | None, loglevel: str) -> None:
     log.info("imported torch, transformers and faceapp in %.1f s", seconds)
     if failed:
         log.warning("could not import %s: the worker processes will say why", ", ".join(failed))
-    jobs.celery(app).worker_main(
+    celery = jobs.celery(app)
+    keys = sweeper.BrokerKeys(queues=QUEUE_KEYS, unacked=UNACKED_KEY)
+    celery.steps["worker"].add(sweeper.worker_step(app, keys))  # finds chunks lost in transit
+    celery.worker_main(
         [
             "worker",
             "--pool=prefork",

@@ -54,18 +54,22 @@ log = logging.getLogger(__name__)
 SLOT = Slot("faceapp.store", "faceapp.store.store.init_app(app)")
 
 
-def open_backend(url: str, max_bytes: int = 0, max_age_seconds: float = 0) -> Backend:
-    """The backend STORE_URL names: a folder, ``file://`` URL or ``redis://`` URL."""
+def open_backend(
+    url: str, max_bytes: int = 0, max_age_seconds: float = 0, max_events: int = 0
+) -> Backend:
+    """The backend STORE_URL names: a folder, ``file://`` URL or ``redis://`` URL; `max_events`
+    bounds each image's trace (0: no bound)."""
+    limits = {"max_bytes": max_bytes, "max_age_seconds": max_age_seconds, "max_events": max_events}
     parsed = urlparse(url)
     if parsed.scheme in ("redis", "rediss", "unix"):
         from faceapp.store.redis_backend import RedisStore
 
-        return RedisStore(url, max_bytes=max_bytes, max_age_seconds=max_age_seconds)
+        return RedisStore(url, **limits)
     if parsed.scheme == "file":
         url = parsed.path
     elif parsed.scheme and len(parsed.scheme) > 1:
         raise ValueError(f"STORE_URL {url!r}: use a folder, file:// or redis://")
-    return FileStore(url, max_bytes=max_bytes, max_age_seconds=max_age_seconds)
+    return FileStore(url, **limits)
 
 
 class Guarded:
@@ -118,6 +122,7 @@ class ImageStore:
             app.config["STORE_URL"],
             max_bytes=app.config["STORE_MAX_BYTES"],
             max_age_seconds=app.config["STORE_MAX_AGE_SECONDS"],
+            max_events=app.config["TRACE_MAX_EVENTS"],
         )
         SLOT.register(app, Guarded(backend))
 

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from faceapp import metrics
@@ -94,6 +94,11 @@ def oldest_first(events: list[dict]) -> list[dict]:
     return sorted(events, key=lambda event: str(event.get("time", "")))
 
 
+def keep_last(events: list[dict], max_events: int) -> list[dict]:
+    """The newest `max_events` of a trace ordered oldest first (all of them when 0)."""
+    return events[-max_events:] if max_events > 0 else events
+
+
 def log_evicted(count: int, max_bytes: int, max_age: float) -> None:
     """One log line for an eviction pass that removed anything (both backends)."""
     metrics.count_evicted(count)
@@ -126,7 +131,8 @@ class EvictionSchedule:
 class Backend(Protocol):
     """What every store backend provides (faceapp/store/files.py, faceapp/store/redis_backend.py).
 
-    Results are stored under arbitrary string keys (a backend may hash them inside). Sessions
+    Results are stored under arbitrary string keys (a backend may hash them inside);
+    ``drop_results`` drops them all, or those that ``where(key, document)`` picks. Sessions
     are the tester's sign-ins: an id that counts until it expires or is dropped (sign-out).
     """
 
@@ -143,7 +149,9 @@ class Backend(Protocol):
     def get_part(self, image_id: str, name: str) -> bytes | None: ...
     def put_result(self, image_id: str, key: str, document: dict) -> None: ...
     def get_result(self, image_id: str, key: str) -> dict | None: ...
-    def drop_results(self, image_id: str) -> None: ...
+    def drop_results(
+        self, image_id: str, where: Callable[[str, dict], bool] | None = None
+    ) -> None: ...
     def append_event(self, image_id: str, event: dict) -> None: ...
     def events(self, image_id: str) -> list[dict]: ...
     def delete(self, image_id: str) -> bool: ...

@@ -6,7 +6,7 @@ starts with a prefix (``faceapp:`` by default), so several apps can share one da
     <prefix>image:<image_id>     hash {image: bytes received, meta: JSON, part:<name>: bytes...}
                                  (one key: all of them or none)
     <prefix>results:<image_id>   hash {result key: JSON document}
-    <prefix>trace:<image_id>     list of JSON events, oldest first
+    <prefix>trace:<image_id>     list of JSON events, oldest first (the last max_events)
     <prefix>created              sorted set of image_ids scored by creation time (recent, eviction)
     <prefix>bytes                hash image_id -> bytes stored for it (the size limit)
     <prefix>evicting             short-lived lock so one worker at a time evicts
@@ -35,7 +35,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import redis
 
@@ -45,6 +45,7 @@ from faceapp.store.base import (
     check_image_id,
     check_part_name,
     check_session_id,
+    keep_last,
     log_evicted,
     not_found,
     oldest_first,
@@ -101,11 +102,33 @@ end
 return freed
 """
 
-# KEYS: image, trace, bytes. ARGV: image_id, event JSON.
+# KEYS: image, results, bytes. ARGV: image_id, the result keys to drop.
+_DROP_SOME_RESULTS = """
+local freed = 0
+for i = 2, #ARGV do
+  local size = redis.call('HSTRLEN', KEYS[2], ARGV[i])
+  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then freed = freed + size + #ARGV[i] end
+end
+if freed > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[3], ARGV[1], -freed)
+end
+return freed
+"""
+
+# KEYS: image, trace, bytes. ARGV: image_id, event JSON, the most events kept (0: all). The
+# oldest events beyond the bound are trimmed (LTRIM), and their bytes no longer counted.
 _APPEND_EVENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[3], ARGV[1], #ARGV[2])
+local count = redis.call('RPUSH', KEYS[2], ARGV[2])
+local added = #ARGV[2]
+local limit = tonumber(ARGV[3])
+if limit > 0 and count > limit then
+  for _, event in ipairs(redis.call('LRANGE', KEYS[2], 0, count - limit - 1)) do
+    added = added - #event
+  end
+  redis.call('LTRIM', KEYS[2], count - limit, -1)
+end
+redis.call('HINCRBY', KEYS[3], ARGV[1], added)
 return 1
 """
 
@@ -138,6 +161,7 @@ class RedisStore(EvictionSchedule):
         max_age_seconds: float = 0,
         evict_interval: float = 30.0,
         prefix: str = "faceapp:",
+        max_events: int = 0,
         timeout: float = 5.0,
     ) -> None:
         # Options given in the URL (?socket_timeout=...) win over these defaults.
@@ -147,6 +171,7 @@ class RedisStore(EvictionSchedule):
         self.prefix = prefix
         self.max_bytes = int(max_bytes or 0)
         self.max_age = float(max_age_seconds or 0)
+        self.max_events = int(max_events or 0)  # per image's trace; 0: no bound
         self.evict_interval = evict_interval
         self._last_evict = 0.0
         self._evict_lock = threading.Lock()
@@ -158,6 +183,7 @@ class RedisStore(EvictionSchedule):
         self._set_meta = script(_SET_META)
         self._put_result = script(_PUT_RESULT)
         self._drop_results = script(_DROP_RESULTS)
+        self._drop_some_results = script(_DROP_SOME_RESULTS)
         self._append_event = script(_APPEND_EVENT)
         self._delete = script(_DELETE)
         self._unlock = script(_UNLOCK)
@@ -223,15 +249,26 @@ class RedisStore(EvictionSchedule):
     def get_result(self, image_id: str, key: str) -> dict | None:
         return _loads(self.client.hget(self._key("results", image_id), key))
 
-    def drop_results(self, image_id: str) -> None:
+    def drop_results(self, image_id: str, where: Callable[[str, dict], bool] | None = None) -> None:
         keys = [self._key("image", image_id), self._key("results", image_id), self._bytes]
-        self._drop_results(keys=keys, args=[image_id])
+        if where is None:
+            self._drop_results(keys=keys, args=[image_id])
+            return
+        stored = self.client.hgetall(keys[1])
+        picked = [
+            key
+            for key, line in stored.items()
+            if where(key.decode("utf-8", "replace"), _loads(line) or {})
+        ]
+        if picked:
+            self._drop_some_results(keys=keys, args=[image_id, *picked])
 
     # -- traces --------------------------------------------------------------------------------
     def append_event(self, image_id: str, event: dict) -> None:
         # Nothing when the image was deleted meanwhile: its trace went with it.
         keys = [self._key("image", image_id), self._key("trace", image_id), self._bytes]
-        self._append_event(keys=keys, args=[image_id, json.dumps(event, separators=(",", ":"))])
+        line = json.dumps(event, separators=(",", ":"))
+        self._append_event(keys=keys, args=[image_id, line, self.max_events])
 
     def events(self, image_id: str) -> list[dict]:
         found = []
@@ -239,7 +276,7 @@ class RedisStore(EvictionSchedule):
             event = _loads(line)
             if event is not None:
                 found.append(event)
-        return oldest_first(found)
+        return keep_last(oldest_first(found), self.max_events)
 
     # -- removal -------------------------------------------------------------------------------
     def _remove(self, image_id: str) -> tuple[bool, int]:
