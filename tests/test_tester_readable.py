@@ -13,6 +13,7 @@ import re
 import pytest
 import requests
 from PIL import Image
+from playwright.sync_api import expect
 
 from tests.browser import VIEWPORT, collect_console_errors, serve_tester
 from tests.servers import free_port
@@ -156,9 +157,11 @@ def test_validate_shows_that_it_is_working(open_server, page, astronaut_file):
         ".addEventListener('submit', (e) => e.preventDefault(), {once: true})"
     )
     page.click("#validate-button")
-    assert page.is_disabled("#validate-button")
-    assert page.inner_text("#validate-button") == "Validating…"
-    assert page.is_visible("#validate-busy")
+    # tester.js disables the button in a setTimeout(0) after the click: expect() waits for it.
+    button = page.locator("#validate-button")
+    expect(button).to_be_disabled()
+    expect(button).to_have_text("Validating…")
+    expect(page.locator("#validate-busy")).to_be_visible()
 
 
 def test_pages_speak_of_their_own_forms_in_human_numbers(open_server, page, tmp_path, httpserver):
