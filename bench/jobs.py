@@ -49,7 +49,7 @@ def run_jobs(plan, folder: str, photo: Image.Image) -> list[Comparison]:
     from tests.servers import app_env, celery_worker, gunicorn, photo_site, redis_server
 
     count = 20 if plan.size == "tiny" else 200
-    photos = variants(photo, count + 8)
+    photos = variants(photo, count + 16)
     scratch = tempfile.mkdtemp(prefix="faceapp-bench-jobs-")
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
@@ -65,7 +65,7 @@ def run_jobs(plan, folder: str, photo: Image.Image) -> list[Comparison]:
             RATELIMIT_ENABLED="false",
             LOG_LEVEL="WARNING",
             MAX_ACTIVE_JOBS="100",
-            JOBS_CHUNK_SIZE="4",
+            DTYPE="auto",  # the product's default (the tests' app_env pins float32)
             **detector_settings(),  # the same detector as flask batch's below
         )
         base, _ = stack.enter_context(gunicorn(env, workers=2))
@@ -74,8 +74,9 @@ def run_jobs(plan, folder: str, photo: Image.Image) -> list[Comparison]:
         session = stack.enter_context(requests.Session())
         session.headers.update(HEADERS)
         names = sorted(photos, key=lambda name: int(name[1:-4]))
-        # Two chunks, so that both worker processes have loaded their model before the timing.
-        run_job(session, base, [f"{site}/{n}" for n in names[-8:]])
+        # Two chunks (JOBS_CHUNK_SIZE's default, 8, each), so that both worker processes have
+        # loaded their model before the timing.
+        run_job(session, base, [f"{site}/{n}" for n in names[-16:]])
         job_urls = [f"{site}/{n}" for n in names[:count]]
         results = [
             bench_throughput(plan, session, base, folder, job_urls),
