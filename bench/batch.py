@@ -128,9 +128,7 @@ def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Compari
         app = batch_app(folder, scratch, plan.threads)
         pipeline = Pipeline(app, Options())  # loads and warms the model
         workers = int(app.config["INFERENCE_MAX_BATCH"]) + available_cores()
-        with http.gunicorn(
-            folder, scratch, 2, "batch", settings=http.detector_settings()
-        ) as server:
+        with http.gunicorn(folder, scratch, 2, "batch") as server:  # YuNet, as batch_app has
             client = Client(server.url, Options(), api_key=None, config=app.config)
             client.connect()
             for _ in range(rounds):
