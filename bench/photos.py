@@ -41,3 +41,32 @@ def four_faces(photo: Image.Image) -> Image.Image:
     for index, variant in enumerate(variants):
         mosaic.paste(variant, ((index % 2) * photo.width, (index // 2) * photo.height))
     return mosaic
+
+
+def portraits() -> list[tuple[str, bytes]]:
+    """Real photographs of people as a client would upload them, named: scikit-image's
+    astronaut at five sizes and JPEG qualities and as two variants, its cameraman at two sizes,
+    and four of its LFW faces enlarged into a small portrait. Nothing is downloaded."""
+    import numpy as np
+    from skimage import data
+
+    photo = astronaut()
+    camera = Image.fromarray(data.camera()).convert("RGB")
+    found = [
+        (f"astronaut {side} px q{quality}", jpeg_bytes(photo.resize((side, side)), quality))
+        for side, quality in ((512, 92), (512, 75), (1024, 90), (1600, 85), (2000, 95))
+    ]
+    found.append(
+        ("astronaut mirrored 800 px", jpeg_bytes(ImageOps.mirror(photo).resize((800, 800))))
+    )
+    darker = ImageEnhance.Brightness(photo).enhance(0.7).resize((1200, 1200))
+    found.append(("astronaut darker 1200 px q80", jpeg_bytes(darker, quality=80)))
+    found.append(("camera 512 px", jpeg_bytes(camera)))
+    found.append(("camera 1024 px q85", jpeg_bytes(camera.resize((1024, 1024)), quality=85)))
+    for index in (0, 3, 6, 11):  # LFW crops: 25 x 25 grey faces, enlarged 6x on a grey canvas
+        face = Image.fromarray((data.lfw_subset()[index] * 255).astype(np.uint8)).convert("RGB")
+        face = face.resize((150, 150), Image.Resampling.BICUBIC)
+        portrait = Image.new("RGB", (285, 300), (128, 128, 128))
+        portrait.paste(face, (67, 60))
+        found.append((f"lfw face {index} 285 x 300 px", jpeg_bytes(portrait, quality=90)))
+    return found

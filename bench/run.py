@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from bench import batch, http, jobs, photos
+from bench import batch, http, jobs, photos, portraits
 from bench.fairness import bench_fair_queue
 from bench.memory import measure_in_subprocesses
 from bench.models import ensure_checkpoint, face_regions, load_model
@@ -49,6 +49,7 @@ SECTIONS = (
     "http_memory",
     "http_start",
     "http_worker_start",
+    "http_validate_portraits",
     "jobs_throughput",
     "jobs_post_10000",
     "jobs_results_stream",
@@ -575,6 +576,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     if plan.http_only:
         large = photos.large_jpeg(photo)
         results = http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo))
+        results.extend(_guarded("portraits", lambda: portraits.run_portraits(plan, folder)))
         results.extend(_guarded("jobs", lambda: jobs.run_jobs(plan, folder, photo)))
         return _settings(plan, folder, written_s, started, http_only=True), results
 
@@ -616,6 +618,7 @@ def run(plan: Plan) -> tuple[dict, list[Comparison]]:
     results.append(fair_queue)
     results.append(bench_memory(folder, plan.threads))
     results.extend(http.run_http(plan, folder, photo, large, photos.jpeg_bytes(photo)))
+    results.extend(_guarded("portraits", lambda: portraits.run_portraits(plan, folder)))
     results.extend(_guarded("jobs", lambda: jobs.run_jobs(plan, folder, photo)))
     results.extend(_guarded("batch", lambda: batch.run_batch(plan, folder)))
     return _settings(plan, folder, written_s, started), results

@@ -105,6 +105,9 @@ DEFAULTS: dict[str, Any] = {
     # When YuNet cannot be had the service runs on Haar and says so (faceapp/faces.py).
     "DETECTOR": "yunet",
     "DETECTOR_MODEL": None,  # a YuNet ONNX file; None: the one `models pull` put in MODELS_DIR
+    # What runs YuNet: onnxruntime (2.6x faster), opencv (cv2.FaceDetectorYN), or auto: ONNX
+    # Runtime where it imports, else OpenCV (faceapp/yunet_onnx.py). The same faces either way.
+    "DETECTOR_RUNTIME": "auto",
     "DETECTOR_AUTO_PULL": None,  # None: as MODEL_AUTO_PULL
     "DETECTOR_URL": None,  # None: OpenCV's published file (faceapp/model_files.py YUNET)
     "DETECTOR_SHA256": None,  # the SHA-256 DETECTOR_URL's file must have; None: the pinned one
@@ -231,7 +234,10 @@ POSITIVE = frozenset(
 LISTS = frozenset({"API_KEYS", "ADMIN_KEYS", "URL_ALLOWED_HOSTS"})
 # Settings that name one of a few things: any case, stored lowercase; empty means the default.
 # The only place they are checked: the code that reads them trusts the value.
-CHOICES: dict[str, tuple[str, ...]] = {"DETECTOR": ("yunet", "haar")}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "DETECTOR": ("yunet", "haar"),
+    "DETECTOR_RUNTIME": ("auto", "onnxruntime", "opencv"),
+}
 
 
 def load_config(app: Flask, test_config: dict[str, Any] | None) -> None:

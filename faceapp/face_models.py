@@ -370,7 +370,7 @@ def _int8_image_session(model: Any, models_dir: str, manifest: dict, threads: in
     except ImportError as exc:
         raise RuntimeError(
             f"DTYPE=int8 needs ONNX Runtime ({exc.name} is missing): "
-            "pip install 'faceapp[int8]' (onnxruntime and onnx)"
+            "pip install 'faceapp[int8]' (onnx; onnxruntime comes with faceapp)"
         ) from exc
 
 

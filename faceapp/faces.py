@@ -1,9 +1,11 @@
 """Face detection: find the faces in an image, as boxes (and landmarks) in its coordinates.
 
-Two detectors share one small interface (:class:`FaceDetector`): YuNet (``cv2.FaceDetectorYN``),
-a small CNN with five landmarks per face whose ONNX file ``flask --app wsgi models pull`` fetches
-(the default), and OpenCV's frontal-face Haar cascade, which ships with
-``opencv-python-headless<5`` and needs no download (the fallback when YuNet cannot be had).
+Two detectors share one small interface (:class:`FaceDetector`): YuNet, a small CNN with five
+landmarks per face whose ONNX file ``flask --app wsgi models pull`` fetches (the default), and
+OpenCV's frontal-face Haar cascade, which ships with ``opencv-python-headless<5`` and needs no
+download (the fallback when YuNet cannot be had). YuNet runs on ONNX Runtime
+(faceapp/yunet_onnx.py, 2.6x faster, the same faces) or on OpenCV's ``cv2.FaceDetectorYN``, as
+``DETECTOR_RUNTIME`` says.
 Detectors see a copy of the image scaled down to ``DETECT_MAX_SIDE`` (:func:`detect_faces`): cost
 stays bounded and both detectors are tuned for faces tens to a few hundred pixels tall.
 
@@ -12,7 +14,8 @@ saying why) and :func:`detector` hands it to requests. The crop CLIP sees of a f
 faceapp/face_geometry.py's ``aligned_crop``.
 
 OpenCV's cascade and DNN objects are not documented as safe to share between threads, so each
-detector keeps one native object per thread.
+detector keeps one native object per thread; an ONNX Runtime session is safe to share, so there
+is one per detector.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 from flask import Flask, current_app
 from PIL import Image
 
-from faceapp import model_files
+from faceapp import model_files, yunet_onnx
 from faceapp.errors import public_text
 from faceapp.extension import Slot
 from faceapp.face_geometry import head_pose
@@ -171,17 +174,25 @@ class HaarFaceDetector:
 
 
 class YuNetFaceDetector:
-    """YuNet (``cv2.FaceDetectorYN``) from an ONNX file; confidence is YuNet's own face score."""
+    """YuNet from an ONNX file, on ONNX Runtime or OpenCV (`runtime`: DETECTOR_RUNTIME's
+    values; ``auto``, ONNX Runtime where it imports); confidence is YuNet's own face score."""
 
     name = "yunet"
 
-    def __init__(self, model_path: str, score_threshold: float = YUNET_SCORE_THRESHOLD) -> None:
+    def __init__(
+        self, model_path: str, score_threshold: float = YUNET_SCORE_THRESHOLD, runtime: str = "auto"
+    ) -> None:
         self.model_path = os.fspath(model_path)
         self.score_threshold = float(score_threshold)
         if not os.path.isfile(self.model_path):
             raise ValueError(f"YuNet model file not found: {self.model_path!r}.")
-        self._nets = _PerThread(self._load_net)
-        self._nets.get()  # an unreadable file fails here, at start-up
+        self.runtime = yunet_onnx.resolve_runtime(runtime)
+        if self.runtime == "onnxruntime":
+            # An unreadable file fails here, at start-up, in either runtime.
+            self._session = yunet_onnx.OnnxYuNet(self.model_path, self.score_threshold)
+        else:
+            self._nets = _PerThread(self._load_net)
+            self._nets.get()
 
     def _load_net(self) -> cv2.FaceDetectorYN:
         try:
@@ -196,9 +207,12 @@ class YuNetFaceDetector:
         """Find faces, with their five landmarks, in an RGB uint8 array."""
         bgr = cv2.cvtColor(_check_rgb(rgb), cv2.COLOR_RGB2BGR)
         height, width = bgr.shape[:2]
-        net = self._nets.get()
-        net.setInputSize((width, height))
-        _ok, rows = net.detect(bgr)
+        if self.runtime == "onnxruntime":
+            rows = self._session.detect(bgr)
+        else:
+            net = self._nets.get()
+            net.setInputSize((width, height))
+            _ok, rows = net.detect(bgr)
         # Each row: x, y, w, h, five landmark points (10 values), score.
         return [
             FaceBox(
@@ -257,6 +271,7 @@ class _DetectorState:
 DETECTOR_KEYS = (
     "DETECTOR",
     "DETECTOR_MODEL",
+    "DETECTOR_RUNTIME",
     "DETECTOR_AUTO_PULL",
     "DETECTOR_URL",
     "DETECTOR_SHA256",
@@ -375,8 +390,9 @@ def detector() -> FaceDetector:
 
 
 def describe() -> dict[str, Any]:
-    """The detector as answers show it: name, version, score threshold, and ``fallback`` (from
-    which detector, and why) when YuNet was configured but could not be used."""
+    """The detector as answers show it: name, version, score threshold, the runtime it runs on,
+    and ``fallback`` (from which detector, and why) when YuNet was configured but could not be
+    used."""
     return dict(_active().info)
 
 
@@ -440,18 +456,23 @@ def _yunet(config: Mapping[str, Any]) -> ActiveDetector:
         raise ValueError(f"FACEAPP_DETECTOR_MODEL {path!r} is not a file")
     model_files.check_against_manifest(path)
     threshold = float(config.get("YUNET_SCORE_THRESHOLD") or YUNET_SCORE_THRESHOLD)
-    found = YuNetFaceDetector(path, threshold)
+    found = YuNetFaceDetector(path, threshold, config.get("DETECTOR_RUNTIME") or "auto")
+    # The runtime is not part of the version: both give the same faces (tests/test_yunet_onnx.py).
     version = _version("yunet", model_files.sha256_file(path), threshold, config)
-    return ActiveDetector(
-        found, {"name": "yunet", "version": version, "score_threshold": threshold}
-    )
+    info = {"name": "yunet", "version": version, "score_threshold": threshold}
+    return ActiveDetector(found, {**info, "runtime": found.runtime})
 
 
 def _haar(config: Mapping[str, Any], fallback: dict | None = None) -> ActiveDetector:
     threshold = float(config.get("HAAR_MIN_CONFIDENCE") or HAAR_MIN_CONFIDENCE)
     found = HaarFaceDetector(min_confidence=threshold)
     version = _version("haar", model_files.sha256_file(found.cascade_path), threshold, config)
-    info: dict[str, Any] = {"name": "haar", "version": version, "score_threshold": threshold}
+    info: dict[str, Any] = {
+        "name": "haar",
+        "version": version,
+        "score_threshold": threshold,
+        "runtime": "opencv",
+    }
     if fallback:
         info["fallback"] = fallback
     return ActiveDetector(found, info)

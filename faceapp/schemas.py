@@ -267,6 +267,13 @@ class DetectorInfo(Schema):
     name = fields.String(required=True, validate=validate.OneOf(["yunet", "haar"]))
     version = fields.String(required=True)
     score_threshold = fields.Float(required=True)
+    runtime = fields.String(
+        validate=validate.OneOf(["onnxruntime", "opencv"]),
+        metadata={
+            "description": "What runs the detector: ONNX Runtime or OpenCV (DETECTOR_RUNTIME); "
+            "absent from validations stored before it was reported."
+        },
+    )
     fallback = fields.Nested(
         DetectorFallback,
         metadata={"description": "Present when YuNet was configured but could not be used."},
