@@ -117,8 +117,7 @@ def _wipe(server: http.Server) -> None:
 def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Comparison]:
     """The three speed comparisons, their passes interleaved round by round."""
     from faceapp.batch.client import Client
-    from faceapp.batch.pipeline import Options, Pipeline
-    from faceapp.face_models import available_cores
+    from faceapp.batch.pipeline import Options, Pipeline, default_workers
 
     scratch = tempfile.mkdtemp(prefix="faceapp-bench-batch-")
     samples: dict[str, list[float]] = {"http": [], "batch": [], "loop": [], "server": []}
@@ -127,7 +126,7 @@ def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Compari
         out = os.path.join(scratch, "out.jsonl")
         app = batch_app(folder, scratch, plan.threads)
         pipeline = Pipeline(app, Options())  # loads and warms the model
-        workers = int(app.config["INFERENCE_MAX_BATCH"]) + available_cores()
+        workers = default_workers(app.config)
         with http.gunicorn(folder, scratch, 2, "batch") as server:  # YuNet, as batch_app has
             client = Client(server.url, Options(), api_key=None, config=app.config)
             client.connect()

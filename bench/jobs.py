@@ -104,8 +104,7 @@ def run_job(session: requests.Session, base: str, urls: list[str]) -> dict:
 def bench_throughput(plan, session, base: str, folder: str, urls: list[str]) -> Comparison:
     """The job against ``flask batch`` (its runner and writer, in this process) over the same
     URLs; each with its own store, so neither finds the other's results cached."""
-    from faceapp.batch.pipeline import Options, Pipeline
-    from faceapp.face_models import available_cores
+    from faceapp.batch.pipeline import Options, Pipeline, default_workers
 
     began = time.perf_counter()
     job = run_job(session, base, urls)
@@ -114,7 +113,7 @@ def bench_throughput(plan, session, base: str, folder: str, urls: list[str]) -> 
     try:
         app = batch_app(folder, scratch, plan.threads, URL_ALLOW_PRIVATE_NETWORKS=True)
         pipeline = Pipeline(app, Options())  # loads and warms the model, as the workers are
-        workers = int(app.config["INFERENCE_MAX_BATCH"]) + available_cores()
+        workers = default_workers(app.config)
         out = os.path.join(scratch, "out.jsonl")
         batch_ms = batch_pass(urls, pipeline.process, out, workers)
     finally:

@@ -122,6 +122,27 @@ def test_a_folder_gives_exactly_one_line_per_input(runner, folder, tmp_path):
     assert "7 answered already" in again.output
 
 
+def test_the_default_threads_prepare_a_second_batch_while_one_is_encoded(
+    runner, folder, tmp_path, monkeypatch
+):
+    """Without --workers: two batches' worth of threads plus one per core; --workers wins."""
+    from faceapp.batch import runner as batch_runner
+    from faceapp.face_models import available_cores
+
+    seen = []
+    real_run = batch_runner.run
+    monkeypatch.setattr(
+        batch_runner, "run", lambda *a, **kw: seen.append(kw["workers"]) or real_run(*a, **kw)
+    )
+    root, _ = folder
+    max_batch = runner.app.config["INFERENCE_MAX_BATCH"]
+    for extra in ([], ["--workers", "3"]):
+        out = tmp_path / f"out{len(extra)}.jsonl"
+        result = runner.invoke(args=["batch", root, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+    assert seen == [2 * max_batch + available_cores(), 3]
+
+
 def test_lists_and_csvs_of_paths_and_a_listed_input_given_twice(runner, folder, tmp_path):
     root, expected = folder
     paths = sorted(expected)

@@ -19,10 +19,9 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from faceapp.batch import output, runner, sources
-from faceapp.batch.pipeline import Options
+from faceapp.batch.pipeline import Options, default_workers
 from faceapp.batch.progress import Progress, Tally
 from faceapp.errors import FaceappError
-from faceapp.face_models import available_cores
 
 EXIT_BY_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
@@ -111,7 +110,7 @@ def batch_command(
     else:
         pipeline = _pipeline(app, options, attributes_file)
         process, names = pipeline.process, pipeline.attribute_names
-        threads = workers or int(app.config["INFERENCE_MAX_BATCH"]) + available_cores()
+        threads = workers or default_workers(app.config)
 
     try:
         writer = output.open_writer(

