@@ -215,6 +215,15 @@ def revalidate_stored(image_id: str, meta: dict) -> dict:
     )
 
 
+def revalidate_if_stale(image_id: str) -> dict:
+    """The tester's Validate again: a stored image this caller sees, judged again from its
+    stored bytes when its validation was made under other settings; its metadata either way."""
+    meta = visible_meta(image_id)
+    if stale_reason(meta, current_app.config) is None:
+        return meta  # current already (another request re-validated it): nothing to redo
+    return revalidate_stored(image_id, meta)
+
+
 @dataclass
 class Examined:
     """An image's bytes examined: its metadata (validation included), the parts validate stores
