@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     # waits for its turn before answering 503 model.busy.
     "INFERENCE_MAX_BATCH": 8,
     "INFERENCE_TIMEOUT": 60.0,
+    # Seconds a batch may wait for the items its last batches' demand says are coming (clients
+    # that send again once answered); at most a tenth of a batch's compute time; 0: never wait.
+    "INFERENCE_BATCH_WAIT": 0.02,
     # Faces and labels one client (API key, or address without keys) may have waiting for the
     # inference thread of a worker; more is 429 rate.limited (0: no limit). The queue serves
     # clients in turn either way (faceapp/engine.py).

@@ -8,7 +8,7 @@ import time
 import pytest
 from flask import Flask
 
-from faceapp.engine import Engine, InferenceEngine
+from faceapp.engine import DEMAND_MEMORY, Engine, InferenceEngine
 from faceapp.errors import FaceappError
 from tests.conftest import ADMIN
 
@@ -50,6 +50,11 @@ def _catch(target, i):
         return target(i)
     except Exception as exc:  # noqa: BLE001 - the test inspects what each caller got
         return exc
+
+
+def _first(args):
+    engine, encode, item = args
+    return engine.encode(encode, [item])[0]
 
 
 def _hold(engine: InferenceEngine, encode: Recorder, item: object = "held") -> threading.Thread:
@@ -225,12 +230,14 @@ def test_a_request_that_waits_too_long_gets_503_and_its_job_never_runs(engine):
 
 
 def test_stop_drains_the_queue_then_refuses_new_work():
-    engine = InferenceEngine(max_batch=1, timeout=10)
+    # A long timeout: under a loaded CI machine the held batch and the three behind it may take
+    # seconds, and a timed-out caller would look like a lost result.
+    engine = InferenceEngine(max_batch=1, timeout=120)
     encode = Recorder()
     encode.gate.clear()
     results = []
     threads = [
-        threading.Thread(target=lambda i=i: results.append(engine.encode(encode, [i])[0]))
+        threading.Thread(target=lambda i=i: results.append(_catch(_first, (engine, encode, i))))
         for i in range(4)
     ]
     for thread in threads:
@@ -248,6 +255,76 @@ def test_stop_drains_the_queue_then_refuses_new_work():
         thread.join(10)
     assert sorted(results) == [[f"row:{i}"] for i in range(4)]
     assert not stopper.is_alive()
+
+
+class Slow:
+    """A batch function that takes `seconds` per batch and records each batch's items."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.batches: list[list] = []
+        self.started = threading.Event()  # set when the first batch begins
+
+    def __call__(self, items: list) -> list:
+        self.started.set()
+        time.sleep(self.seconds)
+        self.batches.append(list(items))
+        return list(items)
+
+
+def _closed_loop(
+    engine: InferenceEngine, encode: Slow, clients: int, rounds: int, late: int = 0
+) -> None:
+    """`clients` threads that each send again as soon as they are answered, `rounds` times; the
+    last `late` of them start only once the first batch runs."""
+
+    def client(index: int) -> None:
+        if index >= clients - late:
+            encode.started.wait(10)
+        for round_ in range(rounds):
+            engine.encode(encode, [(index, round_)], client=f"client-{index}")
+
+    _in_threads(clients, client)
+
+
+@pytest.mark.parametrize("late", [0, 2])
+def test_clients_that_send_again_once_answered_share_their_batches(late):
+    """Without the window the batches settle into alternating sizes (the first client back starts
+    a batch without the others); with it, after the first batches, all four share each batch.
+    With two clients late (they come while the first batch of two runs), a demand counted when a
+    batch starts would settle at two; counted when it ends, it is four."""
+    alternating = InferenceEngine(max_batch=8, timeout=60)
+    windowed = InferenceEngine(max_batch=8, timeout=60, batch_wait=5.0)
+    for engine in (alternating, windowed):
+        encode = Slow(0.3)  # the window waits at most a tenth of this: 30 ms
+        _closed_loop(engine, encode, clients=4, rounds=8, late=late)
+        engine.stop(5)
+        sizes = [len(batch) for batch in encode.batches]
+        assert sum(sizes) == 32
+        full = sum(size == 4 for size in sizes[3:])
+        if engine is alternating:
+            assert full <= len(sizes[3:]) // 2, sizes
+            assert engine.waits == 0
+        else:
+            assert full >= 4 and full > len(sizes[3:]) // 2, sizes
+            assert engine.waits > 0
+
+
+def test_a_lone_client_never_waits_and_the_window_forgets_clients_that_left():
+    engine = InferenceEngine(max_batch=8, timeout=60, batch_wait=5.0)
+    encode = Slow(0.05)
+    for _ in range(6):
+        engine.encode(encode, ["alone"])
+    assert engine.waits == 0  # its demand is one item: nothing more is coming
+    _closed_loop(engine, encode, clients=4, rounds=4)
+    after_crowd = engine.waits
+    for _ in range(8):
+        engine.encode(encode, ["alone again"])
+    engine.stop(5)
+    # The demand of four stays for the batches it remembers (each waits 5 ms in vain), then
+    # the lone client's own demand of one is all there is: no more waiting.
+    assert 0 < engine.waits - after_crowd <= DEMAND_MEMORY
+    assert [len(batch) for batch in encode.batches[-4:]] == [1, 1, 1, 1]
 
 
 def test_stop_without_any_work_returns_at_once():
@@ -369,7 +446,7 @@ def test_stop_says_whether_the_thread_finished():
 
 def test_the_extension_gives_one_engine_per_process_and_stops_it():
     bare = Flask(__name__)
-    bare.config.update(INFERENCE_MAX_BATCH=3, INFERENCE_TIMEOUT=5)
+    bare.config.update(INFERENCE_MAX_BATCH=3, INFERENCE_TIMEOUT=5, INFERENCE_BATCH_WAIT=0.5)
     extension = Engine()
     with pytest.raises(RuntimeError, match="init_app"):
         extension.get(bare)
@@ -377,7 +454,7 @@ def test_the_extension_gives_one_engine_per_process_and_stops_it():
     Engine(bare)  # the constructor sets the app up too
     assert extension.stop(bare) is True  # set up, but no engine made yet
     first = extension.get(bare)
-    assert first is extension.get(bare) and first.max_batch == 3
+    assert first is extension.get(bare) and first.max_batch == 3 and first.batch_wait == 0.5
     assert first.run(lambda: "ok") == "ok"
     assert extension.stop(bare, timeout=5) is True
     with pytest.raises(FaceappError) as refused:
