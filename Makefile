@@ -71,7 +71,7 @@ batch: install
 api-snapshot: install
 	HF_HUB_OFFLINE=1 $(PY) -m faceapp.contract snapshot
 
-# Mutation testing (not part of CI): caught / missed / equivalent per module (README, "Mutation
+# Mutation testing (not part of CI): caught / timeout / missed / equivalent per module (README, "Mutation
 # testing", has the run times). MUTANTS_ARGS=-v prints every verdict. Heavy: it runs niced.
 mutants: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 nice -n 19 $(PY) scripts/mutants.py $(MUTANTS_ARGS) $(MODULES)

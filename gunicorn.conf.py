@@ -107,7 +107,7 @@ def on_starting(server):
     _metrics_dir = prepare_multiprocess_dir()
     if _env("PRELOAD_LIBRARIES", True, bool):
         # torch and transformers take seconds to import: once here, not in every worker.
-        from faceapp.gunicorn_worker import import_libraries
+        from faceapp.preload import import_libraries
 
         seconds, failed = import_libraries()
         server.log.info("imported torch, transformers and faceapp in %.1f s", seconds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from werkzeug.routing import PathConverter
 
 from faceapp import analysis, openapi, services
@@ -115,7 +115,13 @@ def ready() -> Response:
     # The detector is in the answer: a Haar fallback (YuNet missing) is ready, but says so.
     described = services.describe_model(analysis.analyzer())
     answer = {"ready": True, "model": described, "worker": {"pid": os.getpid()}}
-    return render({**answer, "jobs": job_service.readiness()})
+    # What a client cannot learn elsewhere: flask batch --server writes max_faces on the lines
+    # of photos it does not analyse.
+    limits = {
+        "max_faces": current_app.config["MAX_FACES"],
+        "max_faces_limit": current_app.config["MAX_FACES_LIMIT"],
+    }
+    return render({**answer, "limits": limits, "jobs": job_service.readiness()})
 
 
 @bp.get("/images/<image_id:image_id>/trace")

@@ -4,8 +4,8 @@ This is the only module that loads transformers' model classes. Analysis code as
 :data:`models` extension for a :class:`LoadedModel` and calls its ``encode_*`` methods.
 
 Where a model's files are, their manifest and the version derived from it: faceapp/model_files.py.
-Random checkpoints for tests and benchmarks: faceapp/random_checkpoints.py. What gunicorn's master
-imports before it forks the workers: faceapp/gunicorn_worker.py.
+Random checkpoints for tests and benchmarks: faceapp/random_checkpoints.py. What gunicorn's and
+Celery's masters import before they fork the workers: faceapp/preload.py.
 """
 
 from __future__ import annotations

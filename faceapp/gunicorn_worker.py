@@ -20,17 +20,15 @@ wants from a slow client would hold a thread after the answer (20 such clients t
 nginx in front (deploy/nginx-faceapp.conf) still does all this better: it buffers whole
 requests before gunicorn sees them, so slow headers and bodies cost no gunicorn thread at all.
 
-Also here, the rest of faceapp's gunicorn code: what a worker tunes after fork
-(:func:`tune_malloc`) and what the master imports before it (:func:`import_libraries`).
+Also here, what a worker tunes after fork (:func:`tune_malloc`). What the master imports before
+it forks (gunicorn's and Celery's alike) is faceapp/preload.py's.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import time
-from collections.abc import Sequence
 
 from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.http.errors import NoMoreData
@@ -199,39 +197,3 @@ def body_unread(body) -> bool:
     if isinstance(reader, ChunkedReader):
         return reader.parser is not None
     return False
-
-
-# -- the master, before it forks ------------------------------------------------------------
-
-#: What every worker imports before it can load a model: seconds of CPU each time (torch,
-#: transformers' CLIP classes and the rest of faceapp). :func:`import_libraries` imports them once
-#: in gunicorn's master (gunicorn.conf.py's on_starting), so that a worker forked from it (at
-#: start, after a crash, when recycled) only creates the app and loads the weights. Celery's
-#: prefork master (``flask jobs worker``) does the same.
-PRELOADED_MODULES = (
-    "torch",
-    "transformers.models.clip.modeling_clip",
-    "transformers.models.clip.processing_clip",
-    "transformers.models.clip.image_processing_clip",
-    "transformers.models.clip.tokenization_clip",
-    "faceapp.api",
-    "faceapp.tester",
-    "faceapp.cli",
-)
-
-
-def import_libraries(modules: Sequence[str] = PRELOADED_MODULES) -> tuple[float, list[str]]:
-    """Import `modules` (no torch operation runs); returns the seconds taken and what failed.
-
-    Fork-safe: what breaks torch in forked workers (gunicorn #2478, pytorch #49555) is a thread
-    pool started by a torch operation in the parent, and importing runs none. A module that does
-    not import here is left to the worker, which imports it again and reports what is wrong.
-    """
-    started = time.perf_counter()
-    failed = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - the worker imports it again and says what is wrong
-            failed.append(name)
-    return time.perf_counter() - started, failed

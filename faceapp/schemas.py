@@ -371,10 +371,21 @@ class JobsReadiness(Schema):
     reason = fields.String(metadata={"description": "Why not, when not."})
 
 
+class Limits(Schema):
+    max_faces = fields.Integer(
+        required=True,
+        metadata={"description": "Faces analyze analyses when a request sends no max_faces."},
+    )
+    max_faces_limit = fields.Integer(
+        required=True, metadata={"description": "The largest max_faces a request may send."}
+    )
+
+
 class ReadyResponse(Schema):
     ready = fields.Boolean(required=True)
     model = fields.Nested(ModelInfo, required=True)
     worker = fields.Nested(Worker, required=True)
+    limits = fields.Nested(Limits, required=True)
     jobs = fields.Nested(JobsReadiness, required=True)
 
 

@@ -56,6 +56,10 @@ def record_event(
         **extra,
     }
     store.backend.append_event(image_id, entry)
+    if event == "validated" and "key_id" in entry:
+        # A key sees the images it sent (visible_meta): kept apart from the trace, which is
+        # capped at TRACE_MAX_EVENTS and may drop this event under other keys' events.
+        store.backend.add_owner(image_id, entry["key_id"])
     metrics.observe_event(event, entry["timings_ms"], extra)
     return entry
 
@@ -158,12 +162,13 @@ def validate_afresh(
     backend = store.backend
     detector = faces.describe()
     history: list[dict] = []
+    owners: set[str] = set()
     stale = None if meta is None else stale_reason(meta, config)
     if stale is not None:
         # Another detector finds other faces, other rules give other roles: the stored face
         # contexts and results must go too. The image is stored afresh below, and its trace
-        # carried over (wipe_cache or not).
-        history = backend.events(image_id)
+        # and owners carried over (wipe_cache or not).
+        history, owners = backend.events(image_id), backend.owners(image_id)
         backend.delete(image_id)
     elif meta is not None:  # wipe_cache: validated afresh, trace stays
         wipe_results(image_id)
@@ -180,6 +185,8 @@ def validate_afresh(
         for event in history:
             backend.append_event(image_id, event)
         record_event(image_id, "wiped", {}, reason=stale)
+    for owner in owners:
+        backend.add_owner(image_id, owner)
     timings["store"] = timings.pop("parts") + (time.perf_counter() - step) * 1000
     timings["total"] = (time.perf_counter() - started) * 1000
     record_event(
@@ -213,6 +220,15 @@ def revalidate_stored(image_id: str, meta: dict) -> dict:
     return validate_afresh(
         image_id, data, meta, meta.get("source", "image_id"), None, timings={}, started=started
     )
+
+
+def revalidate_if_stale(image_id: str) -> dict:
+    """The tester's Validate again: a stored image this caller sees, judged again from its
+    stored bytes when its validation was made under other settings; its metadata either way."""
+    meta = visible_meta(image_id)
+    if stale_reason(meta, current_app.config) is None:
+        return meta  # current already (another request re-validated it): nothing to redo
+    return revalidate_stored(image_id, meta)
 
 
 @dataclass
@@ -467,9 +483,24 @@ def visible_meta(image_id: str) -> dict:
     """
     meta = store.meta_or_404(image_id)
     g.image_id = image_id
-    if not access.sees_everything() and not visible_events(store.backend.events(image_id)):
+    if not access.sees_everything() and not sent_by_caller(image_id):
         raise not_found(image_id)
     return meta
+
+
+def sent_by_caller(image_id: str) -> bool:
+    """Whether this caller's key sent the image: one of its owners (the store keeps them apart
+    from the capped trace), or, for an image stored before owners were kept, in its trace (the
+    key is then made an owner, so that a trim of the trace no longer hides the image)."""
+    own = access.current_caller().key_id
+    if own is None:
+        return False
+    if own in store.backend.owners(image_id):
+        return True
+    if not visible_events(store.backend.events(image_id)):
+        return False
+    store.backend.add_owner(image_id, own)
+    return True
 
 
 def visible_events(events: list[dict]) -> list[dict]:
@@ -581,8 +612,8 @@ def recent_uploads(caller: access.Caller, limit: int) -> list[dict]:
             if event.get("event") == "validated"
             and (not scoped or event.get("key_id") == caller.key_id)
         ]
-        if scoped and not uploads:
-            continue
+        if scoped and not uploads and caller.key_id not in store.backend.owners(meta["image_id"]):
+            continue  # (its uploads may have been trimmed from a capped trace: an owner still)
         latest = uploads[-1] if uploads else {}
         items.append(
             {

@@ -75,6 +75,13 @@ PAGE_MESSAGES = {
     "Analyze anyway (force) analyses it all the same.",
 }
 
+# services.stale_reason's codes, as the image page says them.
+STALE_REASONS = {
+    "detector_changed": "by another face detector than the one in use now",
+    "rules_changed": "under other validation settings (thresholds such as MIN_FACE_PX or "
+    "BLUR_THRESHOLD, or STORED_MAX_SIDE)",
+}
+
 
 def init_app(app: Flask) -> None:
     """Serve the pages, with CSRF-checked forms (the key-authenticated JSON API is exempt).
@@ -277,6 +284,14 @@ def analyze(image_id: str) -> Response | tuple[str, int]:
     return redirect(url_for(".image_page", image_id=image_id, run=run_id, _anchor="analysis"), 303)
 
 
+@bp.post("/images/<image_id>/validate")
+def revalidate(image_id: str) -> Response:
+    """Validate again a stored image whose validation was made under other settings (another
+    detector, other thresholds), then show its page."""
+    services.revalidate_if_stale(image_id)
+    return redirect(url_for(".image_page", image_id=image_id), 303)
+
+
 def abstain_thresholds() -> dict[str, float]:
     """The margin each attribute needs to answer, for those that abstain below one."""
     return {
@@ -340,6 +355,8 @@ def render_image_page(
     return render_template(
         "tester/image.html",
         meta=meta,
+        # A validation made under other settings is shown as it was, said so, with Validate again.
+        stale=STALE_REASONS.get(services.stale_reason(meta, current_app.config)),
         source=last_upload.get("source") or meta.get("source"),
         source_name=last_upload.get("name"),
         validation=validation,

@@ -18,11 +18,14 @@ run the app in another process are left out: no mutant made here reaches them). 
 tests that reach each line of every module, and how long each takes; it is kept in .mutants/ and
 reused until a source or test file changes. Then, one mutant at a time, a forked child imports
 the mutated module in place of the real one (nothing is written to disk) and runs only the tests
-that reach the mutated line, quickest first, stopping at the first failure. A failure or a
-timeout is "caught"; all passing is "missed", unless mutants/equivalent.txt argues why the change
-cannot be seen from outside ("equivalent"). Mutant ids are module:function:kind#n, n counting that
-kind within the function, so they stay put when other functions change. `--sample N --seed S`
-tests N mutants of each module drawn with a fixed seed instead of all of them.
+that reach the mutated line, quickest first, stopping at the first failure. A failure (or an
+error) is "caught"; tests that ran past their time budget with none failing are a "timeout", a
+category of its own (on a loaded machine a mutant no test can see times out too, so it is not
+counted as caught: rerun it with --only); all passing is "missed", unless
+mutants/equivalent.txt argues why the change cannot be seen from outside ("equivalent"). Mutant
+ids are module:function:kind#n, n counting that kind within the function, so they stay put when
+other functions change. `--sample N --seed S` tests N mutants of each module drawn with a fixed
+seed instead of all of them.
 """
 
 from __future__ import annotations
@@ -808,14 +811,15 @@ def test_module(name: str, trace: Trace, argued: dict[str, str], options) -> dic
         chosen = sorted(draw.sample(chosen, options.sample))
     print(f"{name}: {len(chosen)} of {len(mutants)} mutants", flush=True)
 
-    tally = {"caught": 0, "missed": 0, "equivalent": 0, "mutants": len(mutants)}
-    missed, stale = [], []
+    tally = dict.fromkeys(VERDICTS, 0) | {"mutants": len(mutants)}
+    listed: dict[str, list[Mutant]] = {"missed": [], "timeout": []}
+    stale = []
     for index in chosen:
         mutant = mutants[index]
         tests = tests_for(mutant, name, source, trace)
         if mutant.id in argued and not options.check_equivalent:
             tests = set()  # argued: not run (--check-equivalent runs them, to find stale lines)
-        caught = False  # also when no test even runs this line
+        results: list[int | None] = []  # no test even runs this line: none
         if tests:
             mutated = mutated_code(name, source, path, index)
             for stage in _stages(tests, trace.seconds):
@@ -825,30 +829,45 @@ def test_module(name: str, trace: Trace, argued: dict[str, str], options) -> dic
                 result, _ = _in_child(
                     lambda m=mutated, s=select, f=files: run_mutant(module, path, m, f, s), budget
                 )
-                caught = result != 0  # a failure, an error or a timeout (None)
-                if caught:
+                results.append(result)
+                if result not in (0, None):  # a failure decides; after a timeout, the next stage
                     break
-        if caught:
-            tally["caught"] += 1
-            if mutant.id in argued:
-                stale.append(mutant.id)
-        elif mutant.id in argued:
-            tally["equivalent"] += 1
-        else:
-            tally["missed"] += 1
-            missed.append(mutant)
+        verdict = verdict_of(results, mutant.id in argued)
+        tally[verdict] += 1
+        if verdict in listed:
+            listed[verdict].append(mutant)
+        if verdict == "caught" and mutant.id in argued:
+            stale.append(mutant.id)
         if options.verbose:
-            verdict = "caught" if caught else "EQUIV" if mutant.id in argued else "MISSED"
+            shown = {"equivalent": "EQUIV", "missed": "MISSED", "timeout": "TIMEOUT"}
             print(
-                f"  {verdict:7} {mutant.id} (line {mutant.line}: {mutant.change}; "
-                f"{len(tests)} tests)",
+                f"  {shown.get(verdict, verdict):7} {mutant.id} (line {mutant.line}: "
+                f"{mutant.change}; {len(tests)} tests)",
                 flush=True,
             )
-    for mutant in missed:
-        print(f"  missed  {mutant.id}  line {mutant.line}: {mutant.change}")
+    for verdict, found in listed.items():
+        for mutant in found:
+            print(f"  {verdict:7} {mutant.id}  line {mutant.line}: {mutant.change}")
+    if listed["timeout"]:
+        print("  (a timeout is no verdict: rerun those with --only on a quieter machine)")
     for mutant_id in stale:
         print(f"  note: {mutant_id} is argued equivalent but a test catches it; drop the line")
     return tally
+
+
+#: The verdicts a mutant gets, in the report's order.
+VERDICTS = ("caught", "timeout", "missed", "equivalent")
+
+
+def verdict_of(results: list[int | None], argued: bool) -> str:
+    """A mutant's verdict from its test stages' exit codes (None: ran past its budget): caught
+    when a stage failed, else timeout when one ran out of time, else equivalent when argued so,
+    else missed (no stage at all: no test reaches the line)."""
+    if any(result not in (0, None) for result in results):
+        return "caught"
+    if None in results:
+        return "timeout"
+    return "equivalent" if argued else "missed"
 
 
 def main() -> None:
@@ -895,10 +914,7 @@ def main() -> None:
         tally = test_module(name, trace, argued, options)
         rows.append((name, tally, time.monotonic() - module_started))
     sampled = f", {options.sample} drawn per module (seed {options.seed})" if options.sample else ""
-    print(
-        f"\n{'module':20} {'mutants':>7} {'caught':>7} {'missed':>7} {'equiv':>6} {'score':>6}"
-        f" {'time':>6}{sampled}"
-    )
+    print(f"\n{HEADER} {'time':>6}{sampled}")
     total = defaultdict(int)
     for name, tally, seconds in rows:
         for key, value in tally.items():
@@ -907,13 +923,20 @@ def main() -> None:
     print(_row("total", total, time.monotonic() - started))
 
 
+HEADER = (
+    f"{'module':20} {'mutants':>7} {'caught':>7} {'timeout':>7} {'missed':>7} {'equiv':>6}"
+    f" {'score':>6}"
+)
+
+
 def _row(name: str, tally: dict, seconds: float) -> str:
-    """caught / (caught + missed): equivalent mutants are left out of the score."""
+    """caught / (caught + missed): timeouts (no verdict) and equivalent mutants are left out
+    of the score."""
     real = tally["caught"] + tally["missed"]
     score = f"{100 * tally['caught'] / real:.0f}%" if real else "-"
     return (
-        f"{name:20} {tally['mutants']:7} {tally['caught']:7} {tally['missed']:7}"
-        f" {tally['equivalent']:6} {score:>6} {seconds / 60:5.1f}m"
+        f"{name:20} {tally['mutants']:7} {tally['caught']:7} {tally['timeout']:7}"
+        f" {tally['missed']:7} {tally['equivalent']:6} {score:>6} {seconds / 60:5.1f}m"
     )
 
 

@@ -5,7 +5,7 @@ The import graph is read from the source with ast, not by importing anything. Ev
 statement counts, those inside functions too: a lazy import that closes a circle is still a
 circle (it only moves the failure from import time to the first call), and a lower module that
 reaches up, even lazily, should be handed what it needs at init_app instead. Imports made from
-strings (face_models.PRELOADED_MODULES, fed to importlib) are not edges: they only warm caches.
+strings (preload.PRELOADED_MODULES, fed to importlib) are not edges: they only warm caches.
 
 Layers, top to bottom; an import only ever goes down:
 
@@ -166,6 +166,13 @@ def test_the_floor_imports_nothing_above_it(graph):
     for module in sorted(FLOOR):
         above = {m for m in graph[module] if m.startswith("faceapp") and m not in FLOOR}
         assert not above, f"{module} is in the floor but imports {sorted(above)}"
+
+
+def test_only_gunicorn_uses_its_worker_module(graph):
+    """faceapp/gunicorn_worker.py is gunicorn's (its worker class, its malloc tuning): the
+    Celery worker's preload comes from faceapp/preload.py, which both masters share."""
+    users = sorted(m for m, edges in graph.items() if "faceapp.gunicorn_worker" in edges)
+    assert users == [], f"these import gunicorn's worker module: {users}"
 
 
 def test_the_graph_sees_function_level_imports_and_circles(tmp_path):

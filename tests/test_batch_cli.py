@@ -175,6 +175,9 @@ def test_csv_output_reads_back_with_the_csv_module(runner, folder, tmp_path):
         "valid",
         "errors",
         "warnings",
+        "faces_found",
+        "faces_not_analysed",
+        "max_faces",
         "face",
         "box_x",
         "box_y",
@@ -192,20 +195,45 @@ def test_csv_output_reads_back_with_the_csv_module(runner, folder, tmp_path):
     for row in rows:
         image_id, code = expected[row["source"]]
         assert row["image_id"] == image_id
+        counts = (row["faces_found"], row["faces_not_analysed"], row["max_faces"])
         if code == "valid":
             assert row["valid"] == "true" and row["face"] == "0"
             assert row["expression"] and 0 < float(row["expression_score"]) <= 1
             assert 0 < float(row["label:a smiling person"]) < 1
+            assert counts == ("1", "0", "5")
         elif code.startswith("face."):
             assert (row["valid"], row["errors"], row["face"]) == ("false", code, "")
+            assert counts == ("0", "0", "5")
         else:
-            assert (row["valid"], row["errors"]) == ("", code)
+            assert (row["valid"], row["errors"]) == ("", code) and counts == ("", "", "")
 
     # Resuming with other columns would mix two tables: refused, the file untouched.
     before = out.read_bytes()
     other = runner.invoke(args=["batch", root, "--out", str(out)])
     assert other.exit_code == 2 and "other columns" in other.output
     assert out.read_bytes() == before
+
+
+def test_a_csv_written_before_the_face_count_columns_resumes_in_its_own_columns(
+    runner, folder, tmp_path
+):
+    """An earlier version's CSV (no faces_found / faces_not_analysed / max_faces) is resumed, not
+    refused: its header stays, and the new rows have its columns."""
+    root, expected = folder
+    out = tmp_path / "out.csv"
+    header = "source,image_id,valid,errors,warnings,face,box_x,box_y,box_width,box_height,"
+    header += "confidence,expression,expression_score"
+    astronaut = os.path.join(root, "astronaut.jpg")
+    old_row = f"{astronaut},{expected[astronaut][0]},true,,,0,178,67,93,93,0.98,happy,0.2"
+    out.write_text(f"{header}\n{old_row}\n")
+    result = runner.invoke(args=["batch", root, "--out", str(out), "--attributes", "expression"])
+    assert result.exit_code == 0, result.output
+    assert "1 answered already" in result.output
+    with open(out, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert ",".join(rows[0]) == header and ",".join(rows[1]) == old_row
+    assert all(len(row) == len(rows[0]) for row in rows)
+    assert sorted(row[0] for row in rows[1:]) == sorted(expected)
 
 
 def test_a_partial_last_line_is_cut_off_and_its_input_answered_again(runner, folder, tmp_path):

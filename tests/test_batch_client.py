@@ -91,9 +91,13 @@ def test_an_invalid_photo_is_not_analysed_unless_forced(httpserver, photo):
             )
         )
     )
+    ready = {"ready": True, "limits": {"max_faces": 7, "max_faces_limit": 20}}
+    httpserver.expect_request("/api/ready").respond_with_handler(_answers((200, ready, {})))
     line = _client(httpserver).process(photo)
     assert line["faces"] == [] and line["valid"] is False
-    assert line["face_count"] == {"found": 0, "not_analysed": 0, "max_faces": 5}
+    # The deployment's MAX_FACES (7), not this machine's (5); --max-faces when given.
+    assert line["face_count"] == {"found": 0, "not_analysed": 0, "max_faces": 7}
+    assert _client(httpserver, max_faces=2).process(photo)["face_count"]["max_faces"] == 2
     assert all(entry[0].path != "/api/analyze" for entry in httpserver.log)
     forced = _client(httpserver, force=True, labels=("a, b",)).process(photo)
     assert forced["faces"] == [{"box": {}, "detected": False}]

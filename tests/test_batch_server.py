@@ -25,6 +25,7 @@ def served(tmp_path_factory, tiny_model_dir):
         DETECTOR="haar",
         URL_ALLOW_PRIVATE_NETWORKS="true",
         TORCH_THREADS="1",
+        MAX_FACES="3",  # not this machine's default (5)
     )
     with gunicorn(env, workers=2, log_path=str(folder / "gunicorn.log")) as (base, _process):
         yield base
@@ -42,6 +43,7 @@ def test_every_input_is_answered_as_a_local_run_answers_it(
     from faceapp import create_app
 
     config["URL_ALLOW_PRIVATE_NETWORKS"] = True  # as the deployment: the loopback URL is fetched
+    config["MAX_FACES"] = 3
     runner = create_app(config).test_cli_runner()
 
     root = tmp_path / "photos"
@@ -102,3 +104,19 @@ def test_a_wrong_key_stops_before_anything_is_written(served, runner, tmp_path, 
     )
     assert result.exit_code == 1 and "key" in result.output
     assert not out.exists()
+
+
+def test_a_line_not_analysed_gives_the_deployments_max_faces(served, runner, tmp_path, coffee_jpeg):
+    """An invalid photo (no face), not forced: its face_count.max_faces is the deployment's
+    MAX_FACES (3), not this machine's (5), or the --max-faces given."""
+    (tmp_path / "coffee.jpg").write_bytes(coffee_jpeg)
+    for extra, expected in (([], 3), (["--max-faces", "2"], 2)):
+        out = tmp_path / f"out{expected}.jsonl"
+        result = runner.invoke(
+            args=["batch", str(tmp_path / "coffee.jpg"), "--out", str(out), "--server", served]
+            + ["--api-key", "batch-key", *extra]
+        )
+        assert result.exit_code == 0, result.output
+        (line,) = map(json.loads, out.read_text().splitlines())
+        assert line["valid"] is False and line["faces"] == []
+        assert line["face_count"] == {"found": 0, "not_analysed": 0, "max_faces": expected}

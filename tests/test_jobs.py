@@ -390,6 +390,41 @@ def test_a_lost_chunk_of_an_ended_job_hands_its_place_to_the_keys_next_job(jobs_
     assert queued_chunks(broker) == [(second, "0"), (second, "1")]
 
 
+def test_metrics_count_the_chunks_the_sweeper_recovers(config, broker):
+    """One lost chunk of a running job queued again, two of a cancelled job released: the
+    counter says so (it is kept in Redis, as the sweeper runs in the Celery workers)."""
+    from faceapp.jobs.sweeper import sweep
+
+    config.update(
+        BROKER_URL=broker, API_KEYS="key-a", ADMIN_KEYS="admin-key", METRICS_ENABLED=True,
+        RATELIMIT_ENABLED=False, JOBS_CHUNK_SIZE=4, JOBS_WINDOW=2,
+    )  # fmt: skip
+    app = create_app(config)
+    api = app.test_client()
+
+    def recovered() -> list[str]:
+        text = api.get("/metrics", headers=ADMIN).get_data(as_text=True)
+        return [line for line in text.splitlines() if line.startswith("faceapp_jobs_chunks_rec")]
+
+    assert recovered() == [
+        'faceapp_jobs_chunks_recovered_total{outcome="requeued"} 0.0',
+        'faceapp_jobs_chunks_recovered_total{outcome="released"} 0.0',
+    ]
+    running = post(api, {"items": MISSING * 8}).get_json()["job_id"]
+    redis.Redis.from_url(broker).rpop(QUEUE_KEY)  # chunk 0, lost in transit
+    age_in_flight(broker)
+    assert sweep(app, broker_keys()) == 1
+    assert sweep(app, broker_keys()) == 0  # queued again: not counted twice
+    redis.Redis.from_url(broker).delete(QUEUE_KEY)  # both chunks lost this time
+    assert api.delete(f"/api/jobs/{running}", headers=KEY_A).status_code == 200
+    age_in_flight(broker)
+    assert sweep(app, broker_keys()) == 0  # the key has no other job to hand the places to
+    assert recovered() == [
+        'faceapp_jobs_chunks_recovered_total{outcome="requeued"} 1.0',
+        'faceapp_jobs_chunks_recovered_total{outcome="released"} 2.0',
+    ]
+
+
 def test_a_chunk_whose_model_never_loads_gives_up_after_the_attempts(config, broker, monkeypatch):
     from faceapp.jobs import item, runner
 

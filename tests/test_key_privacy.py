@@ -13,6 +13,7 @@ import io
 import json
 
 import pytest
+import redis
 
 from faceapp import create_app
 from tests.conftest import ADMIN
@@ -135,3 +136,29 @@ def test_without_api_keys_everyone_sees_and_wipes_everything(client, astronaut_j
     assert client.get(run).status_code == 200
     client.post("/api/analyze", json={"image_id": image_id, "wipe_cache": True})
     assert client.get(run).status_code == 404
+
+
+@pytest.mark.parametrize("backend", ["file", pytest.param("redis", marks=pytest.mark.slow)])
+def test_a_capped_trace_never_hides_an_image_from_the_key_that_sent_it(
+    config, astronaut_jpeg, backend, request
+):
+    """TRACE_MAX_EVENTS 3: another key's events push every event of the first key out of the
+    trace; the first key still sees the image (record, trace, recent uploads), also after the
+    image was validated afresh under other rules (the store keeps its senders apart)."""
+    config.update(API_KEYS="key-a,key-b", TRACE_MAX_EVENTS=3)
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/2"
+        redis.Redis.from_url(url).flushdb()
+        config["STORE_URL"] = url
+    client = create_app(config).test_client()
+    image_id = send(client, astronaut_jpeg, A)
+    for _ in range(4):
+        send(client, astronaut_jpeg, B)
+    assert client.get(f"/api/images/{image_id}/trace", headers=A).get_json()["events"] == []
+    assert client.get(f"/api/images/{image_id}", headers=A).status_code == 200
+    assert image_id in client.get("/app", headers=A).get_data(as_text=True)
+    strict = create_app(dict(config, MIN_FACE_PX=4000)).test_client()
+    send(strict, astronaut_jpeg, B, force="true")  # validated afresh: stored again
+    assert strict.get(f"/api/images/{image_id}", headers=A).status_code == 200
+    never = hashlib.sha256(b"never sent").hexdigest()
+    assert strict.get(f"/api/images/{never}", headers=A).status_code == 404

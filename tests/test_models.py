@@ -181,7 +181,7 @@ def test_import_libraries_imports_what_it_can_and_names_the_rest():
     is named, never fatal to the master (the worker tries again and says why)."""
     import sys
 
-    from faceapp.gunicorn_worker import PRELOADED_MODULES, import_libraries
+    from faceapp.preload import PRELOADED_MODULES, import_libraries
 
     seconds, failed = import_libraries(("json", "faceapp_no_such_module", "faceapp.api"))
     assert failed == ["faceapp_no_such_module"] and seconds >= 0

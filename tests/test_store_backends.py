@@ -239,6 +239,30 @@ def test_without_a_bound_a_trace_keeps_everything(store):
     assert len(store.events(image_id)) == 30
 
 
+def test_owners_outlast_a_capped_trace_and_go_with_the_image(make_store):
+    store = make_store(max_events=3)
+    image_id, data = _image(1)
+    store.add_owner(image_id, "a" * 20)  # not stored yet: nothing recorded
+    assert store.owners(image_id) == set()
+    store.put_image(image_id, data, {})
+    for owner in ("a" * 20, "b" * 20, "a" * 20):
+        store.add_owner(image_id, owner)
+    for n in range(10):  # the trace cap drops every event that named the owners
+        store.append_event(image_id, {"event": "analyzed", "n": n})
+    assert store.owners(image_id) == {"a" * 20, "b" * 20}
+    if isinstance(store, RedisStore):  # counted in the image's bytes, once each
+        kept = store.client.lrange(store._key("trace", image_id), 0, -1)
+        counted = int(store.client.hget(store._bytes, image_id))
+        owners = 2 * len(f"owner:{'a' * 20}") + 2
+        assert counted == len(data) + len(b"{}") + sum(map(len, kept)) + owners
+    with pytest.raises(ValueError):
+        store.add_owner(image_id, "../../etc\n")
+    assert store.delete(image_id) is True
+    store.add_owner(image_id, "a" * 20)  # deleted meanwhile: not brought back
+    assert store.put_image(image_id, data, {}) is True
+    assert store.owners(image_id) == set()
+
+
 # -- removal ----------------------------------------------------------------------------------
 def test_delete_forgets_image_meta_results_and_trace(store):
     image_id, data = _image(1)

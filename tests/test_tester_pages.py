@@ -533,3 +533,28 @@ def test_the_image_caption_gives_the_size_as_the_other_pages_do(client, size, wo
     text = client.get(page_of(client, data)).get_data(as_text=True)
     assert f", {human_bytes(len(data))}, last by" in text and words in human_bytes(len(data))
     assert "Bytes" not in text and "kB" not in text
+
+
+def test_a_validation_made_under_other_settings_says_so_and_validates_again(config, astronaut_jpeg):
+    """The page of an image validated under other rules shows the old answer as such, with
+    Validate again; that judges the stored image by the current rules (MIN_FACE_PX here)."""
+    url = page_of(create_app(config).test_client(), astronaut_jpeg)
+    image_id = url.rsplit("/", 1)[1]
+    current = assert_html_page(create_app(config).test_client().get(url), 200)
+    assert 'id="validation-stale"' not in current and "revalidate-button" not in current
+
+    strict = create_app(dict(config, MIN_FACE_PX=4000)).test_client()
+    text = assert_html_page(strict.get(url), 200)
+    assert 'id="validation-stale"' in text and "under other validation settings" in text
+    assert "badge-ok badge-big" in text  # the old answer, shown as it was judged
+    assert f'action="/app/images/{image_id}/validate"' in text
+
+    answer = strict.post(f"/app/images/{image_id}/validate")
+    assert answer.status_code == 303 and answer.headers["Location"] == url
+    text = assert_html_page(strict.get(url), 200)
+    assert 'id="validation-stale"' not in text and "face.too_small" in text
+    events = strict.get(f"/api/images/{image_id}/trace").get_json()["events"]
+    assert [event["event"] for event in events] == ["validated", "wiped", "validated"]
+    assert strict.post(f"/app/images/{image_id}/validate").status_code == 303
+    again = strict.get(f"/api/images/{image_id}/trace").get_json()["events"]
+    assert len(again) == 3  # current already: nothing redone

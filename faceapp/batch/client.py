@@ -57,6 +57,11 @@ class Client:
         self.retries = 0  # requests sent again after a 429, a 503 or a connection failure
         self.model_info: dict = {}
         self.attribute_names: list[str] = []
+        # The deployment's MAX_FACES (its /api/ready's limits), for the face_count of a line
+        # not analysed; None until a ready answer told it.
+        self.server_max_faces: int | None = None
+        self._ready_read = False  # a ready answer (not an error) was read
+        self._ready_lock = threading.Lock()
 
     # -- the start: is the deployment there, and what does it score ---------------------------
     def connect(self) -> None:
@@ -76,6 +81,24 @@ class Client:
             )
         self.attribute_names = list(self.options.attributes) or names
         self.model_info = ready.get("model") or {}
+        self._read_limits(ready)
+
+    def _read_limits(self, ready: dict) -> None:
+        if "error" in ready:
+            return  # not ready yet: asked again when a line needs it (:meth:`max_faces`)
+        # A deployment older than the limits in /api/ready: its max_faces cannot be known.
+        self.server_max_faces = (ready.get("limits") or {}).get("max_faces")
+        self._ready_read = True
+
+    def max_faces(self) -> int | None:
+        """The max_faces in force on the deployment: ``--max-faces``, else its MAX_FACES (None
+        when the deployment does not say it)."""
+        if self.options.max_faces:
+            return self.options.max_faces
+        with self._ready_lock:
+            if not self._ready_read:
+                self._read_limits(self._request("GET", "/api/ready"))
+        return self.server_max_faces
 
     # -- one input ----------------------------------------------------------------------------
     def process(self, source: str) -> dict:
@@ -104,11 +127,7 @@ class Client:
             "errors": validated["errors"],
             "warnings": validated["warnings"],
             "faces": [],
-            "face_count": analysis.face_count(
-                validated.get("details", {"faces": []}),
-                self.options.max_faces or int(self.config["MAX_FACES"]),
-                analysed=False,
-            ),
+            "face_count": self._not_analysed(validated.get("details", {"faces": []})),
             "model": self.model_info,
         }
         if validated["valid"] or self.options.force:
@@ -121,6 +140,12 @@ class Client:
             line["face_count"] = analyzed["face_count"]
             line["model"] = analyzed["model"]
         return line
+
+    def _not_analysed(self, details: dict) -> dict:
+        """face_count of a photo not analysed: every face found left out, and the deployment's
+        max_faces (null when it does not say it)."""
+        counts = analysis.face_count(details, 0, analysed=False)  # the 0 is not used
+        return {**counts, "max_faces": self.max_faces()}
 
     def _analyze_body(self, image_id: str) -> dict[str, Any]:
         """POST /api/analyze's JSON body: the image_id and the options the API was given."""

@@ -19,12 +19,15 @@ from collections.abc import Sequence
 from typing import Any
 
 FSYNC_EVERY_S = 2.0
+# An input's face_count (the line's found / not_analysed / max_faces), after its warnings.
+FACE_COUNT_COLUMNS = ("faces_found", "faces_not_analysed", "max_faces")
 FIXED_COLUMNS = (
     "source",
     "image_id",
     "valid",
     "errors",
     "warnings",
+    *FACE_COUNT_COLUMNS,
     "face",
     "box_x",
     "box_y",
@@ -151,7 +154,11 @@ class JsonlWriter(_Appender):
 class CsvWriter(_Appender):
     """One row per face (an input without a face, or with an error, gets one row of its own):
     the fixed columns, then per attribute its label and score, then one score per free-text
-    label (``label:<text>``)."""
+    label (``label:<text>``).
+
+    A file written before the face_count columns existed is resumed in its own columns (rows
+    without them): a header never changes in the middle of a file.
+    """
 
     def __init__(
         self,
@@ -168,6 +175,7 @@ class CsvWriter(_Appender):
             *(column for name in self.attributes for column in (name, f"{name}_score")),
             *(f"label:{label}" for label in self.labels),
         ]
+        self.face_counts = True  # False: resuming a file without the face_count columns
         super().__init__(path, overwrite=overwrite)
 
     def _check_before_open(self, overwrite: bool) -> None:
@@ -181,7 +189,10 @@ class CsvWriter(_Appender):
         if not first.endswith("\n"):
             return  # empty, or a header cut short: the file starts over
         header = next(csv.reader([first]))
-        if header != self.columns:
+        earlier = [column for column in self.columns if column not in FACE_COUNT_COLUMNS]
+        if header == earlier:  # written before the face_count columns: resumed as it is
+            self.columns, self.face_counts = earlier, False
+        elif header != self.columns:
             raise OutputError(
                 f"{self.path} has other columns (another attribute set or other labels): "
                 "resume it with the same options, or pass --overwrite"
@@ -222,6 +233,9 @@ class CsvWriter(_Appender):
             error["code"] if error else " ".join(i["code"] for i in line.get("errors", [])),
             " ".join(issue["code"] for issue in line.get("warnings", [])),
         ]
+        if self.face_counts:
+            counts = line.get("face_count") or {}
+            head += [_blank_none(counts.get(key)) for key in ("found", "not_analysed", "max_faces")]
         faces = line.get("faces") or []
         if not faces:
             return [head + [""] * (len(self.columns) - len(head))]
@@ -254,6 +268,10 @@ class CsvWriter(_Appender):
 
 def _yes_no(value: Any) -> str:
     return "true" if value else "false"
+
+
+def _blank_none(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def open_writer(

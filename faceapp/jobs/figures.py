@@ -49,6 +49,15 @@ def collect(store: JobStore) -> Iterator:
     items.add_metric(["done"], figures["items_done"])
     items.add_metric(["failed"], figures["items_failed"])
     yield items
+    recovered = CounterMetricFamily(
+        "faceapp_jobs_chunks_recovered",
+        "Chunks lost in transit that the sweeper recovered, by outcome: requeued, or released "
+        "(their job had ended; their place went to the owner's next chunk).",
+        labels=["outcome"],
+    )
+    recovered.add_metric(["requeued"], figures["chunks_requeued"])
+    recovered.add_metric(["released"], figures["chunks_released"])
+    yield recovered
     per_worker = CounterMetricFamily(
         "faceapp_jobs_worker_items", "Items each worker process answered.", labels=["worker"]
     )

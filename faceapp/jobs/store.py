@@ -17,7 +17,8 @@ Every key starts with ``<prefix>`` (``faceapp:jobs:``)::
                         by when each was queued or last started (the owner's window)
     inflight_owners     set of the owners with chunks in flight (the sweeper's round)
     all                 sorted set of every job id by creation time (admin listings)
-    figures             hash: items_done, items_failed (every job's, ever: metrics)
+    figures             hash: items_done, items_failed, chunks_requeued, chunks_released (every
+                        job's, ever: metrics)
     worker_items        hash: worker (host:pid) -> items it answered
     worker_seen         hash: worker -> when it last answered one (epoch seconds)
     token:<owner>:<h>   the job id a client_token made (h: SHA-256 of the token)
@@ -191,11 +192,12 @@ return nxt
 """
 )
 
-# KEYS: inflight, active (the owner's), inflight_owners. ARGV: member, its score when read, now,
-# window, owner, job key prefix. A chunk in flight that no worker and no queue holds (the
-# sweeper, faceapp/jobs/sweeper.py): queued again if its job is active, else its place goes to
-# the owner's next chunk. Returns the chunk to queue ('' for none; nothing when the chunk was
-# started or finished since it was read).
+# KEYS: inflight, active (the owner's), inflight_owners, figures. ARGV: member, its score when
+# read, now, window, owner, job key prefix. A chunk in flight that no worker and no queue holds
+# (the sweeper, faceapp/jobs/sweeper.py): queued again if its job is active, else its place goes
+# to the owner's next chunk; counted either way in the figures (chunks_requeued or
+# chunks_released). Returns the chunk to queue ('' for none; nothing when the chunk was started
+# or finished since it was read).
 _RESCUE = (
     _SUCCESSOR
     + """
@@ -206,9 +208,11 @@ local state = redis.call('HGET', ARGV[6] .. job_id, 'state')
 local nxt = ''
 if state == 'queued' or state == 'running' then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('HINCRBY', KEYS[4], 'chunks_requeued', 1)
   nxt = ARGV[1]
 else
   redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HINCRBY', KEYS[4], 'chunks_released', 1)
   nxt = successor(KEYS[1], KEYS[2], ARGV[6], ARGV[3], tonumber(ARGV[4]))
 end
 if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[5]) end
@@ -508,6 +512,7 @@ class JobStore:
             self._inflight(owner),
             f"{self.prefix}active:{owner}",
             f"{self.prefix}inflight_owners",
+            f"{self.prefix}figures",
         ]
         args = [member, repr(score), repr(time.time()), window, owner, self._job("")]
         return _chunk_of(self._rescue(keys, args))
@@ -526,8 +531,8 @@ class JobStore:
         return counts
 
     def figures(self, queue_key: str, forget_after: float) -> dict:
-        """Items answered and failed, chunks waiting, and each worker's items and last answer
-        (workers silent for `forget_after` seconds are dropped)."""
+        """Items answered and failed, chunks waiting, lost chunks the sweeper recovered, and each
+        worker's items and last answer (workers silent for `forget_after` seconds are dropped)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(f"{self.prefix}figures")
         pipe.llen(queue_key)
@@ -548,6 +553,8 @@ class JobStore:
         return {
             "items_done": int(totals.get(b"items_done", 0)),
             "items_failed": int(totals.get(b"items_failed", 0)),
+            "chunks_requeued": int(totals.get(b"chunks_requeued", 0)),
+            "chunks_released": int(totals.get(b"chunks_released", 0)),
             "queue_depth": int(depth),
             "workers": workers,
         }

@@ -14,7 +14,10 @@ chunk was queued or last started; faceapp/jobs/store.py), and every worker looks
 seconds, for chunks in flight longer than ``JOBS_VISIBILITY_TIMEOUT`` that neither a queue nor
 the unacked hash holds. Those go back to the queue (or, when their job has ended, their place in
 the owner's window goes to the owner's next chunk). A chunk that was in transit at that instant
-runs twice at worst, which chunks are made to survive (faceapp/jobs/runner.py).
+runs twice at worst, which chunks are made to survive (faceapp/jobs/runner.py). Each chunk
+recovered so is counted in Redis, in the same script that takes it
+(``faceapp_jobs_chunks_recovered_total`` in /metrics): a count that keeps rising means workers
+keep dying between taking a task and recording it.
 
 The sweep reads the queue and the unacked hash whole, which costs a few kB per chunk waiting;
 it does so only when some chunk has been in flight longer than the visibility timeout.

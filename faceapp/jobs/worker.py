@@ -45,8 +45,8 @@ def _load_model(app: Flask, **_: Any) -> None:
 def worker_command(concurrency: int | None, loglevel: str) -> None:
     """Run a Celery worker for jobs (POST /api/jobs), on the Redis of STORE_URL or BROKER_URL."""
     from faceapp.face_models import available_cores, models
-    from faceapp.gunicorn_worker import import_libraries  # gunicorn's master preloads the same
     from faceapp.jobs import tasks  # noqa: F401 - the shared task joins this worker's Celery app
+    from faceapp.preload import import_libraries  # gunicorn's master preloads the same
 
     app = current_app._get_current_object()
     if not jobs.available(app):

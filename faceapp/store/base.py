@@ -26,6 +26,8 @@ IMAGE_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 PART_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}\.(jpg|png|json)$")
 #: A tester sign-in's id (secrets.token_urlsafe(24)): it becomes a file name and a key.
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{32}$")
+#: A key's id (faceapp.access.key_id: 20 hex characters) as an image's owner: a line and a field.
+KEY_ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 #: How items are stored: 2 = received bytes + preview and face-context parts (1 was a PNG).
 STORE_FORMAT = 2
 
@@ -51,6 +53,13 @@ def check_part_name(name: str) -> str:
     if not PART_NAME_RE.fullmatch(name):
         raise ValueError(f"bad part name {name!r}")
     return name
+
+
+def check_key_id(value: str) -> str:
+    """A key's id is a short lowercase hex name (never a key): it becomes a line and a field."""
+    if not isinstance(value, str) or not KEY_ID_RE.fullmatch(value):
+        raise ValueError("bad key id")
+    return value
 
 
 def check_session_id(value: str) -> str:
@@ -134,6 +143,8 @@ class Backend(Protocol):
     Results are stored under arbitrary string keys (a backend may hash them inside);
     ``drop_results`` drops them all, or those that ``where(key, document)`` picks. Sessions
     are the tester's sign-ins: an id that counts until it expires or is dropped (sign-out).
+    Owners are the ids of the keys that sent an image (per-key privacy, faceapp/services.py):
+    kept beside the trace, never trimmed with it, and gone with the image.
     """
 
     def put_image(
@@ -154,6 +165,8 @@ class Backend(Protocol):
     ) -> None: ...
     def append_event(self, image_id: str, event: dict) -> None: ...
     def events(self, image_id: str) -> list[dict]: ...
+    def add_owner(self, image_id: str, key_id: str) -> None: ...
+    def owners(self, image_id: str) -> set[str]: ...
     def delete(self, image_id: str) -> bool: ...
     def wipe(self) -> int: ...
     def recent(self, limit: int) -> list[dict]: ...

@@ -26,6 +26,7 @@ from faceapp.store.base import (
     IMAGE_ID_RE,
     EvictionSchedule,
     check_image_id,
+    check_key_id,
     check_part_name,
     check_session_id,
     keep_last,
@@ -38,11 +39,13 @@ log = logging.getLogger(__name__)
 
 
 class FileStore(EvictionSchedule):
-    """A content-addressed folder: ``images/<ab>/<id>/{image,meta.json,part-*,trace.jsonl}``."""
+    """A content-addressed folder:
+    ``images/<ab>/<id>/{image,meta.json,part-*,trace.jsonl,owners}``."""
 
     IMAGE = "image"  # the bytes received, as received
     META = "meta.json"
     TRACE = "trace.jsonl"
+    OWNERS = "owners"  # the ids of the keys that sent the image, one a line
     PART = "part-"
     RESULTS = "results"
     #: put_result's bound on passes: each pass lost to a concurrent drop of results/; far more
@@ -204,17 +207,23 @@ class FileStore(EvictionSchedule):
             shutil.rmtree(retired, ignore_errors=True)
 
     # -- traces --------------------------------------------------------------------------------
-    def append_event(self, image_id: str, event: dict) -> None:
+    def _open_for_append(self, image_id: str, name: str) -> int | None:
+        """A read-write O_APPEND descriptor on one of an image's files (made if missing), or
+        None when the image is not stored (deleted meanwhile: its files went with it). One
+        write() on it never interleaves with another worker's."""
         folder = self._dir(image_id)
         if not os.path.isdir(folder):
-            return  # the image was deleted meanwhile; its trace went with it
-        line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
-        # One write() on an O_APPEND descriptor: concurrent workers' lines never interleave.
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+            return None  # never creates the folder: a husk would pass for a stored image
         try:
-            fd = os.open(os.path.join(folder, self.TRACE), flags, 0o644)
+            return os.open(os.path.join(folder, name), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except FileNotFoundError:
-            return  # deleted since the check above
+            return None  # deleted since the check above
+
+    def append_event(self, image_id: str, event: dict) -> None:
+        line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+        fd = self._open_for_append(image_id, self.TRACE)
+        if fd is None:
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # appends share the file; a trim has it alone
             os.write(fd, line)
@@ -259,6 +268,26 @@ class FileStore(EvictionSchedule):
         except FileNotFoundError:
             return []
         return keep_last(oldest_first(_parse_lines(text)), self.max_events)
+
+    # -- owners --------------------------------------------------------------------------------
+    def add_owner(self, image_id: str, key_id: str) -> None:
+        if check_key_id(key_id) in self.owners(image_id):
+            return
+        # Two adds of the same key at once may write it twice: harmless, lines are read as a set.
+        fd = self._open_for_append(image_id, self.OWNERS)
+        if fd is None:
+            return
+        try:
+            os.write(fd, f"{key_id}\n".encode())
+        finally:
+            os.close(fd)
+
+    def owners(self, image_id: str) -> set[str]:
+        try:
+            with open(os.path.join(self._dir(image_id), self.OWNERS), encoding="ascii") as fh:
+                return {line.strip() for line in fh if line.strip()}
+        except FileNotFoundError:
+            return set()
 
     # -- removal -------------------------------------------------------------------------------
     def delete(self, image_id: str) -> bool:

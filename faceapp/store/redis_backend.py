@@ -3,7 +3,8 @@
 Chosen by ``STORE_URL=redis://host:port/db`` (see :func:`faceapp.store.open_backend`). Every key
 starts with a prefix (``faceapp:`` by default), so several apps can share one database::
 
-    <prefix>image:<image_id>     hash {image: bytes received, meta: JSON, part:<name>: bytes...}
+    <prefix>image:<image_id>     hash {image: bytes received, meta: JSON, part:<name>: bytes...,
+                                 owner:<key id>: 1 for each key that sent it}
                                  (one key: all of them or none)
     <prefix>results:<image_id>   hash {result key: JSON document}
     <prefix>trace:<image_id>     list of JSON events, oldest first (the last max_events)
@@ -43,6 +44,7 @@ from faceapp.store.base import (
     IMAGE_ID_RE,
     EvictionSchedule,
     check_image_id,
+    check_key_id,
     check_part_name,
     check_session_id,
     keep_last,
@@ -50,6 +52,8 @@ from faceapp.store.base import (
     not_found,
     oldest_first,
 )
+
+OWNER_FIELD = "owner:"  # + a key id: a field of the image hash (:meth:`RedisStore.add_owner`)
 
 # KEYS: image, results, trace, created, bytes. ARGV: image_id, image bytes, meta JSON, score,
 # then (part field, part bytes) pairs.
@@ -132,6 +136,16 @@ redis.call('HINCRBY', KEYS[3], ARGV[1], added)
 return 1
 """
 
+# KEYS: image, bytes. ARGV: image_id, the owner's hash field. An owner is a field of the image's
+# own hash, so it goes with the image (delete, eviction, wipe); counted in its bytes.
+_ADD_OWNER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], ARGV[2], '1') == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], #ARGV[2] + 1)
+end
+return 1
+"""
+
 # KEYS: image, results, trace, created, bytes. ARGV: image_id. Returns {deleted, bytes freed}.
 _DELETE = """
 local freed = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
@@ -185,6 +199,7 @@ class RedisStore(EvictionSchedule):
         self._drop_results = script(_DROP_RESULTS)
         self._drop_some_results = script(_DROP_SOME_RESULTS)
         self._append_event = script(_APPEND_EVENT)
+        self._add_owner = script(_ADD_OWNER)
         self._delete = script(_DELETE)
         self._unlock = script(_UNLOCK)
 
@@ -277,6 +292,17 @@ class RedisStore(EvictionSchedule):
             if event is not None:
                 found.append(event)
         return keep_last(oldest_first(found), self.max_events)
+
+    # -- owners --------------------------------------------------------------------------------
+    def add_owner(self, image_id: str, key_id: str) -> None:
+        # Nothing when the image was deleted meanwhile, as for its trace.
+        keys = [self._key("image", image_id), self._bytes]
+        self._add_owner(keys=keys, args=[image_id, OWNER_FIELD + check_key_id(key_id)])
+
+    def owners(self, image_id: str) -> set[str]:
+        fields = self.client.hkeys(self._key("image", image_id))
+        prefix = OWNER_FIELD.encode()
+        return {field[len(prefix) :].decode() for field in fields if field.startswith(prefix)}
 
     # -- removal -------------------------------------------------------------------------------
     def _remove(self, image_id: str) -> tuple[bool, int]:
