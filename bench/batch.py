@@ -61,10 +61,12 @@ def make_photos(folder: str, count: int) -> list[str]:
 
 
 def batch_app(folder: str, scratch: str, threads: int | None, **settings: object):
-    """The Flask app ``flask batch`` runs in, on this checkpoint and a scratch store."""
+    """The Flask app ``flask batch`` runs in, on this checkpoint and a scratch store, with the
+    command's inference threads (one per core unless `settings` say otherwise)."""
     from faceapp import create_app
+    from faceapp.batch.pipeline import use_the_cores
 
-    return create_app(
+    app = create_app(
         {
             "TESTING": True,
             "TESTER_ENABLED": False,
@@ -79,6 +81,8 @@ def batch_app(folder: str, scratch: str, threads: int | None, **settings: object
             **settings,
         }
     )
+    use_the_cores(app.config)
+    return app
 
 
 def batch_pass(paths: list[str], process, out: str, workers: int) -> float:
@@ -127,6 +131,16 @@ def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Compari
         app = batch_app(folder, scratch, plan.threads)
         pipeline = Pipeline(app, Options())  # loads and warms the model
         workers = default_workers(app.config)
+        # The one-at-a-time loop at its best: one inference thread with every core's torch
+        # thread (flask batch has one inference thread per core, one torch thread each).
+        single = batch_app(
+            folder,
+            scratch,
+            plan.threads,
+            INFERENCE_THREADS=1,
+            STORE_URL=os.path.join(scratch, "store-loop"),
+        )
+        one_at_a_time = Pipeline(single, Options())
         with http.gunicorn(folder, scratch, 2, "batch") as server:  # YuNet, as batch_app has
             client = Client(server.url, Options(), api_key=None, config=app.config)
             client.connect()
@@ -134,7 +148,7 @@ def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Compari
                 _wipe(server)
                 samples["http"].append(_loop(paths, client.process))
                 samples["batch"].append(batch_pass(paths, pipeline.process, out, workers))
-                samples["loop"].append(_loop(paths, pipeline.process))
+                samples["loop"].append(_loop(paths, one_at_a_time.process))
                 _wipe(server)
                 samples["server"].append(batch_pass(paths, client.process, out, 8))
     finally:
@@ -145,6 +159,8 @@ def bench_throughput(plan, folder: str, count: int, rounds: int) -> list[Compari
         "rounds": rounds,
         "without_face": -(-count // NO_FACE_EVERY),
         "detector": http.detector_settings()["DETECTOR"],
+        "batch_inference_threads": app.config["INFERENCE_THREADS"],
+        "batch_workers": workers,
     }
     return [
         Comparison(

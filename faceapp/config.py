@@ -55,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a batch may wait for the items its last batches' demand says are coming (clients
     # that send again once answered); at most a tenth of a batch's compute time; 0: never wait.
     "INFERENCE_BATCH_WAIT": 0.02,
+    # Inference threads per process, over one queue, with the torch threads shared among them
+    # (faceapp/engine.py). None: 1, and the cores in `flask batch`, where batches never run out.
+    "INFERENCE_THREADS": None,
     # Faces and labels one client (API key, or address without keys) may have waiting for the
     # inference thread of a worker; more is 429 rate.limited (0: no limit). The queue serves
     # clients in turn either way (faceapp/engine.py).
@@ -190,6 +193,7 @@ NULLABLE: dict[str, type] = {
     "DETECTOR_SHA256": str,
     "YUNET_SCORE_THRESHOLD": float,
     "HAAR_MIN_CONFIDENCE": float,
+    "INFERENCE_THREADS": int,
     "TESTER_ENABLED": bool,
     "SECRET_KEY": str,
     "RATELIMIT_STORAGE_URI": str,
@@ -201,6 +205,7 @@ POSITIVE = frozenset(
     {
         "INFERENCE_MAX_BATCH",
         "INFERENCE_TIMEOUT",
+        "INFERENCE_THREADS",
         "MAX_UPLOAD_BYTES",
         "MAX_IMAGE_PIXELS",
         "MAX_IMAGE_FRAMES",

@@ -23,7 +23,7 @@ from flask import Flask, current_app
 from faceapp import auto_dtype
 from faceapp.atomic import replace_folder, staging_folder
 from faceapp.clip_pixels import PixelRecipe
-from faceapp.engine import engine
+from faceapp.engine import engine, inference_threads
 from faceapp.errors import FaceappError
 from faceapp.extension import Slot
 from faceapp.model_files import (
@@ -102,11 +102,29 @@ def available_cores() -> int:
 
 
 def torch_threads(config: Mapping[str, Any]) -> int:
-    """Threads per worker: TORCH_THREADS, else the cores divided among the workers."""
+    """Torch threads per inference thread: TORCH_THREADS, else the cores divided among the
+    workers and their inference threads (INFERENCE_THREADS, faceapp/engine.py)."""
     explicit = int(config.get("TORCH_THREADS") or 0)
     if explicit > 0:
         return explicit
-    return max(1, available_cores() // max(1, int(config.get("WORKERS") or 1)))
+    workers = max(1, int(config.get("WORKERS") or 1)) * inference_threads(config)
+    return max(1, available_cores() // workers)
+
+
+_PINNED = threading.local()  # the torch threads this OS thread was last set to
+
+
+def pin_torch_threads(threads: int) -> None:
+    """Give the calling thread `threads` torch (OpenMP) threads, once per thread and count.
+
+    Torch's thread count is kept per OS thread that has used it, so each inference thread sets
+    its own before its first forward pass (with several inference threads, one torch thread
+    each: faceapp/engine.py)."""
+    import torch
+
+    if threads > 0 and getattr(_PINNED, "threads", None) != threads:
+        torch.set_num_threads(threads)
+        _PINNED.threads = threads
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +148,7 @@ class LoadedModel:
     image_session: Any = field(default=None, repr=False)  # DTYPE=int8: onnx_int8.ImageSession
     dtype_choice: auto_dtype.Choice | None = None  # DTYPE=auto: what was chosen and why
     pixel_recipe: PixelRecipe | None = field(default=None, repr=False)  # None: the processor
+    threads: int = 0  # torch threads of each thread that encodes (0: as the process has them)
 
     @property
     def version(self) -> str:
@@ -178,6 +197,7 @@ class LoadedModel:
         import torch
 
         batch = np.stack(pixels).astype(np.float32, copy=False)
+        pin_torch_threads(self.threads)
         if self.image_session is not None:
             features = torch.from_numpy(self.image_session(batch))
             return torch.nn.functional.normalize(features, dim=-1)
@@ -194,6 +214,7 @@ class LoadedModel:
         """L2-normalised text embeddings (float32, on the CPU) for a batch of strings."""
         import torch
 
+        pin_torch_threads(self.threads)
         inputs = self.processor(
             text=list(texts), return_tensors="pt", padding=True, truncation=True, max_length=77
         )
@@ -263,7 +284,7 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
     requested = str(config.get("DTYPE") or "auto").strip().lower()
     dtype = choose_dtype(requested, device)
     threads = torch_threads(config)
-    torch.set_num_threads(threads)
+    pin_torch_threads(threads)
     manifest = read_manifest(folder) or build_manifest(folder, name, None, source="folder")
     started = time.perf_counter()
     hf_logging.disable_progress_bar()
@@ -308,6 +329,7 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
         image_session=image_session,
         dtype_choice=choice,
         pixel_recipe=PixelRecipe.of(processor.image_processor),
+        threads=threads,
     )
 
 

@@ -125,8 +125,10 @@ def test_a_folder_gives_exactly_one_line_per_input(runner, folder, tmp_path):
 def test_the_default_threads_prepare_a_second_batch_while_one_is_encoded(
     runner, folder, tmp_path, monkeypatch
 ):
-    """Without --workers: two batches' worth of threads plus one per core; --workers wins."""
+    """One inference thread per core, and without --workers a batch's worth of pool threads
+    for each of them and one more, plus one per core; --workers wins."""
     from faceapp.batch import runner as batch_runner
+    from faceapp.engine import engine
     from faceapp.face_models import available_cores
 
     seen = []
@@ -140,7 +142,24 @@ def test_the_default_threads_prepare_a_second_batch_while_one_is_encoded(
         out = tmp_path / f"out{len(extra)}.jsonl"
         result = runner.invoke(args=["batch", root, "--out", str(out), *extra])
         assert result.exit_code == 0, result.output
-    assert seen == [2 * max_batch + available_cores(), 3]
+    cores = available_cores()
+    assert seen == [(cores + 1) * max_batch + cores, 3]
+    assert runner.app.config["INFERENCE_THREADS"] == cores
+    assert engine.get(runner.app).threads == cores
+
+
+def test_a_set_inference_or_torch_thread_count_is_left_as_it_is(app):
+    from faceapp.batch.pipeline import use_the_cores
+    from faceapp.face_models import available_cores
+
+    for given, expected in (
+        ({"INFERENCE_THREADS": 1}, 1),
+        ({"INFERENCE_THREADS": None, "TORCH_THREADS": 2}, max(1, available_cores() // 2)),
+        ({"INFERENCE_THREADS": None, "TORCH_THREADS": 0}, available_cores()),
+    ):
+        settings = dict(given)
+        use_the_cores(settings)
+        assert settings["INFERENCE_THREADS"] == expected
 
 
 def test_lists_and_csvs_of_paths_and_a_listed_input_given_twice(runner, folder, tmp_path):

@@ -327,6 +327,35 @@ def test_a_lone_client_never_waits_and_the_window_forgets_clients_that_left():
     assert [len(batch) for batch in encode.batches[-4:]] == [1, 1, 1, 1]
 
 
+def test_several_inference_threads_run_batches_side_by_side_over_one_queue():
+    engine = InferenceEngine(max_batch=8, timeout=30, threads=2)
+    held, release = threading.Event(), threading.Event()
+    ran_on: dict[str, str] = {}
+
+    def encode(items: list) -> list:
+        ran_on[items[0]] = threading.current_thread().name
+        if items[0] == "slow":
+            held.set()
+            release.wait(20)
+        return [f"row:{item}" for item in items]
+
+    slow = threading.Thread(target=lambda: engine.encode(encode, ["slow"]))
+    slow.start()
+    assert held.wait(10)
+    # The first thread is inside a batch: the second takes the next job meanwhile.
+    assert engine.encode(encode, ["quick"])[0] == ["row:quick"]
+    assert engine.run(engine.in_engine_thread) is True
+    release.set()
+    slow.join(10)
+    assert {ran_on["slow"], ran_on["quick"]} == {"faceapp-infer-0", "faceapp-infer-1"}
+    assert engine.batches == 2
+    assert engine.stop(5) is True  # both threads drained and joined
+    with pytest.raises(FaceappError):
+        engine.encode(encode, ["late"])
+    with pytest.raises(ValueError, match="INFERENCE_THREADS"):
+        InferenceEngine(threads=0)
+
+
 def test_stop_without_any_work_returns_at_once():
     assert InferenceEngine().stop(1) is True
 
@@ -447,6 +476,7 @@ def test_stop_says_whether_the_thread_finished():
 def test_the_extension_gives_one_engine_per_process_and_stops_it():
     bare = Flask(__name__)
     bare.config.update(INFERENCE_MAX_BATCH=3, INFERENCE_TIMEOUT=5, INFERENCE_BATCH_WAIT=0.5)
+    bare.config.update(INFERENCE_THREADS=None)
     extension = Engine()
     with pytest.raises(RuntimeError, match="init_app"):
         extension.get(bare)
@@ -455,6 +485,7 @@ def test_the_extension_gives_one_engine_per_process_and_stops_it():
     assert extension.stop(bare) is True  # set up, but no engine made yet
     first = extension.get(bare)
     assert first is extension.get(bare) and first.max_batch == 3 and first.batch_wait == 0.5
+    assert first.threads == 1  # INFERENCE_THREADS unset: one
     assert first.run(lambda: "ok") == "ok"
     assert extension.stop(bare, timeout=5) is True
     with pytest.raises(FaceappError) as refused:

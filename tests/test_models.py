@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 from faceapp import create_app, face_models, model_files, random_checkpoints
 from faceapp.clip_vocab import default_bpe_file
@@ -87,6 +88,36 @@ def test_torch_threads_divide_the_cores_among_workers(monkeypatch):
     assert face_models.torch_threads({"WORKERS": 2}) == 4
     assert face_models.torch_threads({"WORKERS": 16}) == 1
     assert face_models.torch_threads({"WORKERS": 2, "TORCH_THREADS": 3}) == 3
+    # Several inference threads in a process share its cores' threads too (flask batch).
+    assert face_models.torch_threads({"WORKERS": 1, "INFERENCE_THREADS": 8}) == 1
+    assert face_models.torch_threads({"WORKERS": 2, "INFERENCE_THREADS": 2}) == 2
+    assert face_models.torch_threads({"WORKERS": 1, "INFERENCE_THREADS": None}) == 8
+
+
+def test_each_inference_thread_encodes_with_the_models_torch_threads(app, config):
+    """Torch keeps its thread count per OS thread: every inference thread sets the model's
+    before it encodes, whatever the thread that loaded the model or the caller has."""
+    import torch
+
+    from faceapp.engine import engine
+
+    with app.app_context():
+        model = face_models.models.get()
+        assert model.threads >= 1
+        inference = engine.get(app)
+        torch.set_num_threads(model.threads + 1)  # this (the caller's) thread: another count
+        try:
+            pixels = model.prepare_images([Image.new("RGB", (40, 40), "grey")])
+
+            def encode_and_count(items):
+                model.encode_pixels(items)
+                return [torch.get_num_threads()] * len(items)
+
+            seen, _ = inference.encode(encode_and_count, pixels)
+            assert seen == [model.threads]
+            assert torch.get_num_threads() == model.threads + 1
+        finally:
+            torch.set_num_threads(model.threads)
 
 
 def test_concurrent_first_requests_load_the_model_once(app, config):

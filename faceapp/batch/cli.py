@@ -19,7 +19,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from faceapp.batch import output, runner, sources
-from faceapp.batch.pipeline import Options, default_workers
+from faceapp.batch.pipeline import Options, default_workers, use_the_cores
 from faceapp.batch.progress import Progress, Tally
 from faceapp.errors import FaceappError
 
@@ -108,6 +108,7 @@ def batch_command(
             raise click.ClickException(str(exc)) from None
         process, names, threads = client.process, client.attribute_names, concurrency
     else:
+        use_the_cores(app.config)
         pipeline = _pipeline(app, options, attributes_file)
         process, names = pipeline.process, pipeline.attribute_names
         threads = workers or default_workers(app.config)

@@ -45,16 +45,30 @@ from faceapp.store import image_id_for
 log = logging.getLogger(__name__)
 
 
-def default_workers(config: Any) -> int:
-    """``flask batch``'s threads when ``--workers`` is not given: two batches' worth of inputs
-    (``INFERENCE_MAX_BATCH`` crops being encoded, as many more read, decoded and detected
-    meanwhile, so the next batch is ready when the encoder is), plus one per core. With one
-    batch's worth, the threads whose crops were in the batch all start on their next input when
-    it ends, and the encoder runs the few that are ready: a mean batch of 5.0 where 7.1 is had,
-    and 9% more time per photo (200 real photos, 2-core AMD EPYC)."""
+def use_the_cores(config: Any) -> None:
+    """``flask batch``'s inference: unless INFERENCE_THREADS is set, as many inference threads as
+    the cores hold at TORCH_THREADS each (default one: one thread per core; faceapp/engine.py
+    says why that gives more images/s). Call it before the app's model is loaded and its
+    engine made."""
     from faceapp.face_models import available_cores
 
-    return 2 * int(config["INFERENCE_MAX_BATCH"]) + available_cores()
+    if config.get("INFERENCE_THREADS") is None:
+        per_thread = max(1, int(config.get("TORCH_THREADS") or 1))
+        config["INFERENCE_THREADS"] = max(1, available_cores() // per_thread)
+
+
+def default_workers(config: Any) -> int:
+    """``flask batch``'s threads when ``--workers`` is not given: a batch's worth of inputs
+    (``INFERENCE_MAX_BATCH`` crops) for each inference thread, and as many more read, decoded and
+    detected meanwhile, so the next batch is ready when an encoder is, plus one per core. With
+    one batch's worth in all, the threads whose crops were in the batch all start on their next
+    input when it ends, and the encoder runs the few that are ready: a mean batch of 5.0 where
+    7.1 is had, and 9% more time per photo (200 real photos, 2-core AMD EPYC)."""
+    from faceapp.engine import inference_threads
+    from faceapp.face_models import available_cores
+
+    batches = inference_threads(config) + 1
+    return batches * int(config["INFERENCE_MAX_BATCH"]) + available_cores()
 
 
 #: A source with a URL scheme is fetched (an unsupported scheme is the fetcher's url.invalid).
