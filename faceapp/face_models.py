@@ -111,20 +111,16 @@ def torch_threads(config: Mapping[str, Any]) -> int:
     return max(1, available_cores() // workers)
 
 
-_PINNED = threading.local()  # the torch threads this OS thread was last set to
-
-
 def pin_torch_threads(threads: int) -> None:
-    """Give the calling thread `threads` torch (OpenMP) threads, once per thread and count.
+    """Give the calling thread `threads` torch (OpenMP) threads, where it has another count.
 
     Torch's thread count is kept per OS thread that has used it, so each inference thread sets
     its own before its first forward pass (with several inference threads, one torch thread
     each: faceapp/engine.py)."""
     import torch
 
-    if threads > 0 and getattr(_PINNED, "threads", None) != threads:
+    if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-        _PINNED.threads = threads
 
 
 # --------------------------------------------------------------------------------------------
