@@ -148,7 +148,8 @@ def test_the_default_threads_prepare_a_second_batch_while_one_is_encoded(
     assert engine.get(runner.app).threads == cores
 
 
-def test_a_set_inference_or_torch_thread_count_is_left_as_it_is(app):
+def test_a_set_inference_or_torch_thread_count_is_left_as_it_is(monkeypatch):
+    from faceapp import face_models
     from faceapp.batch.pipeline import use_the_cores
     from faceapp.face_models import available_cores
 
@@ -156,10 +157,16 @@ def test_a_set_inference_or_torch_thread_count_is_left_as_it_is(app):
         ({"INFERENCE_THREADS": 1}, 1),
         ({"INFERENCE_THREADS": None, "TORCH_THREADS": 2}, max(1, available_cores() // 2)),
         ({"INFERENCE_THREADS": None, "TORCH_THREADS": 0}, available_cores()),
+        ({"INFERENCE_THREADS": None, "DEVICE": "cpu"}, available_cores()),
     ):
         settings = dict(given)
         use_the_cores(settings)
         assert settings["INFERENCE_THREADS"] == expected
+    # A GPU is fed by one thread, however many cores there are.
+    monkeypatch.setattr(face_models, "choose_device", lambda requested: "cuda")
+    settings = {"INFERENCE_THREADS": None, "DEVICE": "auto"}
+    use_the_cores(settings)
+    assert settings["INFERENCE_THREADS"] == 1
 
 
 def test_lists_and_csvs_of_paths_and_a_listed_input_given_twice(runner, folder, tmp_path):

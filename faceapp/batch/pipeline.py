@@ -46,15 +46,16 @@ log = logging.getLogger(__name__)
 
 
 def use_the_cores(config: Any) -> None:
-    """``flask batch``'s inference: unless INFERENCE_THREADS is set, as many inference threads as
-    the cores hold at TORCH_THREADS each (default one: one thread per core; faceapp/engine.py
-    says why that gives more images/s). Call it before the app's model is loaded and its
-    engine made."""
-    from faceapp.face_models import available_cores
+    """``flask batch``'s inference on the CPU: unless INFERENCE_THREADS is set, as many inference
+    threads as the cores hold at TORCH_THREADS each (default one: one thread per core;
+    faceapp/engine.py says why that gives more images/s). On a GPU, one thread feeds it. Call it
+    before the app's model is loaded and its engine made."""
+    from faceapp.face_models import available_cores, choose_device
 
     if config.get("INFERENCE_THREADS") is None:
         per_thread = max(1, int(config.get("TORCH_THREADS") or 1))
-        config["INFERENCE_THREADS"] = max(1, available_cores() // per_thread)
+        on_cpu = choose_device(config.get("DEVICE") or "auto") == "cpu"
+        config["INFERENCE_THREADS"] = max(1, available_cores() // per_thread) if on_cpu else 1
 
 
 def default_workers(config: Any) -> int:
