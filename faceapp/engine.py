@@ -36,8 +36,8 @@ that opens only when more work is known to be coming. Requests pile up on their 
 runs, but clients that wait for each answer before sending again (most clients, and every
 benchmark of closed-loop load) all come back together a few milliseconds after their batch ends:
 without a window the first of them starts a batch of one, the rest queue behind it, and the
-batches settle into alternating sizes (a mean of 1.8 with 8 clients over 2 workers, where 4 was
-possible; on one thread the encoder takes 72% of its batch-1 time per image at batch 4). So the
+batches settle into alternating sizes (a mean of 2.3-2.5 with 8 clients over 2 workers, where 4
+was possible; on one thread the encoder takes 72% of its batch-1 time per image at batch 4). So the
 thread remembers the demand of its last few batches (the items in each batch plus those that
 came while it ran) and, when fewer items wait than that, waits for the rest: at most
 ``INFERENCE_BATCH_WAIT`` seconds, and never more than a tenth of the last batch's compute time. A
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 EXTENSION_KEY = "faceapp.engine"
 SLOT = Slot(EXTENSION_KEY, "faceapp.engine.engine.init_app(app)")
 BatchFn = Callable[[list], Any]
-#: Batches whose demand the window remembers (items in the batch plus those left waiting).
+#: Batches whose demand the window remembers (items in each plus those that came while it ran).
 DEMAND_MEMORY = 4
 #: The window never waits more than this fraction of the last batch's compute time.
 WAIT_FRACTION = 0.1
