@@ -20,6 +20,10 @@ from faceapp.store import store
 bp = Blueprint("api", __name__, url_prefix="/api")
 bp.before_request(check_api_key)
 
+# One instance each, shared by every request: a marshmallow schema keeps no state between
+# loads, and making one deep-copies its declared fields (0.2 ms a request).
+VALIDATE_REQUEST, ANALYZE_REQUEST = ValidateRequest(), AnalyzeRequest()
+
 
 class ImageIdConverter(PathConverter):
     """An image_id in a URL: any text, slashes too (a malformed id is 400 image_id.invalid, not
@@ -51,7 +55,7 @@ def _flag(name: str) -> bool:
 @bp.post("/validate")
 def validate() -> Response:
     """Store an image under its image_id and check it."""
-    options = parse(ValidateRequest(), request_fields(request))
+    options = parse(VALIDATE_REQUEST, request_fields(request))
     source = pick_source(options, request.files)
     answer = services.validate(source, wipe_cache=options["wipe_cache"], details=_flag("details"))
     return render(answer)
@@ -60,7 +64,7 @@ def validate() -> Response:
 @bp.post("/analyze")
 def analyze() -> Response:
     """Score the faces of an image (by image_id, or sent now) for the attribute set and labels."""
-    options = parse(AnalyzeRequest(), request_fields(request))
+    options = parse(ANALYZE_REQUEST, request_fields(request))
     source = pick_source(options, request.files, image_id=options.get("image_id", ""))
     answer = services.analyze(
         source,

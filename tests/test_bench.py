@@ -26,3 +26,55 @@ def test_quick_benchmark_writes_every_section(tmp_path, monkeypatch, capsys):
     assert document["machine"]["torch_threads"] >= 1
     assert document["sections"]["zero_shot"]["sanity"]["same_scores"] is True
     assert "zero-shot, 1 face" in capsys.readouterr().out
+
+
+def test_the_load_generators_connection_survives_the_servers_idle_close():
+    """bench.http.Client keeps one connection alive, and opens a new one (once) when the server
+    closed the idle one, as gunicorn does after its keep-alive: the 8-client windows must not
+    count that as an error."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from bench.http import Client, Server
+
+    seen: list[tuple[int, bytes]] = []
+
+    class Echo(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.client_address[1], body))
+            answer = json.dumps({"echo": json.loads(body)}).encode()
+            self.send_response(200 if b"fine" in body else 418)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            if b"then close" in body:
+                self.close_connection = True  # as an idle keep-alive running out would
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = Client(Server(f"http://127.0.0.1:{httpd.server_port}", None, 0.0))
+        assert client.post_json("/x", {"fine": 1}) == {"echo": {"fine": 1}}
+        assert client.post_json("/x", {"fine": "then close"}) == {"echo": {"fine": "then close"}}
+        # The server closed it without saying so in a header: the next post finds it gone.
+        assert client.post_json("/x", {"fine": 3}) == {"echo": {"fine": 3}}
+        status, payload = client.post("/x", {"not": "ok"})
+        assert status == 418 and json.loads(payload) == {"echo": {"not": "ok"}}
+        try:
+            client.post_json("/x", {"not": "ok"})
+        except RuntimeError as exc:
+            assert "418" in str(exc)
+        else:
+            raise AssertionError("a status other than 200 must raise")
+        ports = [port for port, _ in seen]
+        assert ports[0] == ports[1] != ports[2] == ports[3] == ports[4]  # kept alive, then anew
+        client.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
