@@ -71,7 +71,7 @@ class Plan:
     warmup: int
     threads: int | None  # torch threads; None: what a single worker would use
     window_s: float = 8.0  # seconds per load window (clients, bare batch-8 throughput)
-    rounds: int = 2  # interleaved rounds of every client count
+    rounds: int = 3  # interleaved rounds of every client count
     start_rounds: int = 2  # gunicorn starts timed
     http_only: bool = False  # skip the in-process sections
     batch_only: bool = False  # only the batch_* sections
@@ -163,7 +163,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         warmup=1,
         threads=args.threads,
         window_s=0.5 if quick else 8.0,
-        rounds=1 if quick else 2,
+        rounds=1 if quick else 3,
         start_rounds=1 if quick else 2,
         http_only=args.http_only,
         batch_only=args.batch_only,

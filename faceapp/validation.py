@@ -27,6 +27,7 @@ A blurred copy of her face beside the sharp one (1387), at the same size: YuNet 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -94,11 +95,23 @@ def rules_version(config: Mapping[str, Any]) -> str:
     STORED_MAX_SIDE (the checks measure the stored copy), the measuring constants and
     :data:`RULES_CODE_VERSION`. A stored validation of another version is redone, as one of
     another detector is (faceapp/services.py)."""
+    return _rules_version(
+        RULES_CODE_VERSION,
+        Thresholds.from_config(config),
+        int(config["STORED_MAX_SIDE"]),
+        (SHARPNESS_SIDE, QUALITY_MAX_SIDE, SHARPNESS_CONTRAST),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _rules_version(code: int, thresholds: Thresholds, stored_max_side: int, measures: tuple) -> str:
+    # Every analyze by image_id asks (is the stored validation still current?): the hash of the
+    # same rules is worked out once (0.1 ms a request).
     document = {
-        "code": RULES_CODE_VERSION,
-        "thresholds": asdict(Thresholds.from_config(config)),
-        "stored_max_side": int(config["STORED_MAX_SIDE"]),
-        "measures": [SHARPNESS_SIDE, QUALITY_MAX_SIDE, SHARPNESS_CONTRAST],
+        "code": code,
+        "thresholds": asdict(thresholds),
+        "stored_max_side": stored_max_side,
+        "measures": list(measures),
     }
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:12]
