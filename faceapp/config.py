@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
     "JOBS_CHUNK_SIZE": 8,  # items per task (one worker's batch)
     "JOBS_WINDOW": 8,  # chunks of one key's jobs queued or running at once (its parallelism)
     "JOBS_MAX_ATTEMPTS": 5,  # tries of a chunk whose items meet lasting trouble, then it fails
+    # How far `flask worker` lowers its CPU priority (nice, 0-19; 0: as started), so a host's
+    # interactive requests get the cores before a job's chunks (faceapp/jobs/worker.py).
+    "JOBS_WORKER_NICE": 10,
     "JOB_TTL": 7 * 24 * 3600,  # s a finished job and its results are kept
     "MAX_JOB_ITEMS": 10_000,
     "MAX_ACTIVE_JOBS": 3,  # queued or running jobs per API key

@@ -71,7 +71,7 @@ class Cluster:
         self.logs = {name: str(self.tmp / f"{name}.log") for name in ("a", "b", "gunicorn")}
         self.worker_a = self.stack.enter_context(celery_worker(env, self.logs["a"], wait=False))
         self.worker_b = self.stack.enter_context(celery_worker(env, self.logs["b"], wait=False))
-        self.base, _ = self.stack.enter_context(
+        self.base, self.gunicorn = self.stack.enter_context(
             gunicorn(env, workers=1, log_path=self.logs["gunicorn"])
         )
         wait_worker_ready(self.worker_a, self.logs["a"])
@@ -257,6 +257,35 @@ def test_the_jobs_page_in_chromium(cluster, browser, tmp_path):
         assert console_errors == []
     finally:
         context.close()
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its children (a Celery worker's pool, gunicorn's workers)."""
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+        return [pid, *(int(child) for child in fh.read().split())]
+
+
+def test_the_jobs_workers_run_below_the_services_cpu_priority(cluster):
+    """JOBS_WORKER_NICE (10 by default): every process of a worker, pool included, runs 10
+    steps nicer than it was started (at most 19), so on a shared host interactive requests get
+    the cores first; gunicorn's processes keep the priority they were started with."""
+    started_at = os.getpriority(os.PRIO_PROCESS, 0)  # the servers inherit this test's niceness
+    worker = _process_tree(cluster.worker_b.pid)
+    assert len(worker) >= 2  # the main process and its pool
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in worker} == {min(19, started_at + 10)}
+    service = _process_tree(cluster.gunicorn.pid)
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in service} == {started_at}
+
+
+def test_a_niceness_outside_0_to_19_stops_the_worker_with_one_line():
+    import click
+
+    from faceapp.jobs.worker import lower_priority
+
+    for bad in (-1, 20):
+        with pytest.raises(click.ClickException, match="JOBS_WORKER_NICE: .* between 0 and 19"):
+            lower_priority(bad)
+    assert lower_priority(0) == os.getpriority(os.PRIO_PROCESS, 0)  # 0: left as started
 
 
 def test_chunks_of_different_keys_interleave(cluster):
