@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,13 +226,17 @@ class Analyzer:
         labels: Sequence[str] | None,
         include_embedding: bool,
         client: str = "",
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[list[dict], JobStats | None]:
         """Score each region's crop (one per region, in order) on the inference thread.
 
         Returns the faces in the order of `regions`, and how the job fared in the queue.
-        `client` (a key or address) is whose turn the job takes in the fair queue.
+        `client` (a key or address) is whose turn the job takes in the fair queue. `meanwhile`
+        runs on this thread while the model encodes the crops (right away when there are none).
         """
         if not regions:
+            if meanwhile is not None:
+                meanwhile()
             return [], None
         embedding = include_embedding
         label_rows = self.free_text_rows(labels, client) if labels else None
@@ -243,7 +247,9 @@ class Analyzer:
         # The processor's resize and normalisation run here, on the request's own thread; the
         # inference thread only stacks the arrays and runs the forward pass.
         pixels = self.model.prepare_images(crops)
-        return self.engine.encode(self.model.encode_pixels, pixels, score, client=client)
+        return self.engine.encode(
+            self.model.encode_pixels, pixels, score, client=client, meanwhile=meanwhile
+        )
 
     def _answers(
         self,

@@ -31,9 +31,16 @@ def atomic_path(path: str, scratch: str | None = None) -> Iterator[str]:
 
 
 def write_bytes(path: str, data: bytes, scratch: str | None = None) -> None:
-    """Replace `path` with `data` atomically."""
-    with atomic_path(path, scratch) as tmp, open(tmp, "wb") as fh:
-        fh.write(data)
+    """Replace `path` with `data` atomically (written through the temporary file's own
+    descriptor: one open, not two, per cached result and store write)."""
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=scratch or os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(handle, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
 
 
 def write_json(path: str, document: Any, scratch: str | None = None, indent: int | None = None):

@@ -167,6 +167,7 @@ class InferenceEngine:
         *,
         timeout: float | None = None,
         client: str = "",
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[Any, JobStats]:
         """`batch_fn(items)` (batched with other jobs of the same batch_fn), then `finish(rows)`.
 
@@ -174,11 +175,14 @@ class InferenceEngine:
         inference thread too, on this job's rows only (for work that must stay off the request
         threads, like the scoring that follows an encoding). `client` names whose turn the job
         takes: clients are served in turn, a fair share of each batch's items each, so many
-        items from one client never stand in front of another's few.
+        items from one client never stand in front of another's few. `meanwhile` runs on this
+        thread once the job is queued, while the model works (what raises there cancels the job
+        and is raised here).
         """
         if not items:
             raise ValueError("encode needs at least one item")
-        return self._wait(_Job(list(items), batch_fn, None, finish, client), timeout)
+        job = _Job(list(items), batch_fn, None, finish, client)
+        return self._wait(job, timeout, meanwhile)
 
     def in_engine_thread(self) -> bool:
         """True on the inference thread (work it does for itself runs directly, not queued)."""
@@ -218,11 +222,20 @@ class InferenceEngine:
             error.retry_after = 1
             raise error
 
-    def _wait(self, job: _Job, timeout: float | None) -> tuple[Any, JobStats]:
+    def _wait(
+        self, job: _Job, timeout: float | None, meanwhile: Callable[[], None] | None = None
+    ) -> tuple[Any, JobStats]:
         if self.in_engine_thread():  # work the thread asks for itself (a load hook): run inline
             self._run_alone(job)
         else:
             self._submit(job)
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException:
+                job.abandoned = True  # taken already: its other items are skipped
+                job.future.cancel()  # still queued: it never runs
+                raise
         limit = self.timeout if timeout is None else timeout
         try:
             return job.future.result(timeout=limit)

@@ -6,6 +6,7 @@ lives in faceapp/analysis.py. Views parse, call one function here, and render wh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -336,6 +337,7 @@ def analyze(
     max_faces = analysis.check_max_faces(max_faces, current_app.config)
     timings: dict[str, float] = {}
     batch: dict[str, Any] = {}  # how the inference thread ran it (the trace shows it)
+    wipe = None  # wipe_cache on a stored image: done while the model encodes (0.5 ms off)
     if source is not None:
         meta = ingest(source, wipe_cache=wipe_cache)
         image_id = meta["image_id"]
@@ -346,8 +348,10 @@ def analyze(
             meta = revalidate_stored(image_id, meta)
             timings["validate"] = (time.perf_counter() - started) * 1000
         elif wipe_cache:
-            wipe_results(image_id)
+            wipe = functools.partial(wipe_results, image_id)
     if not meta["validation"]["valid"] and not force:
+        if wipe is not None:
+            wipe()
         codes = ", ".join(issue["code"] for issue in meta["validation"]["errors"])
         raise FaceappError(
             "image.not_valid",
@@ -382,7 +386,13 @@ def analyze(
         timings["decode"] = (time.perf_counter() - step) * 1000
         step = time.perf_counter()
         found, stats = scorer.analyze(
-            crops, regions, names, labels, include_embedding, client=access.client_identity()
+            crops,
+            regions,
+            names,
+            labels,
+            include_embedding,
+            client=access.client_identity(),
+            meanwhile=wipe,
         )
         faces_doc = _plain(found)
         if stats is not None:

@@ -94,6 +94,28 @@ def test_second_call_is_a_cache_hit_and_wipe_cache_recomputes(client, stored):
     assert events == ["validated", "analyzed", "cache_hit", "wiped", "analyzed"]
 
 
+def test_wipe_cache_drops_the_other_option_sets_too_while_the_model_encodes(client, stored):
+    """The wipe runs while the model encodes (faceapp/services.py), and still drops every
+    cached result of the image, not only the one it recomputes, before the new one is stored."""
+    subset = {"attributes": ["eyewear"]}
+    assert analyze(client, image_id=stored, **subset).get_json()["cached"] is False
+    assert analyze(client, image_id=stored, **subset).get_json()["cached"] is True
+    assert analyze(client, image_id=stored, wipe_cache=True).get_json()["cached"] is False
+    assert analyze(client, image_id=stored, **subset).get_json()["cached"] is False
+    assert analyze(client, image_id=stored).get_json()["cached"] is True  # the fresh one stays
+
+
+def test_wipe_cache_on_an_image_that_fails_validation_still_drops_its_results(client, coffee_jpeg):
+    """No model work to overlap: a 409 image.not_valid still wipes what force had cached."""
+    image = {"file": (io.BytesIO(coffee_jpeg), "c.jpg")}
+    image_id = client.post("/api/validate", data=image).get_json()["image_id"]
+    assert analyze(client, image_id=image_id, force=True).get_json()["cached"] is False
+    assert analyze(client, image_id=image_id, force=True).get_json()["cached"] is True
+    refused = analyze(client, image_id=image_id, wipe_cache=True)
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "image.not_valid"
+    assert analyze(client, image_id=image_id, force=True).get_json()["cached"] is False
+
+
 def test_options_are_part_of_the_cache_key(client, stored):
     analyze(client, image_id=stored)
     subset = analyze(client, image_id=stored, attributes=["eyewear", "expression"]).get_json()

@@ -229,6 +229,39 @@ def test_a_request_that_waits_too_long_gets_503_and_its_job_never_runs(engine):
     assert ["late"] not in encode.batches and all("late" not in b for b in encode.batches)
 
 
+def test_meanwhile_runs_on_the_callers_thread_while_the_job_waits_its_turn(engine):
+    """The caller's other work (services: wipe_cache's store writes) overlaps the model's: it
+    runs once the job is queued, before the caller waits, and the job still answers."""
+    encode = Recorder()
+    blocker = _hold(engine, encode, "held")
+    seen = {}
+
+    def meanwhile() -> None:
+        seen["thread"] = threading.current_thread().name
+        seen["pending"] = engine.pending()  # ours, queued behind the held batch
+        encode.gate.set()
+
+    rows, _ = engine.encode(encode, ["mine"], meanwhile=meanwhile)
+    blocker.join(10)
+    assert rows == ["row:mine"]
+    assert seen == {"thread": threading.current_thread().name, "pending": 1}
+
+
+def test_an_error_meanwhile_cancels_the_job_and_reaches_the_caller(engine):
+    encode = Recorder()
+    blocker = _hold(engine, encode, "held")
+
+    def meanwhile() -> None:
+        raise OSError("the store is down")
+
+    with pytest.raises(OSError, match="store is down"):
+        engine.encode(encode, ["cancelled"], meanwhile=meanwhile)
+    encode.gate.set()
+    blocker.join(10)
+    assert engine.encode(encode, ["next"])[0] == ["row:next"]
+    assert all("cancelled" not in batch for batch in encode.batches)
+
+
 def test_stop_drains_the_queue_then_refuses_new_work():
     # A long timeout: under a loaded CI machine the held batch and the three behind it may take
     # seconds, and a timed-out caller would look like a lost result.
