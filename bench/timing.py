@@ -58,6 +58,21 @@ class Comparison:
         quartiles = statistics.quantiles(ratios, n=4, method="inclusive")
         return quartiles[0], quartiles[2]
 
+    @classmethod
+    def from_dict(cls, key: str, data: dict) -> Comparison:
+        """The comparison :meth:`to_dict` wrote (a section of a run's JSON)."""
+        return cls(
+            key,
+            data["title"],
+            data["a_label"],
+            data["b_label"],
+            list(data["a_samples"]),
+            list(data["b_samples"]),
+            data["meaning"],
+            data.get("unit", "ms"),
+            dict(data.get("sanity") or {}),
+        )
+
     def to_dict(self) -> dict:
         """The comparison as JSON-ready data (medians, ratio, every sample)."""
         low, high = self.pair_ratio_quartiles()

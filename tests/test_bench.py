@@ -5,6 +5,7 @@ No timing or ratio is asserted: this machine is shared, and the benchmark report
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from bench import run
@@ -78,3 +79,19 @@ def test_the_load_generators_connection_survives_the_servers_idle_close():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_part_run_in_a_fresh_process_gets_the_same_plan():
+    """The full run measures the service's and flask batch's sections in fresh processes
+    (bench.run.in_a_fresh_process): each must get the plan the user asked for."""
+    for argv in (
+        [],
+        ["--quick"],
+        ["--quick", "--repeats", "5", "--threads", "1", "--batch-memory", "0"],
+        ["--size", "tiny", "--budget", "7.5", "--batch-photos", "30", "--batch-rounds", "3"],
+        ["--batch-memory", "20,80"],
+    ):
+        plan = run.make_plan(run.parse_args(argv))
+        again = run.make_plan(run.parse_args(["--http-only", *plan.argv()]))
+        assert again.http_only and not plan.http_only
+        assert dataclasses.replace(again, http_only=False) == plan, argv
