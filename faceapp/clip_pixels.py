@@ -91,15 +91,11 @@ class PixelRecipe:
         return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
     @cached_property
-    def tables(self) -> np.ndarray:
-        """Per channel, the float32 value each of the 256 levels becomes (3 x 256)."""
-        levels = np.arange(256, dtype=np.float32)
-        return levels[None, :] * self.scale[:, None] + self.shift[:, None]
-
-    @cached_property
     def lut(self) -> np.ndarray:
-        """:attr:`tables` in the shape cv2.LUT takes for a 3-channel image (1 x 256 x 3)."""
-        return np.ascontiguousarray(self.tables.T.reshape(1, 256, 3))
+        """Per level (0-255) and channel, the float32 value it becomes, in the shape cv2.LUT takes
+        for a 3-channel image (1 x 256 x 3)."""
+        levels = np.arange(256, dtype=np.float32)
+        return np.ascontiguousarray(levels[None, :, None] * self.scale + self.shift)
 
     def batch(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         return [self.pixels(image) for image in images]
