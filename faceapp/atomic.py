@@ -18,29 +18,31 @@ from typing import Any
 
 
 @contextmanager
-def atomic_path(path: str, scratch: str | None = None) -> Iterator[str]:
-    """A temporary path to write to; it replaces `path` when the block ends without an error."""
+def _temporary_file(path: str, scratch: str | None) -> Iterator[tuple[int, str]]:
+    """An open temporary file (descriptor and path) that replaces `path` when the block ends
+    without an error, and is removed when it raises."""
     handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=scratch or os.path.dirname(path) or ".")
-    os.close(handle)
     try:
-        yield tmp
+        yield handle, tmp
         os.replace(tmp, path)
     except BaseException:
         unlink_quietly(tmp)
         raise
+
+
+@contextmanager
+def atomic_path(path: str, scratch: str | None = None) -> Iterator[str]:
+    """A temporary path to write to; it replaces `path` when the block ends without an error."""
+    with _temporary_file(path, scratch) as (handle, tmp):
+        os.close(handle)
+        yield tmp
 
 
 def write_bytes(path: str, data: bytes, scratch: str | None = None) -> None:
     """Replace `path` with `data` atomically (written through the temporary file's own
     descriptor: one open, not two, per cached result and store write)."""
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=scratch or os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(handle, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
+    with _temporary_file(path, scratch) as (handle, _), os.fdopen(handle, "wb") as fh:
+        fh.write(data)
 
 
 def write_json(path: str, document: Any, scratch: str | None = None, indent: int | None = None):
