@@ -397,6 +397,7 @@ def analyze(
         faces_doc = _plain(found)
         if stats is not None:
             timings["queue"] = stats.queue_ms
+            timings["forward"] = stats.compute_ms  # its batch's model time (shared when batched)
             batch = {"batch_size": stats.batch_size, "queue_ms": round(stats.queue_ms, 2)}
         timings["encode"] = (time.perf_counter() - step) * 1000
         store.backend.put_result(image_id, key, faces_doc)
