@@ -66,23 +66,28 @@ def aligned_crop(
     box: Mapping[str, float],
     landmarks: Sequence[Point] | None,
     margin: float = CROP_MARGIN,
+    size: int | None = None,
 ) -> Image.Image:
     """The face as CLIP should see it: a square around the box's centre, its side the box's
     longer side grown by `margin` on every side, turned so the eyes are level.
 
     Without landmarks it is the same square, unturned. The square stays centred on the face even
     at the image's border; what lies outside the image is filled with mid grey. The crop keeps the
-    image's resolution (CLIP's processor resizes it).
+    image's resolution, or is resized to `size` pixels a side (the model's input size, so CLIP's
+    processor has nothing left to resize): OpenCV's bicubic to enlarge, its pixel-area average to
+    shrink, 0.07-0.3 ms where PIL's resize in the processor took 0.7-2 ms.
     """
     if margin < 0:
         raise ValueError(f"margin must not be negative, not {margin!r}")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be at least 1 pixel, not {size!r}")
     side = max(float(box["width"]), float(box["height"])) * (1 + 2 * margin)
-    size = max(1, round(side))
+    native = max(1, round(side))
     cx = float(box["x"]) + float(box["width"]) / 2
     cy = float(box["y"]) + float(box["height"]) / 2
     roll = math.radians(eye_roll(landmarks)) if landmarks else 0.0
     cos_r, sin_r = math.cos(roll), math.sin(roll)
-    half = size / 2
+    half = native / 2
     # The affine map takes each output pixel (u, v) back to the input point it shows: the
     # output's axes run along the eye line and across it, its centre on the box's. Pixel centres
     # sit at +0.5 (PIL's convention, which the crop always had); OpenCV's lie on the integers,
@@ -101,9 +106,13 @@ def aligned_crop(
     crop = cv2.warpAffine(
         np.asarray(rgb),
         matrix,
-        (size, size),
+        (native, native),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=FILL,
     )
+    if size is not None and size != native:
+        crop = cv2.resize(
+            crop, (size, size), interpolation=cv2.INTER_CUBIC if size > native else cv2.INTER_AREA
+        )
     return Image.fromarray(crop)

@@ -175,6 +175,13 @@ class LoadedModel:
         """``float32``, ``bfloat16``, ``float16`` or ``int8``: what the image encoder runs in."""
         return "int8" if self.image_session else str(self.dtype).removeprefix("torch.")
 
+    @property
+    def crop_side(self) -> int | None:
+        """The side of the square face crop that prepare_images takes as it is (the face crop is
+        cut at this size: one resampling, in OpenCV), or None when the processor resizes every
+        crop itself."""
+        return self.pixel_recipe.square_side if self.pixel_recipe is not None else None
+
     def prepare_images(self, images: Sequence[Any]) -> list[Any]:
         """The processor's pixels (one float32 array, 3 x H x W, per PIL image) for encode_pixels
         (faceapp/clip_pixels.py's one-pass recipe when the processor has CLIP's plain settings).

@@ -379,7 +379,10 @@ def analyze(
         step = time.perf_counter()
         regions = analysis.regions_for(meta, force, max_faces)
         crops = stored_image.region_crops(
-            meta, regions, lambda name: store.backend.get_part(image_id, name)
+            meta,
+            regions,
+            lambda name: store.backend.get_part(image_id, name),
+            size=scorer.model.crop_side,
         )
         if crops is None:  # deleted or evicted since its metadata was read
             raise not_found(image_id)

@@ -119,12 +119,13 @@ def region_crops(
     meta: Mapping[str, Any],
     regions: Sequence[Any],
     read_part: Callable[[str], bytes | None],
+    size: int | None = None,
 ) -> list[Image.Image] | None:
     """One crop per region, cut from the stored parts (None when a part has gone missing).
 
     A detected region ``i`` is face ``i`` of the metadata and is cut from its context; the
     whole-image region (``force`` without a face) is the preview. Each is :func:`aligned_crop`,
-    cut in the part's own coordinates.
+    cut in the part's own coordinates, `size` pixels a side (the model's crop_side) if given.
     """
     stored = meta["stored"]
     crops = []
@@ -137,13 +138,14 @@ def region_crops(
                 return None
             box = to_context(placement, face["box"])
             landmarks = points_to_context(placement, face.get("landmarks"))
-            crops.append(aligned_crop(image, box, landmarks))
+            crops.append(aligned_crop(image, box, landmarks, size=size))
         else:
             preview = _open(read_part(stored["preview"]["part"]))
             if preview is None:
                 return None
             placement = {"left": 0, "top": 0, "scale": preview.width / meta["width"]}
-            crops.append(aligned_crop(preview, to_context(placement, region.box), None, margin=0.0))
+            whole = to_context(placement, region.box)
+            crops.append(aligned_crop(preview, whole, None, margin=0.0, size=size))
     return crops
 
 

@@ -400,6 +400,7 @@ def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
 
     seen: list[tuple[str, str]] = []
     prepared: list[str] = []
+    sizes: list[set] = []
     real_prepare = face_models.LoadedModel.prepare_images
     real_images = face_models.LoadedModel.encode_pixels
     real_texts = face_models.LoadedModel.encode_texts
@@ -407,6 +408,7 @@ def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
 
     def prepare(self, crops):
         prepared.append(threading.current_thread().name)
+        sizes.append({crop.size for crop in crops})
         return real_prepare(self, crops)
 
     def images(self, batch):
@@ -437,6 +439,10 @@ def test_the_app_runs_load_warm_up_labels_and_images_on_the_inference_thread(
     # The request's crops went through the processor (NumPy, no torch) on the request's own
     # thread (the test client's); only the warm-up's ran on the inference thread.
     assert prepared == ["faceapp-infer", threading.current_thread().name]
+    # The request's face crop was cut at the model's input size: the processor resizes nothing.
+    with app.app_context():
+        side = face_models.models.peek().crop_side
+    assert side and sizes[-1] == {(side, side)}
     timings = answer.get_json()["timings_ms"]
     assert timings["queue"] >= 0
     # `forward` is the batch's time in the model: part of `encode`, at least the 30 ms it slept.

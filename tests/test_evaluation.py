@@ -101,6 +101,7 @@ class StubModel:
     ~0.065 at blur 1.5, ~0.035 at blur 5 (on the service's aligned crop): each well inside its band.
     """
 
+    crop_side = None  # like a processor that resizes every crop itself: crops at their own size
     logit_scale = 1.0
     version = "stub"
 

@@ -85,6 +85,53 @@ def test_the_crop_turns_so_the_eyes_are_level():
 def test_a_negative_margin_is_refused(ramp):
     with pytest.raises(ValueError, match="margin"):
         aligned_crop(ramp, BOX, None, margin=-0.1)
+    with pytest.raises(ValueError, match="size"):
+        aligned_crop(ramp, BOX, None, size=0)
+
+
+def _levels_apart(first: Image.Image, second: Image.Image) -> np.ndarray:
+    return np.abs(np.asarray(first, dtype=np.int16) - np.asarray(second, dtype=np.int16))
+
+
+@pytest.mark.parametrize("enlarged", [0.5, 1, 2, 4])
+def test_a_crop_at_the_models_size_is_the_crop_as_clips_processor_would_resize_it(
+    astronaut, enlarged
+):
+    """`size` resizes in OpenCV what CLIP's processor resized in PIL (bicubic, antialiased when
+    shrinking): the same picture within a few levels, on a real face turned by its landmarks,
+    both where the face is smaller than the model's input (enlarged) and larger (shrunk)."""
+    side = round(512 * enlarged)
+    photo = astronaut.resize((side, side), Image.Resampling.LANCZOS)
+    box = {key: value * enlarged for key, value in ASTRONAUT_BOX.items()}
+    landmarks = [(x * enlarged, y * enlarged) for x, y in ASTRONAUT_POINTS]
+    for marks in (None, landmarks):
+        native = aligned_crop(photo, box, marks)
+        processed = native.resize((224, 224), Image.Resampling.BICUBIC)
+        crop = aligned_crop(photo, box, marks, size=224)
+        assert crop.size == (224, 224) and crop.mode == "RGB"
+        apart = _levels_apart(crop, processed)
+        assert apart.mean() < 1.5 and np.percentile(apart, 99) <= 8, (native.size, marks)
+
+
+def test_a_crop_shrunk_to_the_models_size_averages_instead_of_aliasing():
+    """One-pixel stripes seen at 2.5 image pixels per crop pixel: an average is an even grey;
+    sampling (what a warp or a bilinear resize would do) shows bands of black and white."""
+    stripes = np.zeros((600, 600, 3), dtype=np.uint8)
+    stripes[:, ::2] = 255
+    # 558 px with the margin, inside the image, its pixels on the image's own: the warp leaves
+    # the stripes as they are, and the resize to 224 has them all to average.
+    box = {"x": 114, "y": 114, "width": 372, "height": 372}
+    native = np.asarray(aligned_crop(Image.fromarray(stripes), box, None))
+    assert native.shape == (558, 558, 3) and set(np.unique(native)) == {0, 255}
+    crop = np.asarray(aligned_crop(Image.fromarray(stripes), box, None, size=224), dtype=float)
+    assert abs(crop.mean() - 127.5) < 4
+    assert crop.std() < 30  # about 21 (a box average); sampling would give about 74
+
+
+def test_a_crop_already_at_the_models_size_is_not_resampled(ramp):
+    assert (
+        aligned_crop(ramp, BOX, None, size=90).tobytes() == aligned_crop(ramp, BOX, None).tobytes()
+    )
 
 
 def test_head_pose_from_landmarks():

@@ -270,7 +270,9 @@ def test_the_pixel_recipe_gives_the_processors_numbers(image_size):
     recipe = PixelRecipe.of(processor)
     assert recipe is not None
     rng = np.random.default_rng(0)
-    for width, height in [(190, 190), (300, 200), (200, 301), (20, 20), (225, 223)]:
+    assert recipe.square_side == image_size  # a crop of this size is taken as it is
+    sizes = [(190, 190), (300, 200), (200, 301), (20, 20), (225, 223), (image_size, image_size)]
+    for width, height in sizes:
         image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
         for variant in (image, image.convert("L")):  # grey crops become RGB, as there
             expected = processor(images=[variant], return_tensors="np")["pixel_values"][0]
@@ -286,6 +288,10 @@ def test_a_processor_with_other_settings_keeps_its_own_path():
 
     fixed = CLIPImageProcessorPil(size={"height": 224, "width": 224}, do_center_crop=False)
     assert PixelRecipe.of(fixed) is None
+    # A recipe that crops less than it resizes has no square it leaves alone: crops keep their
+    # own size (and the processor's resize runs on each).
+    wider = CLIPImageProcessorPil(size={"shortest_edge": 256}, crop_size=224)
+    assert PixelRecipe.of(wider).square_side is None
 
 
 def test_the_loaded_model_prepares_pixels_with_the_recipe(tiny_model_dir, astronaut):
@@ -295,6 +301,7 @@ def test_the_loaded_model_prepares_pixels_with_the_recipe(tiny_model_dir, astron
         {"MODEL_NAME": tiny_model_dir, "MODELS_DIR": tiny_model_dir, "DTYPE": "float32"}
     )
     assert model.pixel_recipe is not None
+    assert model.crop_side == model.processor.image_processor.crop_size["height"]
     crop = astronaut.crop((150, 40, 300, 190))
     ours = model.prepare_images([crop])[0]
     theirs = model.processor.image_processor(images=[crop], return_tensors="np")["pixel_values"]

@@ -171,10 +171,14 @@ def test_crops_read_back_are_the_crops_of_the_whole_image_face_by_face():
     parts, meta = _parts_and_meta(image, faces)
     crops = stored_image.region_crops(meta, _face_regions(3), parts.get)
     assert crops is not None and len(crops) == 3
-    for face, crop in zip(faces, crops, strict=True):
+    # At the model's size (analyze cuts them so): the same crops, each 224 px a side.
+    sized = stored_image.region_crops(meta, _face_regions(3), parts.get, size=224)
+    assert [crop.size for crop in sized] == [(224, 224)] * 3
+    for face, crop, at_224 in zip(faces, crops, sized, strict=True):
         direct = aligned_crop(image, face["box"], face.get("landmarks"))
         small, box = (64, 64), Image.Resampling.BOX
         assert _difference(crop.resize(small, box), direct.resize(small, box)) < 10, face["box"]
+        assert _difference(at_224.resize(small, box), direct.resize(small, box)) < 10, face["box"]
 
 
 @pytest.mark.parametrize(("width", "height"), [(320, 320), (2400, 2400), (2400, 1200)])
@@ -188,6 +192,9 @@ def test_the_whole_image_region_is_the_preview_without_a_margin(width, height):
     assert crop.size == (max(preview.size),) * 2  # the preview's longer side, no margin
     direct = aligned_crop(image, whole, None, margin=0.0).resize(crop.size, Image.Resampling.BOX)
     assert _difference(crop, direct) < 15  # unrelated images differ by about 85
+    [sized] = stored_image.region_crops(meta, [region], parts.get, size=224)
+    assert sized.size == (224, 224)
+    assert _difference(sized, direct.resize((224, 224), Image.Resampling.BOX)) < 15
     # Its edges are the image's own pixels (no fill shifted in), where the image reaches.
     pixels = np.asarray(crop, np.int16)
     top = (crop.height - preview.height) // 2

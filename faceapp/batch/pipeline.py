@@ -188,7 +188,9 @@ class Pipeline:
         analysed = answer["valid"] or options.force
         if analysed:
             regions = analysis.regions_for(meta, options.force, self.max_faces)
-            crops = stored_image.region_crops(meta, regions, examined.parts.get)
+            crops = stored_image.region_crops(
+                meta, regions, examined.parts.get, size=self.analyzer.model.crop_side
+            )
             found, _ = self.analyzer.analyze(
                 crops,
                 regions,

@@ -17,6 +17,7 @@ no face is found are counted in ``no_face``. Rendering (table, JSON, HTML) is in
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import time
@@ -144,9 +145,12 @@ def encode_samples(
     config: Mapping[str, Any],
     batch_size: int = 32,
     progress: bool | None = None,
-    crop: Callable[[Image.Image, dict, list | None], Image.Image] = aligned_crop,
+    crop: Callable[[Image.Image, dict, list | None], Image.Image] | None = None,
 ) -> Encoded:
-    """Decode, detect and crop each distinct image once, and encode the crops in batches."""
+    """Decode, detect and crop each distinct image once, and encode the crops in batches (cut as
+    analysis cuts them, at the model's crop_side, unless `crop` says otherwise)."""
+    if crop is None:
+        crop = functools.partial(aligned_crop, size=model.crop_side)
     from tqdm import tqdm
 
     names = {}
