@@ -290,12 +290,17 @@ def bench_analyze(plan, server: Server, model, image_id: str, crop: Image.Image)
     """POST /api/analyze by image_id (computed, 1 face) vs the bare forward on a ready tensor."""
     session, client = _session(), Client(server)
     body = {"image_id": image_id, "wipe_cache": True}
+    calls = 0
 
     def analyze() -> None:
+        nonlocal calls
+        calls += 1
         if client.post_json("/api/analyze", body)["cached"]:
             raise RuntimeError("analyze with wipe_cache was a cache hit")
 
+    faults = minor_faults(server.worker_pids)
     a_ms, b_ms = plan.compare(analyze, bare_forward(model, [crop]))
+    faults = (minor_faults(server.worker_pids) - faults) / max(1, calls)
     return Comparison(
         "http_analyze",
         "analyze by id, 1 face",
@@ -306,8 +311,25 @@ def bench_analyze(plan, server: Server, model, image_id: str, crop: Image.Image)
         "analyze over HTTP (1 gunicorn worker, computed, not cached) costs this many times "
         "get_image_features alone on a ready 1x3x224x224 tensor, in the worker's dtype and "
         "threads (goal <= 1.15)",
-        sanity={"dtype": model.dtype_name, **trace_timings(session, server, image_id, "analyzed")},
+        sanity={
+            "dtype": model.dtype_name,
+            "worker_page_faults_per_analyze": round(faults, 1),
+            **trace_timings(session, server, image_id, "analyzed"),
+        },
     )
+
+
+def minor_faults(pids: set[int]) -> int:
+    """The minor page faults the processes `pids` have taken so far (Linux /proc; 0 elsewhere):
+    memory the kernel had to map afresh, each a fault taken inside a request."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                total += int(fh.read().rsplit(")", 1)[1].split()[7])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def bench_analyze_int8(plan, fp32: Server, int8: Server, jpeg: bytes, dtype: str) -> Comparison:

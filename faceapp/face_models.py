@@ -262,6 +262,8 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
     from transformers import CLIPModel, CLIPProcessor
     from transformers.utils import logging as hf_logging
 
+    from faceapp.patch_embedding import compute_patches_as_matmul
+
     name = config["MODEL_NAME"]
     models_dir = config["MODELS_DIR"]
     folder = resolve_model_folder(name, models_dir)
@@ -319,6 +321,8 @@ def load_clip(config: Mapping[str, Any]) -> LoadedModel:
         model = from_folder_as(bfloat16_copy(folder, models_dir, manifest), dtype)
     elif model.dtype != dtype:  # DTYPE=auto kept float32 after its bfloat16 trial
         model = from_folder(dtype)
+    if device == "cpu":  # after the int8 export (its graph keeps the convolution)
+        compute_patches_as_matmul(model)
     load_ms = (time.perf_counter() - started) * 1000
     return LoadedModel(
         name=name if not os.path.isdir(name) else manifest.get("id", name),

@@ -27,6 +27,23 @@ def test_quick_benchmark_writes_every_section(tmp_path, monkeypatch, capsys):
     assert document["machine"]["torch_threads"] >= 1
     assert document["sections"]["zero_shot"]["sanity"]["same_scores"] is True
     assert "zero-shot, 1 face" in capsys.readouterr().out
+    analyze = document["sections"]["http_analyze"]["sanity"]
+    assert analyze["worker_page_faults_per_analyze"] >= 0 and analyze["forward_ms"] > 0
+
+
+def test_minor_faults_counts_memory_mapped_afresh():
+    import mmap
+    import os
+
+    from bench.http import minor_faults
+
+    before = minor_faults({os.getpid()})
+    fresh = mmap.mmap(-1, 4 * 1024 * 1024)  # anonymous: each page faults on its first touch
+    for offset in range(0, len(fresh), mmap.PAGESIZE):
+        fresh[offset] = 1
+    assert minor_faults({os.getpid()}) - before >= len(fresh) // mmap.PAGESIZE // 2
+    fresh.close()
+    assert minor_faults({2**22 + 12345}) == 0  # no such process: nothing counted
 
 
 def test_the_load_generators_connection_survives_the_servers_idle_close():
