@@ -81,9 +81,9 @@ class Plan:
     batch_memory: tuple[int, int] = (100, 2000)  # RSS after this many images, and this many
     quick: bool = False  # --quick: the smoke run's windows and rounds
 
-    def compare(self, a: Callable[[], object], b: Callable[[], object]):
-        """Time `a` against `b`, interleaved, as this plan says."""
-        return interleaved(a, b, self.repeats, self.warmup, self.budget_s)
+    def compare(self, a: Callable[[], object], b: Callable[[], object], settle_s: float = 0.0):
+        """Time `a` against `b`, interleaved, as this plan says (`settle_s`: bench.timing's)."""
+        return interleaved(a, b, self.repeats, self.warmup, self.budget_s, settle_s)
 
     def argv(self) -> list[str]:
         """The options that give another ``python -m bench.run`` this plan."""

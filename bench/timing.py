@@ -116,11 +116,15 @@ def interleaved(
     repeats: int,
     warmup: int = 1,
     budget_s: float | None = None,
+    settle_s: float = 0.0,
 ) -> tuple[list[float], list[float]]:
     """Milliseconds of `a` and `b` run A/B/A/B..., after `warmup` untimed rounds of each.
 
     Up to `repeats` rounds; with a `budget_s`, no new round starts once the timed rounds have
-    taken that long (but at least MIN_ROUNDS run), so a busy machine cannot stretch a run.
+    taken that long (but at least MIN_ROUNDS run), so a busy machine cannot stretch a run. With
+    `settle_s`, each timed call starts that long after the one before it ended (not timed, nor
+    counted in the budget): for A and B in two processes, neither then starts while the other's
+    OpenMP threads still spin on the cores (libgomp spins about 9 ms after a forward pass).
     """
     for _ in range(warmup):
         a()
@@ -136,12 +140,15 @@ def interleaved(
             and time.perf_counter() - started > budget_s
         ):
             break
-        a_ms.append(_time_ms(a))
-        b_ms.append(_time_ms(b))
+        a_ms.append(_time_ms(a, settle_s))
+        b_ms.append(_time_ms(b, settle_s))
+        started += 2 * settle_s
     return a_ms, b_ms
 
 
-def _time_ms(call: Callable[[], object]) -> float:
+def _time_ms(call: Callable[[], object], settle_s: float = 0.0) -> float:
+    if settle_s > 0:
+        time.sleep(settle_s)
     started = time.perf_counter()
     call()
     return (time.perf_counter() - started) * 1000

@@ -112,3 +112,21 @@ def test_a_part_run_in_a_fresh_process_gets_the_same_plan():
         again = run.make_plan(run.parse_args(["--http-only", *plan.argv()]))
         assert again.http_only and not plan.http_only
         assert dataclasses.replace(again, http_only=False) == plan, argv
+
+
+def test_interleaved_calls_settle_apart_and_the_pause_is_not_timed():
+    import time
+
+    from bench.timing import interleaved
+
+    starts: list[float] = []
+
+    def call() -> None:
+        starts.append(time.perf_counter())
+
+    # Five rounds under a budget the pauses alone would exceed after three: they do not count.
+    a_ms, b_ms = interleaved(call, call, 5, warmup=0, budget_s=0.05, settle_s=0.03)
+    assert len(a_ms) == len(b_ms) == 5
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= 0.03
+    assert max(a_ms + b_ms) < 10  # an empty call: the pause before it is not in its time
