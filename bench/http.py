@@ -332,7 +332,7 @@ SETTLE_S = 0.03
 
 def minor_faults(pids: set[int]) -> int:
     """The minor page faults the processes `pids` have taken so far (Linux /proc; 0 elsewhere):
-    memory the kernel had to map afresh, each a fault taken inside a request."""
+    each a page of memory the kernel had to map afresh while they ran."""
     total = 0
     for pid in pids:
         try:
