@@ -303,7 +303,8 @@ def bench_analyze(plan, server: Server, model, image_id: str, crop: Image.Image)
     a_ms, b_ms = plan.compare(analyze, bare, settle_s=SETTLE_S)
     faults = (minor_faults(server.worker_pids) - faults) / max(1, calls)
     # The same pairs back to back, for comparison: each side then starts while the other
-    # process's OpenMP thread still spins, which costs the analyze more than the bare forward.
+    # process's OpenMP thread may still spin (on 2026-12-06 this read no higher than the
+    # settled ratio: README, Performance).
     close_a, close_b = plan.compare(analyze, bare)
     return Comparison(
         "http_analyze",

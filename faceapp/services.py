@@ -337,7 +337,7 @@ def analyze(
     max_faces = analysis.check_max_faces(max_faces, current_app.config)
     timings: dict[str, float] = {}
     batch: dict[str, Any] = {}  # how the inference thread ran it (the trace shows it)
-    wipe = None  # wipe_cache on a stored image: done while the model encodes (0.5 ms off)
+    wipe = None  # wipe_cache on a stored image: done while the model encodes
     if source is not None:
         meta = ingest(source, wipe_cache=wipe_cache)
         image_id = meta["image_id"]
